@@ -1,0 +1,125 @@
+"""Arrow schemas of every table in a run directory, and the tensor-column convention of the shards.
+
+Tables (one Parquet file set each under RUN_DIR/<table>/):
+- videos:   one row per input file, probe results or the error that stopped it.
+- scenes:   one row per detected shot, before any clip filtering.
+- clips:    one row per clip that made it into the shards (later issues add score columns).
+- rejected: one row per dropped clip or failed input, with the stage and a stable snake_case reason.
+
+Shards hold one row per curated clip: the clip's scalar columns plus tensors. A tensor `X` is stored as three
+columns: `X` (binary, C-contiguous raw bytes), `X_dtype` (numpy dtype string) and `X_shape` (list<int32>).
+This keeps shards readable by DuckDB and any Parquet reader, with no pickles and no extension types.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+VIDEOS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("decoder", pa.string()),  # decord | pyav; null when no decoder could open the file
+        ("n_frames", pa.int64()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),  # display size, after rotation
+        ("height", pa.int32()),
+        ("duration_s", pa.float64()),
+        ("rotation", pa.int16()),
+        ("codec", pa.string()),
+        ("container", pa.string()),
+        ("vfr", pa.bool_()),
+        ("file_bytes", pa.int64()),
+        ("error", pa.string()),  # null on success, else "<reason>: <detail>"
+    ]
+)
+
+SCENES = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("scene_index", pa.int32()),
+        ("start_frame", pa.int64()),  # source frame index, 0-based
+        ("end_frame", pa.int64()),  # exclusive
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("transition", pa.string()),  # how the shot began: start | cut | fade
+    ]
+)
+
+CLIPS = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("scene_index", pa.int32()),
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),  # exclusive
+        ("start_s", pa.float64()),  # presentation time of start_frame
+        ("end_s", pa.float64()),  # presentation time just after the last frame
+        ("fps", pa.float64()),  # source average frame rate
+        ("width", pa.int32()),  # source display size
+        ("height", pa.int32()),
+        ("num_frames", pa.int32()),  # sampled frames stored in the shard
+        ("frame_stride", pa.int32()),
+        ("shard", pa.string()),  # shard file name under shards/
+        ("shard_row", pa.int32()),  # row index inside that shard
+    ]
+)
+
+REJECTED = pa.schema(
+    [
+        ("stage", pa.string()),  # ingest | scenes | clips | finalize
+        ("source_uri", pa.string()),
+        ("video_id", pa.string()),
+        ("clip_id", pa.string()),  # null for whole-input failures
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),
+        ("reason", pa.string()),  # stable snake_case
+        ("detail", pa.string()),
+    ]
+)
+
+# Scalar columns every shard row carries before its tensors.
+SHARD_META = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("video_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("scene_index", pa.int32()),
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("frame_indices", pa.list_(pa.int64())),  # source frame index of each stored frame
+        ("frame_pts", pa.list_(pa.float64())),  # presentation time (s) of each stored frame
+    ]
+)
+
+TABLES = {"videos": VIDEOS, "scenes": SCENES, "clips": CLIPS, "rejected": REJECTED}
+
+
+def tensor_fields(name: str) -> list[pa.Field]:
+    """The three columns that store tensor `name` in a shard."""
+    return [
+        pa.field(name, pa.binary()),
+        pa.field(f"{name}_dtype", pa.string()),
+        pa.field(f"{name}_shape", pa.list_(pa.int32())),
+    ]
+
+
+def shard_schema(tensors: list[str]) -> pa.Schema:
+    """Schema of a shard file holding `SHARD_META` plus the named tensors."""
+    fields = list(SHARD_META)
+    for name in tensors:
+        fields.extend(tensor_fields(name))
+    return pa.schema(fields, metadata={"schema_version": str(SCHEMA_VERSION)})
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table with an explicit schema (missing keys become null) so empty and partial tables stay typed."""
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)

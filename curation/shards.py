@@ -1,0 +1,183 @@
+"""Training shards: Parquet files with one row per curated clip, scalar columns plus raw-bytes tensors.
+
+A video's clips go to `shards/<video_id>-<chunk>.parquet` (at most `rows_per_shard` rows each) in small row
+groups so readers stream. Files are written under a temporary name and renamed when complete.
+`shards/manifest.json` lists the shards of a finished run; `iter_clips(RUN_DIR)` reads them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.ids import shard_name
+from curation.schema import SCHEMA_VERSION, SHARD_META, shard_schema
+from curation.tables import atomic_write_json, read_json
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """Shard file layout."""
+
+    rows_per_shard: int = 256
+    row_group_rows: int = 16  # small groups: a reader holds one group of clips in memory at a time
+    tensor_compression: str = "zstd"  # for frame tensors; none | zstd | lz4 | snappy
+    tensor_compression_level: int = 1  # decode speed is the same at every zstd level, so spend little on writes
+
+    def __post_init__(self) -> None:
+        if self.rows_per_shard < 1 or not 1 <= self.row_group_rows <= self.rows_per_shard:
+            raise ValueError("shards needs rows_per_shard >= 1 and 1 <= row_group_rows <= rows_per_shard")
+        if self.tensor_compression not in ("none", "zstd", "lz4", "snappy"):
+            raise ValueError(f"shards.tensor_compression: unknown codec {self.tensor_compression!r}")
+
+
+@dataclasses.dataclass
+class ShardFile:
+    """A written shard: its name, row count and size."""
+
+    name: str
+    rows: int
+    bytes: int
+    video_id: str
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """The three column values that store `array` as tensor `name`."""
+    array = np.ascontiguousarray(array)
+    return {name: array.tobytes(), f"{name}_dtype": array.dtype.str, f"{name}_shape": list(array.shape)}
+
+
+def decode_tensor(row: dict[str, Any], name: str) -> np.ndarray:
+    """Rebuild tensor `name` from a row's bytes, dtype and shape columns (a writable copy)."""
+    dtype, shape = np.dtype(row[f"{name}_dtype"]), tuple(row[f"{name}_shape"])
+    return np.frombuffer(row[name], dtype=dtype).reshape(shape).copy()
+
+
+class ShardWriter:
+    """Writes one video's clip rows into chunked shard files; renames them into place on `close()`."""
+
+    def __init__(self, shard_dir: str | Path, video_id: str, tensors: Sequence[str], cfg: ShardConfig) -> None:
+        self.dir = Path(shard_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.video_id, self.cfg = video_id, cfg
+        self.schema = shard_schema(list(tensors))
+        self.tensors = list(tensors)
+        self._writer: pq.ParquetWriter | None = None
+        self._buffer: list[dict[str, Any]] = []
+        self._rows_in_file = 0
+        self._pending: list[tuple[Path, Path]] = []  # (tmp, final) pairs renamed together on close
+        self.files: list[ShardFile] = []
+
+    def add(self, row: dict[str, Any]) -> tuple[str, int]:
+        """Queue one clip row (scalar columns + encoded tensors); returns (shard name, row index in it)."""
+        if self._writer is None or self._rows_in_file >= self.cfg.rows_per_shard:
+            self._open_next()
+        location = (self.files[-1].name, self._rows_in_file)
+        self._buffer.append(row)
+        self._rows_in_file += 1
+        self.files[-1].rows += 1
+        if len(self._buffer) >= self.cfg.row_group_rows:
+            self._flush()
+        return location
+
+    def close(self) -> list[ShardFile]:
+        """Finish the open file and move every file of this video to its final name."""
+        self._finish_file()
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending.clear()
+        return self.files
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+
+    def _open_next(self) -> None:
+        self._finish_file()
+        final = self.dir / shard_name(self.video_id, len(self.files))
+        tmp = self.dir / f".{final.name}.tmp"
+        scalar = [f.name for f in SHARD_META]
+        codec = self.cfg.tensor_compression
+        compression = {f.name: ("zstd" if f.name not in self.tensors else codec) for f in self.schema}
+        self._writer = pq.ParquetWriter(
+            tmp, self.schema, compression=compression, use_dictionary=["video_id", "source_uri"],
+            write_statistics=scalar, compression_level={t: self.cfg.tensor_compression_level for t in self.tensors}
+            if codec == "zstd" else None,
+        )  # fmt: skip
+        self._pending.append((tmp, final))
+        self.files.append(ShardFile(name=final.name, rows=0, bytes=0, video_id=self.video_id))
+        self._rows_in_file = 0
+
+    def _flush(self) -> None:
+        if self._buffer and self._writer is not None:
+            columns = {f.name: [r.get(f.name) for r in self._buffer] for f in self.schema}
+            self._writer.write_table(pa.Table.from_pydict(columns, schema=self.schema))
+            self._buffer.clear()
+
+    def _finish_file(self) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        self.files[-1].bytes = self._pending[-1][0].stat().st_size
+
+
+def write_manifest(run_dir: str | Path, shards: list[ShardFile], config_hash: str, extra: dict[str, Any]) -> None:
+    """`shards/manifest.json`: what a training job reads (shard order, rows, bytes, schema version, config hash)."""
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "config_hash": config_hash,
+        "rows": sum(s.rows for s in shards),
+        "bytes": sum(s.bytes for s in shards),
+        "shards": [dataclasses.asdict(s) for s in shards],
+        **extra,
+    }
+    atomic_write_json(manifest, Path(run_dir) / "shards" / MANIFEST)
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "shards" / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the run has not finished (re-run the same command to complete it)")
+    return read_json(path)
+
+
+def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield one dict per curated clip, in manifest order: scalars as Python values, tensors as numpy arrays.
+
+    `columns` limits what is read; naming a tensor reads its dtype and shape columns too.
+    """
+    manifest = read_manifest(run_dir)
+    for shard in manifest["shards"]:
+        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard["name"])
+        names = pf.schema_arrow.names
+        tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
+        wanted = None
+        if columns is not None:
+            wanted = [n for n in names if n in columns or n.rsplit("_", 1)[0] in set(columns) & set(tensors)]
+        # One row group at a time: memory stays at a few clips whatever the shard size.
+        for group in range(pf.num_row_groups):
+            for row in pf.read_row_group(group, columns=wanted).to_pylist():
+                yield _decode_row(row, tensors)
+
+
+def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:
+    present = [t for t in tensors if t in row]
+    out = {k: v for k, v in row.items() if k.rsplit("_", 1)[0] not in present or k in present}
+    for t in present:
+        out[t] = decode_tensor(row, t)
+    if "frame_indices" in out:
+        out["frame_indices"] = np.asarray(out["frame_indices"], dtype=np.int64)
+    return out

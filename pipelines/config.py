@@ -1,0 +1,148 @@
+"""Typed run configuration: frozen dataclasses loaded from a TOML preset plus `--set section.key=value` overrides.
+
+Each stage defines its own config class next to the code that uses it; `RunConfig` composes them. Everything is
+validated up front so a bad key or value fails before any video is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from curation.ingest import IngestConfig
+from curation.sampling import FramesConfig
+from curation.scenes import SceneConfig
+from curation.shards import ShardConfig
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """How the DAG runs: Ray resources and progress reporting."""
+
+    num_cpus: int = 0  # 0 = every CPU of this machine (local Ray only)
+    object_store_mb: int = 0  # 0 = Ray's default (30% of RAM)
+    ray_address: str = ""  # empty = start a local Ray; also settable with --ray-address or RAY_ADDRESS
+    progress_every_s: float = 10.0  # how often the driver logs a progress line
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or self.object_store_mb < 0:
+            raise ConfigError("runtime.num_cpus and runtime.object_store_mb must be >= 0")
+        if self.progress_every_s <= 0:
+            raise ConfigError("runtime.progress_every_s must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The whole pipeline's configuration, one section per stage."""
+
+    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    scenes: SceneConfig = dataclasses.field(default_factory=SceneConfig)
+    frames: FramesConfig = dataclasses.field(default_factory=FramesConfig)
+    shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def content_hash(self, exclude: tuple[str, ...] = ("runtime",)) -> str:
+        """Hash of the settings that change outputs (runtime knobs excluded), recorded in manifests."""
+        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def preset_path(name: str) -> Path:
+    """Path of a preset shipped in `pipelines/configs/` (e.g. 'default', 'smoke')."""
+    return Path(str(resources.files("pipelines") / "configs" / f"{name}.toml"))
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a TOML preset (default preset when None) and apply `section.key=value` overrides."""
+    path = Path(path) if path else preset_path("default")
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    for item in overrides:
+        _apply_override(data, item)
+    return build(RunConfig, data, prefix="")
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    *sections, leaf = key.strip().split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {section!r} is not a section")
+    node[leaf] = _parse_value(raw.strip())
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse a CLI value as a TOML literal (numbers, booleans, arrays); anything else stays a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def build(cls: type, data: Any, prefix: str) -> Any:
+    """Construct dataclass `cls` from a dict, rejecting unknown keys and wrong types with the key's full name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in this section: {known})")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item_type, _) = typing.get_args(hint)
+        return tuple(_coerce(item_type, v, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has an invalid value {value!r}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{key} must be null")
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value

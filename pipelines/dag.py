@@ -1,0 +1,35 @@
+"""The Ray Data DAG. The only module that chains `ray.data` operators; step logic lives in `pipelines.steps`.
+
+Two datasets run one after the other, because content de-duplication of inputs is a global decision:
+1. ingest: probe every pending input (cheap, I/O bound);
+2. scenes -> clips: per video, detect shots, then decode each clip's frames and write its shards.
+Rows carry only `source_uri` and `key`; decoded frames never travel between operators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+
+from pipelines.config import RunConfig
+from pipelines.steps import Row, make_clips_fn, make_ingest_fn, make_scenes_fn
+
+# A decoder that crashes its worker is retried once, then the block is given up (and recorded by the driver).
+_RETRY = {"max_retries": 1}
+
+
+def run_ingest(rows: list[Row], cfg: RunConfig, run_dir: Path) -> Iterator[Row]:
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per input: crashes stay local
+    ds = ds.map(make_ingest_fn(cfg, run_dir), num_cpus=0.5, **_RETRY)  # 1:1 probe; mostly I/O, so 2 per core
+    yield from ds.iter_rows()
+
+
+def run_video_steps(rows: list[Row], cfg: RunConfig, run_dir: Path, steps: tuple[str, ...]) -> Iterator[Row]:
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
+    if "scenes" in steps:
+        ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 low-res decode + PySceneDetect
+    if "clips" in steps:
+        ds = ds.map(make_clips_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 decode sampled frames -> shards
+    yield from ds.iter_rows()

@@ -1,0 +1,99 @@
+"""Turn the per-input work records into the run's tables: videos, scenes, clips, rejected, and the shard manifest.
+
+Runs on the driver after the DAG, and again on every rerun: it only reads small JSON records, so rebuilding the
+tables is cheap and always reflects exactly the finished work. Inputs are visited in sorted URI order, so the
+tables and the manifest are identical however the work was scheduled or interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from curation.shards import ShardFile, write_manifest
+from curation.tables import write_run_table
+from pipelines.steps import WorkDir, rejected_row
+
+VIDEO_FIELDS = ("video_id", "source_uri", "decoder", "n_frames", "fps", "width", "height", "duration_s", "rotation",
+                "codec", "container", "vfr", "file_bytes", "error")  # fmt: skip
+
+
+@dataclasses.dataclass
+class Collected:
+    """Every table's rows plus the bookkeeping the summary needs."""
+
+    videos: list[dict] = dataclasses.field(default_factory=list)
+    scenes: list[dict] = dataclasses.field(default_factory=list)
+    clips: list[dict] = dataclasses.field(default_factory=list)
+    rejected: list[dict] = dataclasses.field(default_factory=list)
+    shards: list[ShardFile] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    ready: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))  # inputs per step
+
+    def counts(self) -> dict[str, Any]:
+        failed = sum(1 for v in self.videos if v.get("error"))
+        return {
+            "videos": len(self.videos),
+            "videos_failed": failed,
+            "scenes": len(self.scenes),
+            "clips": len(self.clips),
+            "rejected": len(self.rejected),
+            "rejected_by_reason": dict(Counter(f"{r['stage']}/{r['reason']}" for r in self.rejected)),
+            "shards": len(self.shards),
+            "shard_bytes": sum(s.bytes for s in self.shards),
+            "clip_seconds": round(sum(c["end_s"] - c["start_s"] for c in self.clips), 3),
+        }
+
+
+def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) -> Collected:
+    """Read every input's records in order. Inputs that a step in `attempted` left without a record (their worker
+    died) become `worker_crashed` rejections; rerunning retries them."""
+    work, out = WorkDir(run_dir), Collected()
+    first_uri_of: dict[str, str] = {}
+    for row in inputs:
+        key = row["key"]
+        if not work.done("ingest", key):
+            if "ingest" in attempted:
+                out.rejected.append(rejected_row("ingest", row, "worker_crashed", "the probe's worker process died"))
+            continue
+        video = work.load("ingest", key)
+        out.seconds["ingest"] += video.get("seconds", 0.0)
+        out.videos.append({k: video.get(k) for k in VIDEO_FIELDS})
+        if video.get("error"):
+            out.rejected.append(rejected_row("ingest", video, video.get("reason") or "unreadable", video.get("detail",
+                                                                                                            "")))
+            continue
+        if video["video_id"] in first_uri_of:  # the same bytes under another name: keep the first in URI order
+            detail = f"same content as {first_uri_of[video['video_id']]}"
+            out.rejected.append(rejected_row("ingest", video, "duplicate_video", detail))
+            continue
+        first_uri_of[video["video_id"]] = video["source_uri"]
+        _collect_video(work, row, video, out, attempted)
+    return out
+
+
+def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attempted: tuple[str, ...]) -> None:
+    key, ids = row["key"], {"video_id": video["video_id"], "source_uri": video["source_uri"]}
+    for step, previous in (("scenes", "ingest"), ("clips", "scenes")):
+        if not work.done(step, key):
+            out.ready[step].append(row)
+            if step in attempted:
+                out.rejected.append(rejected_row(step, video, "worker_crashed", f"the {step} worker process died"))
+            return
+        record = work.load(step, key)
+        out.seconds[step] += record.get("seconds", 0.0)
+        out.rejected.extend(record.get("rejected", []))
+        if step == "scenes":
+            out.scenes.extend({**ids, **s} for s in record.get("scenes", []))
+        else:
+            out.clips.extend(record.get("clips", []))
+            out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
+
+
+def write_tables(run_dir: Path, data: Collected, config_hash: str, with_manifest: bool, extra: dict) -> None:
+    for name in ("videos", "scenes", "clips", "rejected"):
+        write_run_table(run_dir, name, getattr(data, name))
+    if with_manifest:
+        write_manifest(run_dir, data.shards, config_hash, extra)

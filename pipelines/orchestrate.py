@@ -1,0 +1,94 @@
+"""Runs the requested stages over the pending inputs, then rebuilds the tables and reports.
+
+Pending work is decided from the resume records alone, so the same code path serves a first run, a resume after
+a crash or `kill -9`, and single-stage runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipelines.config import RunConfig
+from pipelines.finalize import Collected, collect, write_tables
+from pipelines.report import summary_table, write_run_json
+from pipelines.runtime import init_ray
+from pipelines.steps import WorkDir
+
+logger = logging.getLogger(__name__)
+
+STEPS_OF = {"all": ("ingest", "scenes", "clips"), "ingest": ("ingest",), "scenes": ("scenes",), "clips": ("clips",)}
+
+
+def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> None:
+    """Drain the DAG's output, logging a progress line every `every_s` seconds."""
+    started = last = time.perf_counter()
+    done = 0
+    for _ in rows:
+        done += 1
+        now = time.perf_counter()
+        if now - last >= every_s or done == total:
+            rate = done / max(now - started, 1e-9)
+            eta = (total - done) / rate if rate else float("inf")
+            logger.info("%s: %d/%d videos done (%.0f s elapsed, ~%.0f s left)", label, done, total, now - started, eta)
+            last = now
+
+
+def run_stages(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], cfg: RunConfig,
+               ray_address: str | None, started: float) -> Collected:  # fmt: skip
+    from pipelines import dag
+
+    steps = STEPS_OF[stage]
+    work, wall, attempted = WorkDir(run_dir), {}, ()
+    init_ray(cfg.runtime, ray_address)
+    if "ingest" in steps:
+        pending = [r for r in inputs if not work.done("ingest", r["key"])]
+        logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
+        t0 = time.perf_counter()
+        if pending:
+            _consume(dag.run_ingest(pending, cfg, run_dir), "ingest", len(pending), cfg.runtime.progress_every_s)
+        wall["ingest"], attempted = time.perf_counter() - t0, ("ingest",)
+    data = collect(run_dir, inputs, attempted)
+    video_steps = tuple(s for s in steps if s != "ingest")
+    if video_steps:
+        pending = data.ready["scenes"] + data.ready["clips"] if "scenes" in video_steps else data.ready["clips"]
+        if stage == "clips" and data.ready["scenes"]:
+            logger.warning("%d inputs have not been through `scenes` yet: run --stage scenes", len(data.ready["scenes"]))
+        logger.info("%s: %d videos to process", "+".join(video_steps), len(pending))
+        t0 = time.perf_counter()
+        if pending:
+            rows = dag.run_video_steps(pending, cfg, run_dir, video_steps)
+            _consume(rows, "+".join(video_steps), len(pending), cfg.runtime.progress_every_s)
+        wall["+".join(video_steps)] = time.perf_counter() - t0
+        attempted += video_steps
+        data = collect(run_dir, inputs, attempted)
+    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started)
+
+
+def _finish(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], cfg: RunConfig, data: Collected,
+            wall: dict[str, float], started: float) -> Collected:  # fmt: skip
+    from curation.schema import SCHEMA_VERSION
+    from pipelines.run import inputs_hash
+
+    fc = cfg.frames
+    tensors = {"frames": {"dtype": "uint8", "shape": [fc.num_frames, fc.height, fc.width, 3]}}
+    write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra={"tensors": tensors})
+    crashed = sum(1 for r in data.rejected if r["reason"] == "worker_crashed")
+    incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed
+    wall["total"] = time.time() - started
+    counts = data.counts()
+    write_run_json(run_dir, {
+        "status": "partial" if incomplete else "complete", "stage": stage, "schema_version": SCHEMA_VERSION,
+        "inputs": len(inputs), "inputs_hash": inputs_hash(inputs), "ignored_inputs": ignored,
+        "config": cfg.to_dict(), "config_hash": cfg.content_hash(), "counts": counts,
+        "worker_seconds": dict(data.seconds), "wall_seconds": wall,
+    })  # fmt: skip
+    table = summary_table(counts, dict(data.seconds), wall)
+    (run_dir / "_summary.txt").write_text(table + "\n")
+    print(table)
+    if crashed:
+        logger.warning("%d inputs lost their worker (decoder crash?); rerun the same command to retry them", crashed)
+    logger.info("run directory: %s (query it with: python -m curation.query %s \"SELECT ...\")", run_dir, run_dir)
+    return data

@@ -1,0 +1,47 @@
+"""End-of-run reporting: the summary table printed to the terminal and RUN_DIR/_run.json (provenance)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from curation.tables import atomic_write_json
+
+PACKAGES = ("torch", "torchvision", "scenedetect", "decord", "av", "ray", "pyarrow", "open_clip_torch",
+            "transformers", "opencv-python-headless", "duckdb", "numpy", "fsspec")  # fmt: skip
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_json(run_dir: Path, payload: dict[str, Any]) -> None:
+    atomic_write_json({**payload, "versions": package_versions(), "written_at": time.time()}, run_dir / "_run.json")
+
+
+def summary_table(counts: dict[str, Any], seconds: dict[str, float], wall: dict[str, float]) -> str:
+    """A plain-text table: inputs, outputs, drops by reason, and time per stage."""
+    lines = [
+        ("videos in", counts["videos"]),
+        ("videos failed", counts["videos_failed"]),
+        ("scenes", counts["scenes"]),
+        ("clips kept", counts["clips"]),
+        ("clip seconds", counts["clip_seconds"]),
+        ("rejected", counts["rejected"]),
+        *((f"  {reason}", n) for reason, n in sorted(counts["rejected_by_reason"].items())),
+        ("shards", counts["shards"]),
+        ("shard MB", round(counts["shard_bytes"] / 1e6, 1)),
+        *((f"worker s: {stage}", round(s, 1)) for stage, s in seconds.items()),
+        *((f"wall s: {stage}", round(s, 1)) for stage, s in wall.items()),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v:>10}" for k, v in lines)

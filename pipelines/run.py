@@ -1,0 +1,126 @@
+"""Entry point: `python -m pipelines.run --stage=all [--input PATH ...] --output RUN_DIR [--config FILE]
+[--set key=value ...] [--ray-address ADDR]`.
+
+Without --input it runs on the embedded sample corpus (generated into RUN_DIR/_samples). Rerunning the same
+command resumes an interrupted run and is a no-op on a finished one. Bad arguments exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from curation.ids import uri_key
+from curation.ingest import InputError, discover_inputs
+from curation.tables import atomic_write_json, read_json
+from pipelines.config import ConfigError, RunConfig, load_config
+
+logger = logging.getLogger("pipelines.run")
+
+STAGES = ("all", "ingest", "scenes", "clips")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the run directory; reported in one line with exit status 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="all", choices=STAGES, help="stage to run (default: all)")
+    p.add_argument("--input", nargs="+", action="extend", default=None,
+                   help="video files, directories, globs, list files or fsspec URLs (default: the sample corpus)")
+    p.add_argument("--output", default="runs/default", help="run directory (default: runs/default)")
+    p.add_argument("--config", default=None, help="TOML preset (default: pipelines/configs/default.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set scenes.threshold=30 (repeatable)")
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def prepare_run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--output {path} is not writable: {e.strerror or e}") from e
+    return run_dir
+
+
+def resolve_inputs(specs: list[str] | None, run_dir: Path, cfg: RunConfig) -> tuple[list[dict], list[str]]:
+    if not specs:
+        from pipelines.samples import generate_corpus
+
+        sample_dir = run_dir / "_samples"
+        logger.info("no --input given: using the embedded sample corpus in %s", sample_dir)
+        specs = [str(p) for p in generate_corpus(sample_dir)]
+    try:
+        found = discover_inputs(specs, cfg.ingest.extensions)
+    except InputError as e:
+        raise UsageError(str(e)) from e
+    if found.ignored:
+        logger.info("ignored %d files without a video extension (see _run.json)", len(found.ignored))
+    if not found.uris:
+        raise UsageError(f"--input {' '.join(specs)}: no video files found")
+    return [{"source_uri": u, "key": uri_key(u)} for u in found.uris], found.ignored
+
+
+def check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory belongs to one output-affecting config: mixing two would make resume inexact."""
+    path = run_dir / "_work" / "config.json"
+    if path.exists():
+        previous = read_json(path)
+        if previous["hash"] != cfg.content_hash():
+            changed = [k for k, v in cfg.to_dict().items() if k != "runtime" and previous["config"].get(k) != v]
+            raise UsageError(f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
+                             "use a new --output or the same settings")  # fmt: skip
+    else:
+        atomic_write_json({"hash": cfg.content_hash(), "config": cfg.to_dict()}, path)
+
+
+def inputs_hash(inputs: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([r["source_uri"] for r in inputs]).encode()).hexdigest()[:16]
+
+
+def already_complete(run_dir: Path, stage: str, inputs: list[dict], cfg: RunConfig) -> bool:
+    path = run_dir / "_run.json"
+    if not path.exists():
+        return False
+    previous = read_json(path)
+    return (previous.get("status") == "complete" and previous.get("stage") == stage
+            and previous.get("inputs_hash") == inputs_hash(inputs) and previous.get("config_hash") == cfg.content_hash())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pipelines.runtime import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = prepare_run_dir(args.output)
+        inputs, ignored = resolve_inputs(args.input, run_dir, cfg)
+        check_config_matches(run_dir, cfg)
+    except (ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if already_complete(run_dir, args.stage, inputs, cfg):
+        logger.info("%s is already complete for these %d inputs: nothing to do", run_dir, len(inputs))
+        print((run_dir / "_summary.txt").read_text() if (run_dir / "_summary.txt").exists() else "")
+        return 0
+    from pipelines.orchestrate import run_stages
+
+    run_stages(run_dir, args.stage, inputs, ignored, cfg, args.ray_address, started=time.time())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The per-video steps the DAG maps over, with their resume records. No Ray here: each step is a plain function
+from a small row (`source_uri`, `key`) to the same row plus a status, and can be called directly in tests.
+
+Every step first looks for its record in RUN_DIR/_work/<step>/<key>.json; if present the work is already done
+(resume after a crash). Otherwise it does the work, writes its outputs atomically, and writes the record last,
+so a record's existence means the step's outputs are complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from curation.decode import DecodeError, VideoInfo, iter_frames
+from curation.ids import clip_id
+from curation.ingest import local_path, probe_input
+from curation.sampling import decode_size, fit_to_target, sample_indices
+from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
+from curation.shards import ShardWriter, encode_tensor
+from curation.tables import atomic_write_json, read_json
+from pipelines.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+STEPS = ("ingest", "scenes", "clips")
+INFO_FIELDS = ("decoder", "n_frames", "fps", "width", "height", "rotation", "duration_s", "codec", "container", "vfr")
+
+
+class WorkDir:
+    """RUN_DIR/_work: one JSON record per (step, input) marking finished work."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "_work"
+
+    def record_path(self, step: str, key: str) -> Path:
+        return self.root / step / f"{key}.json"
+
+    def done(self, step: str, key: str) -> bool:
+        return self.record_path(step, key).exists()
+
+    def load(self, step: str, key: str) -> dict[str, Any]:
+        return read_json(self.record_path(step, key))
+
+    def save(self, step: str, key: str, record: dict[str, Any]) -> None:
+        atomic_write_json(record, self.record_path(step, key))
+
+
+def rejected_row(stage: str, video: Row, reason: str, detail: str = "", span: tuple[int, int] | None = None) -> Row:
+    row = {"stage": stage, "source_uri": video["source_uri"], "video_id": video.get("video_id"),
+           "reason": reason, "detail": detail}  # fmt: skip
+    if span is not None and video.get("video_id"):
+        row.update(clip_id=clip_id(video["video_id"], *span), start_frame=span[0], end_frame=span[1])
+    return row
+
+
+def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) -> Callable[[Row], Row]:
+    """Wrap a step body with its resume record, timing, and a last-resort error record per input."""
+
+    def run(row: Row) -> Row:
+        key = row["key"]
+        if not work.done(step, key):
+            started = time.perf_counter()
+            try:
+                record = fn(row)
+            except Exception as e:  # one bad input must never stop the run: record it with the reason
+                logger.error("%s failed on %s: %s", step, row["source_uri"], traceback.format_exc(limit=4))
+                record = {"error": f"{type(e).__name__}: {e}", "reason": f"{step}_error", "rejected": [
+                    rejected_row(step, row, f"{step}_error", f"{type(e).__name__}: {e}")]}  # fmt: skip
+            record["seconds"] = time.perf_counter() - started
+            work.save(step, key, record)
+        return {**row, f"{step}_done": True}
+
+    return run
+
+
+def make_ingest_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
+    """Step `ingest`: probe one input file (1:1)."""
+    work = WorkDir(run_dir)
+    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+
+    def ingest(row: Row) -> dict[str, Any]:
+        record = probe_input(row["source_uri"], cfg.ingest, cache)
+        record["video_id"] = record["video_id"] or f"u{row['key'][:15]}"  # unreadable files still get an id
+        return record
+
+    return _resumable("ingest", work, ingest)
+
+
+def video_info(video: Row) -> VideoInfo:
+    return VideoInfo(**{k: video[k] for k in INFO_FIELDS})
+
+
+def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
+    """Step `scenes`: detect shots and cut them into clip spans (1:1, decodes the video once at low resolution)."""
+    work = WorkDir(run_dir)
+    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+    sc = cfg.scenes
+
+    def scenes(row: Row) -> dict[str, Any]:
+        video = work.load("ingest", row["key"])
+        info = video_info(video)
+        path = local_path(video["source_uri"], cache)
+        size = detection_size(info.width, info.height, sc.detect_width)
+        try:
+            scan = scan_frames(iter_frames(path, info, size=size), info.fps, sc)
+        except DecodeError as e:
+            return {"rejected": [rejected_row("scenes", video, e.reason, e.detail)], "scenes": [], "spans": []}
+        shots = build_shots(scan.n_frames, scan.cuts, find_fades(scan.luma, sc.fade_black_level, sc.fade_min_step))
+        record: dict[str, Any] = {"n_decoded": scan.n_frames, "scenes": [], "spans": [], "rejected": []}
+        for i, shot in enumerate(shots):
+            start_s, end_s = span_seconds(scan.pts, shot.start, shot.end, info.fps)
+            record["scenes"].append({"scene_index": i, "start_frame": shot.start, "end_frame": shot.end,
+                                     "start_s": start_s, "end_s": end_s, "transition": shot.transition})  # fmt: skip
+            next_transition = shots[i + 1].transition if i + 1 < len(shots) else None
+            kept, dropped = clip_spans(shot, next_transition, scan.pts, info.fps, sc)
+            for a, b in kept:
+                s0, s1 = span_seconds(scan.pts, a, b, info.fps)
+                record["spans"].append({"scene_index": i, "start_frame": a, "end_frame": b, "start_s": s0, "end_s": s1})
+            for a, b, reason in dropped:
+                detail = f"{(b - a)} frames, shorter than scenes.min_clip_s={sc.min_clip_s}"
+                record["rejected"].append(rejected_row("scenes", video, reason, detail, (a, b)))
+        if scan.n_frames < info.n_frames:
+            logger.warning("%s: decoded %d of %d probed frames", video["source_uri"], scan.n_frames, info.n_frames)
+        return record
+
+    return _resumable("scenes", work, scenes)
+
+
+def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
+    """Step `clips`: decode each clip's training frames in one pass over the video and write its shards (1:1)."""
+    work = WorkDir(run_dir)
+    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+    fc = cfg.frames
+
+    def clips(row: Row) -> dict[str, Any]:
+        video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
+        record: dict[str, Any] = {"clips": [], "rejected": [], "shards": []}
+        plans = []
+        for span in scenes["spans"]:
+            sampled = sample_indices(span["start_frame"], span["end_frame"], video["fps"], fc)
+            if sampled is None:
+                detail = f"{span['end_frame'] - span['start_frame']} frames < frames.num_frames={fc.num_frames}"
+                record["rejected"].append(rejected_row("clips", video, "too_few_frames", detail,
+                                                       (span["start_frame"], span["end_frame"])))  # fmt: skip
+            else:
+                plans.append((span, *sampled))
+        if plans:
+            _write_clips(video, plans, local_path(video["source_uri"], cache), work.run_dir / "shards", cfg, record)
+        return record
+
+    return _resumable("clips", work, clips)
+
+
+def _write_clips(video: Row, plans: list, path: str, shard_dir: Path, cfg: RunConfig, record: dict) -> None:
+    """Stream frames once, emitting each clip as soon as its last frame arrives (memory: about one clip)."""
+    info = video_info(video)
+    wanted = sorted({i for _, indices, _ in plans for i in indices})
+    writer = ShardWriter(shard_dir, video["video_id"], ["frames"], cfg.shards)
+    frames: dict[int, tuple[float, Any]] = {}
+    queue = list(plans)
+    try:
+        for index, pts, rgb in iter_frames(path, info, size=decode_size(info.width, info.height, cfg.frames),
+                                           indices=wanted):  # fmt: skip
+            frames[index] = (pts, fit_to_target(rgb, cfg.frames))
+            while queue and queue[0][1][-1] <= index:
+                _emit_clip(video, queue.pop(0), frames, writer, record)
+        record["shards"] = [vars(f) for f in writer.close()]
+    except BaseException:
+        writer.abort()
+        raise
+    for span, _, _ in queue:  # frames never arrived: the file ended early
+        record["rejected"].append(rejected_row("clips", video, "decode_failed", "file ended before the clip's frames",
+                                               (span["start_frame"], span["end_frame"])))  # fmt: skip
+
+
+def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, record: dict) -> None:
+    import numpy as np
+
+    span, indices, stride = plan
+    missing = [i for i in indices if i not in frames]
+    cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
+    if missing:
+        detail = f"{len(missing)} of {len(indices)} frames could not be decoded (first: {missing[0]})"
+        record["rejected"].append(rejected_row("clips", video, "decode_failed", detail,
+                                               (span["start_frame"], span["end_frame"])))  # fmt: skip
+    else:
+        meta = {"clip_id": cid, "video_id": video["video_id"], "source_uri": video["source_uri"],
+                "scene_index": span["scene_index"], "start_frame": span["start_frame"], "end_frame": span["end_frame"],
+                "start_s": span["start_s"], "end_s": span["end_s"], "fps": video["fps"],
+                "frame_indices": list(indices), "frame_pts": [frames[i][0] for i in indices]}  # fmt: skip
+        stack = np.stack([frames[i][1] for i in indices])
+        shard, shard_row = writer.add({**meta, **encode_tensor("frames", stack)})
+        record["clips"].append({**{k: v for k, v in meta.items() if k not in ("frame_indices", "frame_pts")},
+                                "width": video["width"], "height": video["height"], "num_frames": len(indices),
+                                "frame_stride": stride, "shard": shard, "shard_row": shard_row})  # fmt: skip
+    for i in [i for i in frames if i <= indices[-1]]:  # clips are disjoint and ordered: these are no longer needed
+        del frames[i]

@@ -1,0 +1,25 @@
+-- Views over one run directory. Set the directory first:  SET VARIABLE run_dir = '/path/to/run';
+-- (curation.duck.connect does this for you.)
+
+-- One row per input file: probe results, or the error that stopped it.
+CREATE OR REPLACE VIEW videos AS
+SELECT * FROM read_parquet(getvariable('run_dir') || '/videos/*.parquet', union_by_name = true);
+
+-- One row per detected shot (before clip filtering); transition = start | cut | fade.
+CREATE OR REPLACE VIEW scenes AS
+SELECT * FROM read_parquet(getvariable('run_dir') || '/scenes/*.parquet', union_by_name = true);
+
+-- One row per curated clip, with its shard location.
+CREATE OR REPLACE VIEW clips AS
+SELECT * FROM read_parquet(getvariable('run_dir') || '/clips/*.parquet', union_by_name = true);
+
+-- One row per dropped clip or failed input: stage, reason (snake_case), detail.
+CREATE OR REPLACE VIEW rejected AS
+SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', union_by_name = true);
+
+-- One row per shard row (clip), metadata only: tensors are left out, their shapes kept.
+-- (filename, file_row_number) locates the clip's tensors for random access.
+CREATE OR REPLACE VIEW shards AS
+SELECT * EXCLUDE (frames, frames_dtype), parse_filename(filename) AS shard, file_row_number AS shard_row
+FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
+                  file_row_number = true);
