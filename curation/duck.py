@@ -56,6 +56,8 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] |
     if kind not in READ_ONLY_TYPES:
         raise QueryError(f"only read-only queries are allowed (got a {kind} statement)")
     try:
-        return con.execute(sql, params or None).fetch_arrow_table()
+        relation = con.sql(sql, params=params or None)
+        # DuckDB 2 renamed Relation.arrow() to to_arrow_table().
+        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
     except duckdb.Error as e:
         raise QueryError(str(e).splitlines()[0]) from e

@@ -126,9 +126,7 @@ def probe_input(uri: str, cfg: IngestConfig, cache_dir: str) -> dict[str, Any]:
         path = local_path(uri, cache_dir)
         record["file_bytes"] = os.path.getsize(path)
         record["video_id"] = video_id_from_content(path)
-        info = probe_video(
-            path, max_pixels=cfg.max_pixels, max_duration_s=cfg.max_duration_s, decoders=cfg.decoders
-        )
+        info = probe_video(path, max_pixels=cfg.max_pixels, max_duration_s=cfg.max_duration_s, decoders=cfg.decoders)
     except DecodeError as e:
         record.update(error=f"{e.reason}: {e.detail}", reason=e.reason, detail=e.detail)
         return record

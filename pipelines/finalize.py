@@ -92,6 +92,14 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 
 
+def remove_stale_temp_files(run_dir: Path) -> int:
+    """Delete temporary files a killed run left behind (called when no step is running)."""
+    stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_tables(run_dir: Path, data: Collected, config_hash: str, with_manifest: bool, extra: dict) -> None:
     for name in ("videos", "scenes", "clips", "rejected"):
         write_run_table(run_dir, name, getattr(data, name))

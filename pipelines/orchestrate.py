@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import RunConfig
-from pipelines.finalize import Collected, collect, write_tables
+from pipelines.finalize import Collected, collect, remove_stale_temp_files, write_tables
 from pipelines.report import summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir
@@ -72,6 +72,8 @@ def _finish(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], c
     from curation.schema import SCHEMA_VERSION
     from pipelines.run import inputs_hash
 
+    if removed := remove_stale_temp_files(run_dir):
+        logger.info("removed %d temporary files left by an interrupted run", removed)
     fc = cfg.frames
     tensors = {"frames": {"dtype": "uint8", "shape": [fc.num_frames, fc.height, fc.width, 3]}}
     write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra={"tensors": tensors})

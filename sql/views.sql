@@ -20,6 +20,6 @@ SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', unio
 -- One row per shard row (clip), metadata only: tensors are left out, their shapes kept.
 -- (filename, file_row_number) locates the clip's tensors for random access.
 CREATE OR REPLACE VIEW shards AS
-SELECT * EXCLUDE (frames, frames_dtype), parse_filename(filename) AS shard, file_row_number AS shard_row
+SELECT * EXCLUDE (frames, frames_dtype, filename, file_row_number), parse_filename(filename) AS shard, file_row_number AS shard_row
 FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
                   file_row_number = true);

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:  `make run`  and  `make test`.
+# Both create .venv (Python >= 3.11) and install the project into it on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/sample
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision together from the registry: their builds match and run on CPU as well as GPU.
+	$(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## the main job on the embedded sample corpus
+	$(PY) -m pipelines.run --stage=all --output $(RUN_DIR)
+
+test: install  ## the test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: install
+	$(PY) bench/scenes.py
+
+clean:
+	rm -rf $(VENV) runs

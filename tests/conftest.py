@@ -1,0 +1,46 @@
+"""Shared fixtures: the generated sample corpus, one local Ray per session, and one smoke run of the pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+SMOKE = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "smoke.toml")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipelines.samples import generate_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    generate_corpus(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, on loopback, 2 CPUs, no dashboard."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address="local", _node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=False,
+             object_store_memory=512 * 1024**2, log_to_driver=False)  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def run_pipeline(*args: str) -> int:
+    from pipelines.run import main
+
+    return main(["--config", SMOKE, *args])
+
+
+@pytest.fixture(scope="session")
+def smoke_run(corpus_dir: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole sample corpus through --stage=all with the smoke preset, run once per session."""
+    run_dir = tmp_path_factory.mktemp("run") / "smoke"
+    assert run_pipeline("--stage=all", "--input", str(corpus_dir), "--output", str(run_dir)) == 0
+    return run_dir

@@ -1,0 +1,146 @@
+"""End-to-end: the sample corpus through `pipelines.run`, checked against the corpus's ground truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from curation.decode import iter_frames, probe_video
+from curation.metrics import match_frames
+from curation.sampling import FramesConfig, decode_size, fit_to_target
+from curation.shards import iter_clips, read_manifest
+from pipelines.config import load_config
+from pipelines.samples import load_truth
+from tests.conftest import SMOKE, run_pipeline
+
+
+def table(run_dir: Path, name: str) -> list[dict]:
+    return duckdb.sql(f"SELECT * FROM read_parquet('{run_dir}/{name}/*.parquet')").to_arrow_table().to_pylist()
+
+
+def videos_in(corpus_dir: Path) -> list[Path]:
+    return sorted(p for p in corpus_dir.iterdir() if p.suffix in (".mp4", ".avi", ".webm", ".mkv", ".mov"))
+
+
+def test_every_input_is_accounted_for(smoke_run, corpus_dir):
+    videos = table(smoke_run, "videos")
+    assert sorted(v["source_uri"] for v in videos) == sorted(str(p) for p in videos_in(corpus_dir))
+    assert all(v["error"] is None for v in videos), [v for v in videos if v["error"]]
+    clips, rejected = table(smoke_run, "clips"), table(smoke_run, "rejected")
+    with_output = {c["video_id"] for c in clips} | {r["video_id"] for r in rejected}
+    assert {v["video_id"] for v in videos} <= with_output
+    assert len({c["clip_id"] for c in clips}) == len(clips) >= 15
+
+
+def test_av1_falls_back_to_pyav(smoke_run):
+    for video in table(smoke_run, "videos"):
+        codec = load_truth(video["source_uri"])["codec"]
+        assert video["decoder"] == ("pyav" if codec == "av1" else "decord"), (codec, video["decoder"])
+
+
+def test_scene_cuts_match_truth(smoke_run, corpus_dir):
+    scenes = table(smoke_run, "scenes")
+    predicted_all, truth_all = 0, 0
+    for video in videos_in(corpus_dir):
+        truth = load_truth(video)
+        rows = sorted((s for s in scenes if s["source_uri"] == str(video)), key=lambda s: s["start_frame"])
+        cuts = [s["start_frame"] for s in rows if s["transition"] == "cut"]
+        match = match_frames(cuts, truth["cuts"], tolerance=1)
+        assert match.precision == 1.0 and match.recall == 1.0, (video.name, cuts, truth["cuts"])
+        predicted_all += len(cuts)
+        truth_all += len(truth["cuts"])
+        for fade in truth["fades"]:
+            inside = [s["start_frame"] for s in rows if fade["start"] + 1 < s["start_frame"] < fade["end"] - 1]
+            assert not inside, f"{video.name}: shot starts inside the fade {fade}"
+            after = [s for s in rows if s["transition"] == "fade"]
+            assert after and abs(after[0]["start_frame"] - fade["end"]) <= 2
+            before = [s for s in rows if s["end_frame"] <= after[0]["start_frame"]]
+            assert before and abs(before[-1]["end_frame"] - fade["start"]) <= 2
+    assert truth_all >= 3 and predicted_all == truth_all
+
+
+def test_clips_never_cross_a_cut(smoke_run, corpus_dir):
+    for clip in table(smoke_run, "clips"):
+        truth = load_truth(clip["source_uri"])
+        for cut in truth["cuts"]:
+            assert not clip["start_frame"] < cut < clip["end_frame"], (clip, cut)
+        for fade in truth["fades"]:
+            assert clip["end_frame"] <= fade["start"] + 1 or clip["start_frame"] >= fade["end"] - 1
+
+
+def test_shards_hold_frame_exact_clips(smoke_run):
+    cfg = load_config(SMOKE).frames
+    manifest = read_manifest(smoke_run)
+    clips = {c["clip_id"]: c for c in table(smoke_run, "clips")}
+    seen = 0
+    for row in iter_clips(smoke_run):
+        assert row["frames"].shape == (cfg.num_frames, cfg.height, cfg.width, 3) and row["frames"].dtype == np.uint8
+        clip = clips[row["clip_id"]]
+        assert clip["start_frame"] <= row["frame_indices"].min() and row["frame_indices"].max() < clip["end_frame"]
+        assert np.all(np.diff(row["frame_indices"]) == clip["frame_stride"])
+        seen += 1
+    assert seen == len(clips) == manifest["rows"]
+    # Decode one clip again independently and compare pixel for pixel.
+    row = next(r for r in iter_clips(smoke_run) if r["source_uri"].endswith(".mp4"))
+    assert np.array_equal(row["frames"], _decode(row["source_uri"], row["frame_indices"], cfg))
+
+
+def _decode(uri: str, indices: np.ndarray, cfg: FramesConfig) -> np.ndarray:
+    info = probe_video(uri)
+    size = decode_size(info.width, info.height, cfg)
+    return np.stack([fit_to_target(f, cfg) for _, _, f in iter_frames(uri, info, size=size, indices=list(indices))])
+
+
+def test_run_json_and_manifest_record_provenance(smoke_run):
+    run = json.loads((smoke_run / "_run.json").read_text())
+    assert run["status"] == "complete" and run["counts"]["clips"] == read_manifest(smoke_run)["rows"]
+    assert run["config"]["frames"]["width"] == 64 and run["versions"]["pyarrow"]
+    assert set(run["worker_seconds"]) == {"ingest", "scenes", "clips"}
+    assert read_manifest(smoke_run)["config_hash"] == run["config_hash"]
+
+
+def test_rerun_of_finished_run_is_a_noop(smoke_run, corpus_dir, caplog):
+    before = {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*.parquet")}
+    with caplog.at_level(logging.INFO):
+        assert run_pipeline("--input", str(corpus_dir), "--output", str(smoke_run)) == 0
+    assert "nothing to do" in caplog.text
+    assert before == {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*.parquet")}
+
+
+def test_changed_config_on_existing_run_is_refused(smoke_run, corpus_dir, capsys):
+    assert run_pipeline("--input", str(corpus_dir), "--output", str(smoke_run), "--set", "frames.width=32") == 2
+    assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "/nonexistent/videos"], "no such file"),
+    (["--output", "/proc/forbidden/run"], "not writable"),
+    (["--set", "scenes.bogus=1"], "unknown config key scenes.bogus"),
+    (["--set", "frames.fps=-1"], "fps > 0"),
+])  # fmt: skip
+def test_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    full = ["--input", str(tmp_path), "--output", str(tmp_path / "run"), *args]
+    assert run_pipeline(*full) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_stage_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_pipeline("--stage", "nope")
+    assert exc.value.code == 2
+
+
+def test_single_stages_give_the_same_clips_as_all(smoke_run, corpus_dir, tmp_path, ray_local):
+    subset = [str(p) for p in videos_in(corpus_dir)][:3]
+    run_dir = tmp_path / "staged"
+    for stage in ("ingest", "scenes", "clips"):
+        assert run_pipeline("--stage", stage, "--input", *subset, "--output", str(run_dir)) == 0
+    staged = {c["clip_id"] for c in table(run_dir, "clips")}
+    expected = {c["clip_id"] for c in table(smoke_run, "clips") if c["source_uri"] in subset}
+    assert staged == expected and staged
