@@ -113,6 +113,9 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             return {"rejected": [rejected_row("scenes", video, e.reason, e.detail)], "scenes": [], "spans": []}
         shots = build_shots(scan.n_frames, scan.cuts, find_fades(scan.luma, sc.fade_black_level, sc.fade_min_step))
         record: dict[str, Any] = {"n_decoded": scan.n_frames, "scenes": [], "spans": [], "rejected": []}
+        if not shots:
+            detail = f"all {scan.n_frames} frames are black or part of a fade (scenes.fade_black_level)"
+            record["rejected"].append(rejected_row("scenes", video, "no_shots", detail))
         for i, shot in enumerate(shots):
             start_s, end_s = span_seconds(scan.pts, shot.start, shot.end, info.fps)
             record["scenes"].append({"scene_index": i, "start_frame": shot.start, "end_frame": shot.end,

@@ -144,3 +144,44 @@ def test_single_stages_give_the_same_clips_as_all(smoke_run, corpus_dir, tmp_pat
     staged = {c["clip_id"] for c in table(run_dir, "clips")}
     expected = {c["clip_id"] for c in table(smoke_run, "clips") if c["source_uri"] in subset}
     assert staged == expected and staged
+
+
+def _audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        samples = np.zeros((1, 1024), np.float32)
+        for _ in range(20):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_run_goes_on(corpus_dir, tmp_path, ray_local):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = corpus_dir / "cuts.mp4"
+    (bad / "good.mp4").write_bytes(good.read_bytes())
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "noise.mkv").write_bytes(np.random.default_rng(0).bytes(50_000))
+    (bad / "text.avi").write_text("this is not a video\n" * 100)
+    (bad / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _audio_only(bad / "audio_only.mp4")
+    run_dir = tmp_path / "run"
+    assert run_pipeline("--input", str(bad), "--output", str(run_dir)) == 0
+    videos = {Path(v["source_uri"]).name: v for v in table(run_dir, "videos")}
+    assert set(videos) == {"good.mp4", "empty.mp4", "noise.mkv", "text.avi", "truncated.mp4", "audio_only.mp4"}
+    reasons = {Path(r["source_uri"]).name: r["reason"] for r in table(run_dir, "rejected") if r["stage"] == "ingest"}
+    assert reasons["empty.mp4"] == "empty_file"
+    assert reasons["audio_only.mp4"] == "no_video_stream"
+    assert {"noise.mkv", "text.avi"} <= set(reasons)
+    clips = table(run_dir, "clips")
+    assert {Path(c["source_uri"]).name for c in clips} >= {"good.mp4"}
+    truncated = [c for c in clips if c["source_uri"].endswith("truncated.mp4")]
+    assert "truncated.mp4" in reasons or truncated  # either rejected with a reason or cut from the frames it has
+    for name in videos:
+        assert name in reasons or any(c["source_uri"].endswith(name) for c in clips), name

@@ -1,0 +1,68 @@
+"""Embedded sample corpus: short synthetic videos with exact ground truth, for testing the curation pipeline.
+
+Generate with ``python -m pipelines.samples --out DIR [--only NAME ...] [--seed N]`` or
+``generate_corpus(out_dir, only=None, seed=0)``; read a sidecar with ``load_truth(video_path)``. Frames come
+from a seeded ``numpy.random.Generator`` and muxers run bit-exact, so a given seed reproduces the truth JSON
+exactly (and, with these encoders, the video bytes too).
+
+Each video ``<stem>.<ext>`` gets ``<stem>.json`` (truth), optionally ``<stem>.flow.npz`` (one LZMA-compressed
+float16 array; ``np.load`` or ``load_flow`` read it), and the directory gets ``corpus.json`` listing every
+registered video present there for this version and seed (``{"generator_version", "seed", "videos": [{"name",
+"file", "stem", "truth", "codec", "container", "fps", "n_frames", "width", "height", "tags"}]}``).
+Videos (see ``specs.SPECS``): cuts, fade, pan_right, tilt_up, pan_left (AV1: decord cannot read it), forward,
+backward (same world as forward), strafe_right, zoom_in, objects, static, dark, blurry, portrait, odd_size
+(333x187 MJPEG in AVI: odd sizes survive there and both PyAV and decord decode it).
+
+Truth JSON schema::
+
+    {
+      "generator_version": 1, "seed": 0, "name": "pan_right", "file": "pan_right.mp4",
+      "codec": "h264", "encoder": "libx264", "container": "mp4", "pix_fmt": "yuv420p",
+      "fps": 30.0, "n_frames": 90, "width": 480, "height": 270, "duration_s": 3.0,
+      "tags": ["camera", "rotation"],
+      "cuts": [41, 89],                     # first frames of shots that start with a HARD cut (0 excluded)
+      "fades": [{"start": 40, "end": 73}],  # gradual transitions; frames [start, end) belong to the transition:
+                                            # start = first frame dimmer than shot A, end = first full frame of B
+      "shots": [{"start": 0, "end": 41}],   # [start, end) spans of shots, transition frames excluded
+      "brightness_gain": [...],             # fade video only: per-frame multiplier applied to the shot content
+      "objects": [{"id": 0, "shape": "rect",
+                   "boxes": [[x0, y0, x1, y1], ...],  # per frame, pixels, end exclusive, integers
+                   "moving": [false, ...],   # per frame: the box changes between frame t and t+1
+                   "events": [{"start": 30, "end": 75}]}],  # maximal runs of moving == true, [start, end)
+      "camera": {                           # every single-shot video (`objects`: a static camera); not in
+                                            # `cuts` / `fade`, whose shots are unrelated scenes
+        "fov_x_deg": 60.0, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],  # K of frame 0
+        "c2w": [4x4 per frame],             # camera-to-world, OpenCV axes; frame 0 = identity
+        "motion": "yaw_right" | "yaw_left" | "pitch_up" | "pitch_down" | "forward" | "backward" | "right" |
+                  "zoom_in" | "static",
+        "expected_keys": "W" | "S" | "A" | "D" | "none",
+        "expected_mouse": "right" | "left" | "up" | "down" | "none",
+        "per_frame_rotation_deg": [[yaw, pitch, roll], ...],  # n_frames - 1 entries, entry i = frame i -> i+1;
+                                            # only when the camera rotates
+        "focal_scale": [...],               # zoom only: per-frame focal length / focal length of frame 0
+        "plane_depths": [30.0, 10.0, 4.0]   # translation videos only: depths of the rendered planes
+      },
+      "flow": {"file": "pan_right.flow.npz", "key": "flow", "shape": [T-1, rows, cols, 2], "scale": 0.25,
+               "dtype": "float16", "convention": "..."}  # pan/tilt/pan_left/zoom (analytic homography),
+                                            # forward/backward/strafe (per-plane homographies, front-most plane
+                                            # with alpha >= 0.5 wins), objects (displacement on object pixels)
+    }
+
+Conventions: OpenCV camera axes (x right, y down, z forward), pixel centres at integer coordinates, principal
+point at ((w-1)/2, (h-1)/2), square pixels, ``fx = (w/2) / tan(fov_x/2)``. Relative rotation of frame i+1 in
+frame i is ``R_i^T R_{i+1} = Ry(yaw) Rx(pitch) Rz(roll)`` (right-handed rotations about the camera axes).
+Yaw right (> 0) turns the optical axis toward +x, so scene content moves LEFT in the image; pitch up (> 0)
+turns it toward -y, so content moves DOWN; forward is +z. Flow is forward flow: frame i at pixel p matches frame
+i+1 at p + flow[i][p], in stored-resolution pixels, sampled on the grid described by ``convention``.
+"""
+
+from __future__ import annotations
+
+from .corpus import GENERATOR_VERSION, generate_corpus, generate_video, load_flow, load_truth
+from .model import Rendered, VideoSpec
+from .specs import SPECS, get_spec, spec_names
+
+__all__ = [
+    "GENERATOR_VERSION", "SPECS", "Rendered", "VideoSpec", "generate_corpus", "generate_video", "get_spec",
+    "load_flow", "load_truth", "spec_names",
+]

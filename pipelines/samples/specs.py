@@ -1,0 +1,76 @@
+"""Registry of the sample videos. Add a video by appending a ``VideoSpec`` to ``SPECS`` (and, for a new kind of
+scene, a builder to ``BUILDERS``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .layers import build_layers
+from .model import Rendered, VideoSpec
+from .objects import build_objects
+from .scenes import build_cuts, build_fade, build_rotation
+
+__all__ = ["BUILDERS", "SPECS", "get_spec", "spec_names"]
+
+Builder = Callable[[VideoSpec, int], Rendered]
+
+BUILDERS: dict[str, Builder] = {
+    "rotation": build_rotation,
+    "layers": build_layers,
+    "objects": build_objects,
+    "cuts": build_cuts,
+    "fade": build_fade,
+}
+
+_CAM = ("camera",)
+_FWD = {"velocity": (0.0, 0.0, 1.0 / 24), "motion": "forward", "keys": "W", "scene": "street", "flow": True}
+_BWD = {"velocity": (0.0, 0.0, -1.0 / 24), "motion": "backward", "keys": "S", "scene": "street", "flow": True}
+_OBJECTS = (
+    {"shape": "rect", "size": (64, 44), "start": (40, 40), "velocity": (4, 1), "move": (30, 75)},
+    {"shape": "disc", "size": (56, 56), "start": (380, 180), "velocity": (-3, -1), "move": (50, 95)},
+)
+
+SPECS: tuple[VideoSpec, ...] = (
+    VideoSpec("cuts", "cuts", "libx264", "mp4", 30, 480, 270, 170, ("cuts", "shots"),
+              {"starts": (0, 41, 89, 131)}),
+    VideoSpec("fade", "fade", "mpeg4", "avi", 25, 320, 180, 110, ("fade", "shots"),
+              {"a_len": 40, "fade_out": 15, "black": 3, "fade_in": 15}),
+    VideoSpec("pan_right", "rotation", "libx264", "mp4", 30, 480, 270, 90, (*_CAM, "rotation"),
+              {"yaw": 0.3, "motion": "yaw_right", "mouse": "right", "flow": True}),
+    VideoSpec("tilt_up", "rotation", "libvpx-vp9", "webm", 24, 320, 180, 72, (*_CAM, "rotation"),
+              {"pitch": 0.35, "motion": "pitch_up", "mouse": "up", "flow": True}),
+    VideoSpec("pan_left", "rotation", "libsvtav1", "mkv", 15, 320, 180, 45, (*_CAM, "rotation", "av1"),
+              {"yaw": -0.5, "motion": "yaw_left", "mouse": "left", "flow": True}),
+    VideoSpec("forward", "layers", "libx264", "mp4", 30, 480, 270, 60, (*_CAM, "translation", "parallax"), _FWD),
+    VideoSpec("backward", "layers", "mpeg4", "avi", 30, 480, 270, 60, (*_CAM, "translation", "parallax"), _BWD),
+    VideoSpec("strafe_right", "layers", "libx265", "mp4", 25, 480, 270, 75, (*_CAM, "translation", "parallax"),
+              {"velocity": (0.03, 0.0, 0.0), "motion": "right", "keys": "D", "scene": "yard", "flow": True}),
+    VideoSpec("zoom_in", "rotation", "libx265", "mkv", 24, 400, 224, 72, (*_CAM, "zoom"),
+              {"zoom_end": 2.0, "motion": "zoom_in", "flow": True}),
+    VideoSpec("objects", "objects", "libx264", "mp4", 30, 480, 270, 120, ("objects", "static_camera"),
+              {"objects": _OBJECTS}),
+    VideoSpec("static", "rotation", "libx264", "mkv", 15, 320, 180, 45, (*_CAM, "static"),
+              {"noise_sigma": 1.0, "motion": "static"}),
+    VideoSpec("dark", "rotation", "libx264", "mp4", 24, 320, 180, 60, (*_CAM, "dark"),
+              {"yaw": 0.25, "gain": 0.32, "noise_sigma": 0.5, "motion": "yaw_right", "mouse": "right"}),
+    VideoSpec("blurry", "rotation", "libvpx-vp9", "webm", 25, 320, 180, 60, (*_CAM, "blurry"),
+              {"pitch": -0.25, "blur_sigma": 5.0, "motion": "pitch_down", "mouse": "down"}),
+    VideoSpec("portrait", "rotation", "libx264", "mp4", 30, 270, 480, 60, (*_CAM, "portrait"),
+              {"yaw": 0.15, "pitch": 0.05, "fov": 40.0, "motion": "yaw_right", "mouse": "right"}),
+    # Odd sizes: MJPEG in AVI stores 333x187 as is, and both PyAV and decord decode it.
+    VideoSpec("odd_size", "rotation", "mjpeg", "avi", 15, 333, 187, 45, (*_CAM, "odd_size"),
+              {"yaw": -0.3, "motion": "yaw_left", "mouse": "left"}, pix_fmt="yuvj420p"),
+)
+
+
+def spec_names() -> list[str]:
+    """Names of all registered videos, in registry order."""
+    return [s.name for s in SPECS]
+
+
+def get_spec(name: str) -> VideoSpec:
+    """Look up a spec by name; raises KeyError listing the valid names."""
+    for spec in SPECS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown sample video {name!r}; known: {', '.join(spec_names())}")

@@ -1,0 +1,298 @@
+"""Behavioural tests of the embedded sample corpus: decoded frames must agree with the recorded truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from pipelines.samples import SPECS, generate_corpus, load_flow, load_truth, spec_names
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW_VIDEOS = ["pan_right", "tilt_up", "pan_left", "zoom_in", "forward", "backward", "strafe_right"]
+
+Decoded = tuple[dict[str, Any], list[np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir: Path) -> Path:
+    return corpus_dir  # the session-wide corpus from conftest, generated once
+
+
+@pytest.fixture(scope="module")
+def decode(corpus: Path) -> Callable[[str], Decoded]:
+    """Decode a corpus video with PyAV (cached): (truth, RGB frames)."""
+    cache: dict[str, Decoded] = {}
+
+    def _decode(name: str) -> Decoded:
+        if name not in cache:
+            truth = load_truth(corpus / f"{name}.json")
+            with av.open(str(corpus / truth["file"])) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            cache[name] = (truth, frames)
+        return cache[name]
+
+    return _decode
+
+
+def gray(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(gray(a) - gray(b)).mean())
+
+
+def test_index_lists_every_video(corpus: Path) -> None:
+    index = json.loads((corpus / "corpus.json").read_text())
+    assert [v["name"] for v in index["videos"]] == spec_names()
+    for entry in index["videos"]:
+        assert (corpus / entry["file"]).is_file()
+        truth = load_truth(corpus / entry["file"])
+        assert truth["file"] == entry["file"] and truth["tags"] == entry["tags"]
+    assert {15.0, 24.0, 25.0, 30.0} <= {v["fps"] for v in index["videos"]}
+    assert {"mp4", "avi", "webm", "mkv"} <= {v["container"] for v in index["videos"]}
+    assert {"h264", "hevc", "vp9", "av1", "mpeg4", "mjpeg"} <= {v["codec"] for v in index["videos"]}
+
+
+@pytest.mark.parametrize("name", spec_names())
+def test_decodes_to_declared_frames(decode: Callable[[str], Decoded], corpus: Path, name: str) -> None:
+    truth, frames = decode(name)
+    assert len(frames) == truth["n_frames"]
+    assert {f.shape for f in frames} == {(truth["height"], truth["width"], 3)}
+    with av.open(str(corpus / truth["file"])) as container:
+        stream = container.streams.video[0]
+        assert stream.codec.canonical_name == truth["codec"]
+        assert float(stream.average_rate) == pytest.approx(truth["fps"])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_truth_is_self_consistent(corpus: Path, spec: Any) -> None:
+    truth = load_truth(corpus / spec.file_name)
+    n = truth["n_frames"]
+    spans = sorted([(s["start"], s["end"]) for s in truth["shots"] + truth["fades"]])
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))  # a partition of [0, n)
+    fade_ends = {f["end"] for f in truth["fades"]}
+    assert truth["cuts"] == [s["start"] for s in truth["shots"][1:] if s["start"] not in fade_ends]
+    if "camera" in truth:
+        c2w = np.asarray(truth["camera"]["c2w"])
+        assert c2w.shape == (n, 4, 4) and np.allclose(c2w[0], np.eye(4))
+    for obj in truth["objects"]:
+        assert len(obj["boxes"]) == len(obj["moving"]) == n
+
+
+def test_hard_cuts_show_as_frame_differences(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("cuts")
+    diffs = np.array([mean_abs_diff(frames[i - 1], frames[i]) for i in range(1, len(frames))])
+    at_cuts = diffs[np.asarray(truth["cuts"]) - 1]
+    elsewhere = np.delete(diffs, np.asarray(truth["cuts"]) - 1)
+    assert len(truth["cuts"]) == 3
+    assert at_cuts.min() > 30 and elsewhere.max() < 15
+    assert at_cuts.min() > 3 * elsewhere.max()
+
+
+@pytest.mark.parametrize("name", ["cuts", "pan_right", "forward", "objects"])
+def test_scenedetect_agrees_with_truth(corpus: Path, name: str) -> None:
+    scenedetect = pytest.importorskip("scenedetect")
+    truth = load_truth(corpus / f"{name}.json")
+    manager = scenedetect.SceneManager()
+    manager.add_detector(scenedetect.ContentDetector())
+    manager.detect_scenes(scenedetect.open_video(str(corpus / truth["file"]), backend="pyav"))
+    found = [start.get_frames() for start, _ in manager.get_scene_list()[1:]]
+    assert found == truth["cuts"]
+
+
+def test_fade_goes_through_black_without_jumps(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("fade")
+    assert truth["cuts"] == [] and len(truth["fades"]) == 1
+    start, end = truth["fades"][0]["start"], truth["fades"][0]["end"]
+    luma = np.array([gray(f).mean() for f in frames])
+    assert luma[start:end].min() < 1.0
+    assert luma[start - 1] > 40 and luma[end] > 40
+    assert np.all(np.diff(luma[start - 1:start + 16]) < 0.5)  # ramps down monotonically
+    assert np.abs(np.diff(luma)).max() < 10  # no hard jump anywhere
+    gains = truth["brightness_gain"]
+    assert gains[start - 1] == 1.0 and gains[start] < 1.0 and gains[end] == 1.0 and gains[end - 1] < 1.0
+
+
+def flow_residuals(a: np.ndarray, b: np.ndarray, flow: np.ndarray) -> tuple[float, float, float]:
+    """(warp error, identity error, fraction of pixels used) of explaining frame a by frame b warped with flow.
+
+    Only pixels whose true flow is non-trivial (> 0.5 px), that stay inside the frame and that are away from flow
+    discontinuities (occlusion edges, where the downscaled flow grid cannot be upsampled) are compared.
+    """
+    h, w = a.shape[:2]
+    full = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xx + full[..., 0], yy + full[..., 1]
+    kernel = np.ones((9, 9), np.uint8)
+    spread = np.maximum(*(cv2.morphologyEx(full[..., c], cv2.MORPH_GRADIENT, kernel) for c in range(2)))
+    use = (mx >= 1) & (mx <= w - 2) & (my >= 1) & (my <= h - 2) & (spread < 0.5) & (np.hypot(*full.T).T > 0.5)
+    use[:8], use[-8:], use[:, :8], use[:, -8:] = False, False, False, False
+    warped = cv2.remap(b, mx, my, cv2.INTER_LINEAR)
+    return float(np.abs(warped - a)[use].mean()), float(np.abs(b - a)[use].mean()), float(use.mean())
+
+
+@pytest.mark.parametrize("name", FLOW_VIDEOS)
+def test_true_flow_explains_the_frames(decode: Callable[[str], Decoded], corpus: Path, name: str) -> None:
+    truth, frames = decode(name)
+    flow = load_flow(corpus / truth["file"])
+    assert flow is not None and list(flow.shape) == truth["flow"]["shape"] and flow.shape[0] == len(frames) - 1
+    stats = np.array([flow_residuals(gray(frames[i]), gray(frames[i + 1]), flow[i])
+                      for i in range(0, len(frames) - 1, max(1, len(frames) // 8))])
+    ratios = stats[:, 0] / stats[:, 1]
+    assert stats[:, 2].min() > 0.1  # a good part of the frame really moves and is checked
+    assert np.median(ratios) < 0.5 and ratios.max() < 0.7, ratios
+
+
+@pytest.mark.parametrize("name", FLOW_VIDEOS)
+def test_true_flow_matches_an_independent_estimate(decode: Callable[[str], Decoded], corpus: Path,
+                                                  name: str) -> None:
+    truth, frames = decode(name)
+    flow = load_flow(corpus / truth["file"])
+    assert flow is not None
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    h, w = frames[0].shape[:2]
+    for i in (1, len(frames) // 2):
+        a, b = (gray(f).astype(np.uint8) for f in (frames[i], frames[i + 1]))
+        err = np.linalg.norm(dis.calc(a, b, None) - cv2.resize(flow[i], (w, h)), axis=-1)[16:-16, 16:-16]
+        assert np.median(err) < 0.3 and err.mean() < 0.5
+
+
+@pytest.mark.parametrize(("name", "check"), [
+    ("pan_right", lambda f: f[..., 0].mean() < -1),  # yaw right: content moves left
+    ("pan_left", lambda f: f[..., 0].mean() > 1),
+    ("tilt_up", lambda f: f[..., 1].mean() > 1),  # pitch up: content moves down
+    ("strafe_right", lambda f: f[..., 0].mean() < -0.2),
+    ("zoom_in", lambda f: _radial(f) > 0.2),
+    ("forward", lambda f: _radial(f) > 0.05),
+    ("backward", lambda f: _radial(f) < -0.05),
+])
+def test_flow_signs_follow_conventions(corpus: Path, name: str, check: Callable[[np.ndarray], bool]) -> None:
+    flow = load_flow(corpus / f"{name}.json")
+    assert flow is not None and check(flow[0])
+
+
+def _radial(flow: np.ndarray) -> float:
+    """Mean outward flow component (positive = expansion)."""
+    rows, cols = flow.shape[:2]
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    rx, ry = xx - (cols - 1) / 2, yy - (rows - 1) / 2
+    norm = np.hypot(rx, ry) + 1e-6
+    return float(((flow[..., 0] * rx + flow[..., 1] * ry) / norm).mean())
+
+
+@pytest.mark.parametrize(("name", "keys", "mouse", "axis", "sign"), [
+    ("pan_right", "none", "right", "yaw", 1), ("pan_left", "none", "left", "yaw", -1),
+    ("tilt_up", "none", "up", "pitch", 1), ("forward", "W", "none", "z", 1), ("backward", "S", "none", "z", -1),
+    ("strafe_right", "D", "none", "x", 1),
+])
+def test_camera_truth(corpus: Path, name: str, keys: str, mouse: str, axis: str, sign: int) -> None:
+    cam = load_truth(corpus / f"{name}.json")["camera"]
+    assert (cam["expected_keys"], cam["expected_mouse"]) == (keys, mouse)
+    c2w = np.asarray(cam["c2w"])
+    if axis in ("yaw", "pitch"):
+        rel = np.asarray(cam["per_frame_rotation_deg"])
+        assert np.all(np.sign(rel[:, 0 if axis == "yaw" else 1]) == sign)
+        assert np.allclose(c2w[:, :3, 3], 0)
+    else:
+        moved = c2w[-1, :3, 3]
+        assert np.sign(moved["xyz".index(axis)]) == sign and np.allclose(np.delete(moved, "xyz".index(axis)), 0)
+        assert np.allclose(c2w[:, :3, :3], np.eye(3))
+
+
+def test_objects_move_only_inside_events(decode: Callable[[str], Decoded], corpus: Path) -> None:
+    truth, frames = decode("objects")
+    flow = load_flow(corpus / truth["file"])
+    assert flow is not None and len(truth["objects"]) == 2
+    n, h, w = truth["n_frames"], truth["height"], truth["width"]
+    for obj in truth["objects"]:
+        boxes = np.asarray(obj["boxes"])
+        in_event = np.zeros(n, bool)
+        for ev in obj["events"]:
+            in_event[ev["start"]:ev["end"]] = True
+        changed = np.any(boxes[1:] != boxes[:-1], axis=1)
+        assert np.array_equal(changed, in_event[:-1]) and np.array_equal(obj["moving"], in_event.tolist())
+        assert in_event.any() and not in_event[0] and not in_event[-1]
+    any_moving = np.array([any(o["moving"][t] for o in truth["objects"]) for t in range(n - 1)])
+    assert np.array_equal(np.abs(flow).reshape(n - 1, -1).max(axis=1) > 0, any_moving)
+    for t in range(n - 1):
+        moved = np.zeros((h, w), bool)
+        for obj in truth["objects"]:
+            for x0, y0, x1, y1 in (obj["boxes"][t], obj["boxes"][t + 1]):
+                moved[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
+        diff = np.abs(gray(frames[t + 1]) - gray(frames[t]))
+        assert diff[~moved].mean() < 2.0  # only codec noise (key frames) away from the objects
+        if any_moving[t]:
+            assert diff[moved].mean() > 5.0
+
+
+def test_static_frames_are_nearly_identical(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("static")
+    assert truth["camera"]["motion"] == "static"
+    assert max(mean_abs_diff(frames[0], f) for f in frames[1:]) < 2.0
+
+
+def test_dark_video_is_dark_but_not_black(decode: Callable[[str], Decoded]) -> None:
+    _, frames = decode("dark")
+    luma = np.mean([gray(f).mean() for f in frames])
+    assert 12 < luma < 32
+    assert np.mean([gray(f).std() for f in frames]) > 3  # still textured
+
+
+def test_blurry_video_has_low_laplacian_variance(decode: Callable[[str], Decoded]) -> None:
+    def sharpness(name: str) -> float:
+        return float(np.median([cv2.Laplacian(gray(f), cv2.CV_32F).var() for f in decode(name)[1]]))
+
+    assert sharpness("blurry") < 0.1 * sharpness("tilt_up")
+
+
+def test_odd_and_portrait_sizes(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("odd_size")
+    assert truth["width"] % 2 == 1 and truth["height"] % 2 == 1 and frames[0].shape[:2] == (187, 333)
+    truth, frames = decode("portrait")
+    assert truth["height"] > truth["width"] and frames[0].shape[:2] == (480, 270)
+
+
+def test_generation_is_deterministic_and_skips_current(corpus: Path, tmp_path: Path) -> None:
+    names = ["objects", "static", "pan_left"]
+    generate_corpus(tmp_path / "a", only=names)
+    for name in names:
+        spec_file = load_truth(corpus / f"{name}.json")["file"]
+        assert (tmp_path / "a" / f"{name}.json").read_bytes() == (corpus / f"{name}.json").read_bytes()
+        assert (tmp_path / "a" / spec_file).read_bytes() == (corpus / spec_file).read_bytes()
+    stamp = (tmp_path / "a" / "static.mkv").stat().st_mtime_ns
+    generate_corpus(tmp_path / "a", only=["static"])
+    assert (tmp_path / "a" / "static.mkv").stat().st_mtime_ns == stamp
+    generate_corpus(tmp_path / "a", only=["static"], seed=1)  # another seed regenerates, with other pixels
+    assert (tmp_path / "a" / "static.mkv").read_bytes() != (corpus / "static.mkv").read_bytes()
+    assert load_truth(tmp_path / "a" / "static.mkv")["seed"] == 1
+
+
+def test_only_writes_the_requested_videos(tmp_path: Path) -> None:
+    paths = generate_corpus(tmp_path, only=["static"])
+    assert paths == [tmp_path / "static.mkv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "static.json", "static.mkv"]
+    assert [v["name"] for v in json.loads((tmp_path / "corpus.json").read_text())["videos"]] == ["static"]
+    with pytest.raises(KeyError):
+        generate_corpus(tmp_path, only=["no_such_video"])
+
+
+def test_cli(corpus: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipelines.samples", "--out", str(tmp_path), "--only", "static"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert load_truth(tmp_path / "static.mkv")["name"] == "static"
+    assert "1 videos" in result.stdout
+    # Another process, same seed: the very same bytes.
+    assert (tmp_path / "static.mkv").read_bytes() == (corpus / "static.mkv").read_bytes()
+    assert (tmp_path / "static.json").read_bytes() == (corpus / "static.json").read_bytes()
