@@ -41,8 +41,9 @@ def long_cut_videos(cache: Path, count: int, seconds: int, fps: int = 30) -> lis
         starts = [0]
         while starts[-1] + 4 * fps < n_frames:
             starts.append(starts[-1] + int(rng.integers(2 * fps, 4 * fps)))
-        spec = VideoSpec(f"long_{i:02d}", "cuts", "libx264", "mp4", fps, 480, 270, n_frames, ("bench",),
-                         {"starts": tuple(starts)})  # fmt: skip
+        spec = VideoSpec(
+            f"long_{i:02d}", "cuts", "libx264", "mp4", fps, 480, 270, n_frames, ("bench",), {"starts": tuple(starts)}
+        )
         path = spec.video_path(cache)
         if not (path.exists() and spec.truth_path(cache).exists()):
             generate_video(spec, cache)
@@ -54,9 +55,25 @@ def cli_cuts(video: Path, cfg: SceneConfig, out_dir: Path) -> list[int]:
     """Run the scenedetect CLI with our detector settings; return the first frame of every shot after the first."""
     info = probe_video(str(video))
     factor = max(1, round(info.width / cfg.detect_width)) if cfg.detect_width else 1
-    cmd = [str(Path(sys.executable).parent / "scenedetect"), "-i", str(video), "-o", str(out_dir), "-q",
-           "-d", str(factor), "-m", str(cfg.min_scene_len), "detect-content", "-t", str(cfg.threshold),
-           "list-scenes", "-s", "-f", f"{video.stem}.csv"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "scenedetect"),
+        "-i",
+        str(video),
+        "-o",
+        str(out_dir),
+        "-q",
+        "-d",
+        str(factor),
+        "-m",
+        str(cfg.min_scene_len),
+        "detect-content",
+        "-t",
+        str(cfg.threshold),
+        "list-scenes",
+        "-s",
+        "-f",
+        f"{video.stem}.csv",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     with open(out_dir / f"{video.stem}.csv") as f:
         rows = list(csv.DictReader(f))
@@ -73,16 +90,24 @@ def pure_decode_seconds(videos: list[Path], cfg: SceneConfig) -> float:
 
 
 def ours(videos: list[Path], run_dir: Path) -> tuple[float, dict[str, list[int]]]:
-    code = ("import sys; from pipelines.run import main; a = sys.argv[1:]; "
-            "sys.exit(main(['--stage', 'ingest', *a]) or main(['--stage', 'scenes', *a]))")  # fmt: skip
+    code = (
+        "import sys; from pipelines.run import main; a = sys.argv[1:]; "
+        "sys.exit(main(['--stage', 'ingest', *a]) or main(['--stage', 'scenes', *a]))"
+    )
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, "--input", *map(str, videos), "--output", str(run_dir)],
-                   check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", code, "--input", *map(str, videos), "--output", str(run_dir)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     seconds = time.perf_counter() - started
     import duckdb
 
-    rows = duckdb.sql(f"SELECT source_uri, start_frame FROM read_parquet('{run_dir}/scenes/*.parquet') "
-                      "WHERE transition = 'cut' ORDER BY 1, 2").fetchall()  # fmt: skip
+    rows = duckdb.sql(
+        f"SELECT source_uri, start_frame FROM read_parquet('{run_dir}/scenes/*.parquet') "
+        "WHERE transition = 'cut' ORDER BY 1, 2"
+    ).fetchall()
     cuts: dict[str, list[int]] = {str(v): [] for v in videos}
     for uri, frame in rows:
         cuts[uri].append(frame)
@@ -108,19 +133,23 @@ def main() -> None:
 
     def accuracy(found: dict[str, list[int]]) -> dict[str, float]:
         matches = [match_frames(found[k], truth[k], 1) for k in truth]
-        tp, fp, fn = (sum(getattr(m, a) for m in matches) for a in ("true_positives", "false_positives",
-                                                                     "false_negatives"))  # fmt: skip
+        tp, fp, fn = (
+            sum(getattr(m, a) for m in matches) for a in ("true_positives", "false_positives", "false_negatives")
+        )
         return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
 
     result = {
-        "videos": len(videos), "minutes": round(minutes, 2),
-        "cli_seconds": round(cli_seconds, 2), "ours_seconds": round(ours_seconds, 2),
+        "videos": len(videos),
+        "minutes": round(minutes, 2),
+        "cli_seconds": round(cli_seconds, 2),
+        "ours_seconds": round(ours_seconds, 2),
         "ratio_ours_over_cli": round(ours_seconds / cli_seconds, 3),
         "pure_decode_seconds": round(decode_seconds, 2),
         "ratio_ours_over_pure_decode": round(ours_seconds / decode_seconds, 3),
-        "same_cuts_as_cli": sum(cli[k] == our_cuts[k] for k in cli), "cli_accuracy": accuracy(cli),
+        "same_cuts_as_cli": sum(cli[k] == our_cuts[k] for k in cli),
+        "cli_accuracy": accuracy(cli),
         "our_accuracy": accuracy(our_cuts),
-    }  # fmt: skip
+    }
     print(json.dumps(result, indent=1))
 
 

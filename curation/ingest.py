@@ -21,9 +21,33 @@ from curation.ids import video_id_from_content
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m2ts", ".mts", ".ts", ".flv", ".wmv",
-    ".3gp", ".ogv", ".gif", ".mxf", ".ivf", ".264", ".h264", ".265", ".hevc", ".obu", ".m1v", ".m2v", ".mjpeg",
-)  # fmt: skip
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".m2ts",
+    ".mts",
+    ".ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".gif",
+    ".mxf",
+    ".ivf",
+    ".264",
+    ".h264",
+    ".265",
+    ".hevc",
+    ".obu",
+    ".m1v",
+    ".m2v",
+    ".mjpeg",
+)
 LIST_EXTENSIONS = (".txt", ".lst")
 
 

@@ -27,8 +27,9 @@ class Match:
 
 def match_frames(predicted: Sequence[int], truth: Sequence[int], tolerance: int = 1) -> Match:
     """Greedy one-to-one matching of predicted to true frame indices, nearest first, within `tolerance` frames."""
-    pairs = sorted((abs(p - t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth)
-                   if abs(p - t) <= tolerance)  # fmt: skip
+    pairs = sorted(
+        (abs(p - t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth) if abs(p - t) <= tolerance
+    )
     used_p: set[int] = set()
     used_t: set[int] = set()
     for _, i, j in pairs:

@@ -111,10 +111,13 @@ class ShardWriter:
         codec = self.cfg.tensor_compression
         compression = {f.name: ("zstd" if f.name not in self.tensors else codec) for f in self.schema}
         self._writer = pq.ParquetWriter(
-            tmp, self.schema, compression=compression, use_dictionary=["video_id", "source_uri"],
-            write_statistics=scalar, compression_level={t: self.cfg.tensor_compression_level for t in self.tensors}
-            if codec == "zstd" else None,
-        )  # fmt: skip
+            tmp,
+            self.schema,
+            compression=compression,
+            use_dictionary=["video_id", "source_uri"],
+            write_statistics=scalar,
+            compression_level={t: self.cfg.tensor_compression_level for t in self.tensors} if codec == "zstd" else None,
+        )
         self._pending.append((tmp, final))
         self.files.append(ShardFile(name=final.name, rows=0, bytes=0, video_id=self.video_id))
         self._rows_in_file = 0

@@ -16,8 +16,22 @@ from curation.shards import ShardFile, write_manifest
 from curation.tables import write_run_table
 from pipelines.steps import WorkDir, rejected_row
 
-VIDEO_FIELDS = ("video_id", "source_uri", "decoder", "n_frames", "fps", "width", "height", "duration_s", "rotation",
-                "codec", "container", "vfr", "file_bytes", "error")  # fmt: skip
+VIDEO_FIELDS = (
+    "video_id",
+    "source_uri",
+    "decoder",
+    "n_frames",
+    "fps",
+    "width",
+    "height",
+    "duration_s",
+    "rotation",
+    "codec",
+    "container",
+    "vfr",
+    "file_bytes",
+    "error",
+)
 
 
 @dataclasses.dataclass
@@ -62,8 +76,9 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
         out.seconds["ingest"] += video.get("seconds", 0.0)
         out.videos.append({k: video.get(k) for k in VIDEO_FIELDS})
         if video.get("error"):
-            out.rejected.append(rejected_row("ingest", video, video.get("reason") or "unreadable", video.get("detail",
-                                                                                                            "")))
+            out.rejected.append(
+                rejected_row("ingest", video, video.get("reason") or "unreadable", video.get("detail", ""))
+            )
             continue
         if video["video_id"] in first_uri_of:  # the same bytes under another name: keep the first in URI order
             detail = f"same content as {first_uri_of[video['video_id']]}"
@@ -76,7 +91,7 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
 
 def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attempted: tuple[str, ...]) -> None:
     key, ids = row["key"], {"video_id": video["video_id"], "source_uri": video["source_uri"]}
-    for step, previous in (("scenes", "ingest"), ("clips", "scenes")):
+    for step in ("scenes", "clips"):
         if not work.done(step, key):
             out.ready[step].append(row)
             if step in attempted:

@@ -25,9 +25,7 @@ STEPS_OF = {"all": ("ingest", "scenes", "clips"), "ingest": ("ingest",), "scenes
 def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> None:
     """Drain the DAG's output, logging a progress line every `every_s` seconds."""
     started = last = time.perf_counter()
-    done = 0
-    for _ in rows:
-        done += 1
+    for done, _ in enumerate(rows, start=1):
         now = time.perf_counter()
         if now - last >= every_s or done == total:
             rate = done / max(now - started, 1e-9)
@@ -36,8 +34,15 @@ def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> No
             last = now
 
 
-def run_stages(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], cfg: RunConfig,
-               ray_address: str | None, started: float) -> Collected:  # fmt: skip
+def run_stages(
+    run_dir: Path,
+    stage: str,
+    inputs: list[dict],
+    ignored: list[str],
+    cfg: RunConfig,
+    ray_address: str | None,
+    started: float,
+) -> Collected:
     from pipelines import dag
 
     steps = STEPS_OF[stage]
@@ -55,7 +60,9 @@ def run_stages(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str]
     if video_steps:
         pending = data.ready["scenes"] + data.ready["clips"] if "scenes" in video_steps else data.ready["clips"]
         if stage == "clips" and data.ready["scenes"]:
-            logger.warning("%d inputs have not been through `scenes` yet: run --stage scenes", len(data.ready["scenes"]))
+            logger.warning(
+                "%d inputs have not been through `scenes` yet: run --stage scenes", len(data.ready["scenes"])
+            )
         logger.info("%s: %d videos to process", "+".join(video_steps), len(pending))
         t0 = time.perf_counter()
         if pending:
@@ -67,8 +74,16 @@ def run_stages(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str]
     return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started)
 
 
-def _finish(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], cfg: RunConfig, data: Collected,
-            wall: dict[str, float], started: float) -> Collected:  # fmt: skip
+def _finish(
+    run_dir: Path,
+    stage: str,
+    inputs: list[dict],
+    ignored: list[str],
+    cfg: RunConfig,
+    data: Collected,
+    wall: dict[str, float],
+    started: float,
+) -> Collected:
     from curation.schema import SCHEMA_VERSION
     from pipelines.run import inputs_hash
 
@@ -76,21 +91,33 @@ def _finish(run_dir: Path, stage: str, inputs: list[dict], ignored: list[str], c
         logger.info("removed %d temporary files left by an interrupted run", removed)
     fc = cfg.frames
     tensors = {"frames": {"dtype": "uint8", "shape": [fc.num_frames, fc.height, fc.width, 3]}}
-    write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra={"tensors": tensors})
+    write_tables(
+        run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra={"tensors": tensors}
+    )
     crashed = sum(1 for r in data.rejected if r["reason"] == "worker_crashed")
     incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed
     wall["total"] = time.time() - started
     counts = data.counts()
-    write_run_json(run_dir, {
-        "status": "partial" if incomplete else "complete", "stage": stage, "schema_version": SCHEMA_VERSION,
-        "inputs": len(inputs), "inputs_hash": inputs_hash(inputs), "ignored_inputs": ignored,
-        "config": cfg.to_dict(), "config_hash": cfg.content_hash(), "counts": counts,
-        "worker_seconds": dict(data.seconds), "wall_seconds": wall,
-    })  # fmt: skip
+    write_run_json(
+        run_dir,
+        {
+            "status": "partial" if incomplete else "complete",
+            "stage": stage,
+            "schema_version": SCHEMA_VERSION,
+            "inputs": len(inputs),
+            "inputs_hash": inputs_hash(inputs),
+            "ignored_inputs": ignored,
+            "config": cfg.to_dict(),
+            "config_hash": cfg.content_hash(),
+            "counts": counts,
+            "worker_seconds": dict(data.seconds),
+            "wall_seconds": wall,
+        },
+    )
     table = summary_table(counts, dict(data.seconds), wall)
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
     if crashed:
         logger.warning("%d inputs lost their worker (decoder crash?); rerun the same command to retry them", crashed)
-    logger.info("run directory: %s (query it with: python -m curation.query %s \"SELECT ...\")", run_dir, run_dir)
+    logger.info('run directory: %s (query it with: python -m curation.query %s "SELECT ...")', run_dir, run_dir)
     return data

@@ -10,8 +10,21 @@ from typing import Any
 
 from curation.tables import atomic_write_json
 
-PACKAGES = ("torch", "torchvision", "scenedetect", "decord", "av", "ray", "pyarrow", "open_clip_torch",
-            "transformers", "opencv-python-headless", "duckdb", "numpy", "fsspec")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "scenedetect",
+    "decord",
+    "av",
+    "ray",
+    "pyarrow",
+    "open_clip_torch",
+    "transformers",
+    "opencv-python-headless",
+    "duckdb",
+    "numpy",
+    "fsspec",
+)
 
 
 def package_versions() -> dict[str, str | None]:

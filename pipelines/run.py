@@ -32,15 +32,26 @@ class UsageError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="all", choices=STAGES, help="stage to run (default: all)")
-    p.add_argument("--input", nargs="+", action="extend", default=None,
-                   help="video files, directories, globs, list files or fsspec URLs (default: the sample corpus)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="video files, directories, globs, list files or fsspec URLs (default: the sample corpus)",
+    )
     p.add_argument("--output", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument("--config", default=None, help="TOML preset (default: pipelines/configs/default.toml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set scenes.threshold=30 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set scenes.threshold=30 (repeatable)",
+    )
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def prepare_run_dir(path: str) -> Path:
@@ -80,8 +91,10 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
         previous = read_json(path)
         if previous["hash"] != cfg.content_hash():
             changed = [k for k, v in cfg.to_dict().items() if k != "runtime" and previous["config"].get(k) != v]
-            raise UsageError(f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
-                             "use a new --output or the same settings")  # fmt: skip
+            raise UsageError(
+                f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
+                "use a new --output or the same settings"
+            )
     else:
         atomic_write_json({"hash": cfg.content_hash(), "config": cfg.to_dict()}, path)
 
@@ -95,8 +108,12 @@ def already_complete(run_dir: Path, stage: str, inputs: list[dict], cfg: RunConf
     if not path.exists():
         return False
     previous = read_json(path)
-    return (previous.get("status") == "complete" and previous.get("stage") == stage
-            and previous.get("inputs_hash") == inputs_hash(inputs) and previous.get("config_hash") == cfg.content_hash())
+    return (
+        previous.get("status") == "complete"
+        and previous.get("stage") == stage
+        and previous.get("inputs_hash") == inputs_hash(inputs)
+        and previous.get("config_hash") == cfg.content_hash()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

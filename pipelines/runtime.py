@@ -37,8 +37,9 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> None:
         if cfg.object_store_mb:
             kwargs["object_store_memory"] = cfg.object_store_mb * 1024**2
         # A local run stays on loopback: no ports exposed to the network, no firewall prompts.
-        ray.init(address="local", _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-                 log_to_driver=False, **kwargs)  # fmt: skip
+        ray.init(
+            address="local", _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False, **kwargs
+        )
         logger.info("started local Ray with %d CPUs", kwargs["num_cpus"])
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()

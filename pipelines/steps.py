@@ -52,8 +52,13 @@ class WorkDir:
 
 
 def rejected_row(stage: str, video: Row, reason: str, detail: str = "", span: tuple[int, int] | None = None) -> Row:
-    row = {"stage": stage, "source_uri": video["source_uri"], "video_id": video.get("video_id"),
-           "reason": reason, "detail": detail}  # fmt: skip
+    row = {
+        "stage": stage,
+        "source_uri": video["source_uri"],
+        "video_id": video.get("video_id"),
+        "reason": reason,
+        "detail": detail,
+    }
     if span is not None and video.get("video_id"):
         row.update(clip_id=clip_id(video["video_id"], *span), start_frame=span[0], end_frame=span[1])
     return row
@@ -70,8 +75,11 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
                 record = fn(row)
             except Exception as e:  # one bad input must never stop the run: record it with the reason
                 logger.error("%s failed on %s: %s", step, row["source_uri"], traceback.format_exc(limit=4))
-                record = {"error": f"{type(e).__name__}: {e}", "reason": f"{step}_error", "rejected": [
-                    rejected_row(step, row, f"{step}_error", f"{type(e).__name__}: {e}")]}  # fmt: skip
+                record = {
+                    "error": f"{type(e).__name__}: {e}",
+                    "reason": f"{step}_error",
+                    "rejected": [rejected_row(step, row, f"{step}_error", f"{type(e).__name__}: {e}")],
+                }
             record["seconds"] = time.perf_counter() - started
             work.save(step, key, record)
         return {**row, f"{step}_done": True}
@@ -118,8 +126,16 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             record["rejected"].append(rejected_row("scenes", video, "no_shots", detail))
         for i, shot in enumerate(shots):
             start_s, end_s = span_seconds(scan.pts, shot.start, shot.end, info.fps)
-            record["scenes"].append({"scene_index": i, "start_frame": shot.start, "end_frame": shot.end,
-                                     "start_s": start_s, "end_s": end_s, "transition": shot.transition})  # fmt: skip
+            record["scenes"].append(
+                {
+                    "scene_index": i,
+                    "start_frame": shot.start,
+                    "end_frame": shot.end,
+                    "start_s": start_s,
+                    "end_s": end_s,
+                    "transition": shot.transition,
+                }
+            )
             next_transition = shots[i + 1].transition if i + 1 < len(shots) else None
             kept, dropped = clip_spans(shot, next_transition, scan.pts, info.fps, sc)
             for a, b in kept:
@@ -149,8 +165,9 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             sampled = sample_indices(span["start_frame"], span["end_frame"], video["fps"], fc)
             if sampled is None:
                 detail = f"{span['end_frame'] - span['start_frame']} frames < frames.num_frames={fc.num_frames}"
-                record["rejected"].append(rejected_row("clips", video, "too_few_frames", detail,
-                                                       (span["start_frame"], span["end_frame"])))  # fmt: skip
+                record["rejected"].append(
+                    rejected_row("clips", video, "too_few_frames", detail, (span["start_frame"], span["end_frame"]))
+                )
             else:
                 plans.append((span, *sampled))
         if plans:
@@ -168,8 +185,9 @@ def _write_clips(video: Row, plans: list, path: str, shard_dir: Path, cfg: RunCo
     frames: dict[int, tuple[float, Any]] = {}
     queue = list(plans)
     try:
-        for index, pts, rgb in iter_frames(path, info, size=decode_size(info.width, info.height, cfg.frames),
-                                           indices=wanted):  # fmt: skip
+        for index, pts, rgb in iter_frames(
+            path, info, size=decode_size(info.width, info.height, cfg.frames), indices=wanted
+        ):
             frames[index] = (pts, fit_to_target(rgb, cfg.frames))
             while queue and queue[0][1][-1] <= index:
                 _emit_clip(video, queue.pop(0), frames, writer, record)
@@ -178,8 +196,15 @@ def _write_clips(video: Row, plans: list, path: str, shard_dir: Path, cfg: RunCo
         writer.abort()
         raise
     for span, _, _ in queue:  # frames never arrived: the file ended early
-        record["rejected"].append(rejected_row("clips", video, "decode_failed", "file ended before the clip's frames",
-                                               (span["start_frame"], span["end_frame"])))  # fmt: skip
+        record["rejected"].append(
+            rejected_row(
+                "clips",
+                video,
+                "decode_failed",
+                "file ended before the clip's frames",
+                (span["start_frame"], span["end_frame"]),
+            )
+        )
 
 
 def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, record: dict) -> None:
@@ -190,17 +215,35 @@ def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, recor
     cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
     if missing:
         detail = f"{len(missing)} of {len(indices)} frames could not be decoded (first: {missing[0]})"
-        record["rejected"].append(rejected_row("clips", video, "decode_failed", detail,
-                                               (span["start_frame"], span["end_frame"])))  # fmt: skip
+        record["rejected"].append(
+            rejected_row("clips", video, "decode_failed", detail, (span["start_frame"], span["end_frame"]))
+        )
     else:
-        meta = {"clip_id": cid, "video_id": video["video_id"], "source_uri": video["source_uri"],
-                "scene_index": span["scene_index"], "start_frame": span["start_frame"], "end_frame": span["end_frame"],
-                "start_s": span["start_s"], "end_s": span["end_s"], "fps": video["fps"],
-                "frame_indices": list(indices), "frame_pts": [frames[i][0] for i in indices]}  # fmt: skip
+        meta = {
+            "clip_id": cid,
+            "video_id": video["video_id"],
+            "source_uri": video["source_uri"],
+            "scene_index": span["scene_index"],
+            "start_frame": span["start_frame"],
+            "end_frame": span["end_frame"],
+            "start_s": span["start_s"],
+            "end_s": span["end_s"],
+            "fps": video["fps"],
+            "frame_indices": list(indices),
+            "frame_pts": [frames[i][0] for i in indices],
+        }
         stack = np.stack([frames[i][1] for i in indices])
         shard, shard_row = writer.add({**meta, **encode_tensor("frames", stack)})
-        record["clips"].append({**{k: v for k, v in meta.items() if k not in ("frame_indices", "frame_pts")},
-                                "width": video["width"], "height": video["height"], "num_frames": len(indices),
-                                "frame_stride": stride, "shard": shard, "shard_row": shard_row})  # fmt: skip
+        record["clips"].append(
+            {
+                **{k: v for k, v in meta.items() if k not in ("frame_indices", "frame_pts")},
+                "width": video["width"],
+                "height": video["height"],
+                "num_frames": len(indices),
+                "frame_stride": stride,
+                "shard": shard,
+                "shard_row": shard_row,
+            }
+        )
     for i in [i for i in frames if i <= indices[-1]]:  # clips are disjoint and ordered: these are no longer needed
         del frames[i]

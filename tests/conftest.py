@@ -26,8 +26,14 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address="local", _node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=False,
-             object_store_memory=512 * 1024**2, log_to_driver=False)  # fmt: skip
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.2",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=512 * 1024**2,
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 

@@ -117,12 +117,15 @@ def test_changed_config_on_existing_run_is_refused(smoke_run, corpus_dir, capsys
     assert "different config" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--input", "/nonexistent/videos"], "no such file"),
-    (["--output", "/proc/forbidden/run"], "not writable"),
-    (["--set", "scenes.bogus=1"], "unknown config key scenes.bogus"),
-    (["--set", "frames.fps=-1"], "fps > 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "/nonexistent/videos"], "no such file"),
+        (["--output", "/proc/forbidden/run"], "not writable"),
+        (["--set", "scenes.bogus=1"], "unknown config key scenes.bogus"),
+        (["--set", "frames.fps=-1"], "fps > 0"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
     full = ["--input", str(tmp_path), "--output", str(tmp_path / "run"), *args]
     assert run_pipeline(*full) == 2

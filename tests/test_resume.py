@@ -23,8 +23,20 @@ def clip_ids(run_dir: Path) -> set[str]:
 
 
 def start_run(corpus_dir: Path, run_dir: Path, ray_tmp: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipelines.run", "--stage=all", "--input", str(corpus_dir), "--output", str(run_dir),
-           "--config", SMOKE, "--set", "runtime.num_cpus=1"]  # one CPU: slow enough to be caught mid-run
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.run",
+        "--stage=all",
+        "--input",
+        str(corpus_dir),
+        "--output",
+        str(run_dir),
+        "--config",
+        SMOKE,
+        "--set",
+        "runtime.num_cpus=1",
+    ]  # one CPU: slow enough to be caught mid-run
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -58,7 +70,9 @@ def test_kill_9_then_rerun_gives_the_clean_clip_set(corpus_dir, smoke_run, tmp_p
     assert clip_ids(run_dir) == clip_ids(smoke_run)
     manifest = read_manifest(run_dir)
     assert manifest["rows"] == len(clip_ids(run_dir))
-    assert sorted(s["name"] for s in manifest["shards"]) == sorted(p.name for p in (run_dir / "shards").glob("*.parquet"))
+    assert sorted(s["name"] for s in manifest["shards"]) == sorted(
+        p.name for p in (run_dir / "shards").glob("*.parquet")
+    )
     assert not [p for p in run_dir.rglob(".*.tmp")], "temporary files left behind"
     assert [r["clip_id"] for r in iter_clips(run_dir, columns=["clip_id"])] == [
         r["clip_id"] for r in iter_clips(smoke_run, columns=["clip_id"])

@@ -6,9 +6,20 @@ from curation.shards import ShardConfig, ShardWriter, encode_tensor, iter_clips,
 
 
 def make_row(i: int, frames: np.ndarray) -> dict:
-    return {"clip_id": f"c{i:03d}", "video_id": "vid", "source_uri": "/x.mp4", "scene_index": 0, "start_frame": i * 10,
-            "end_frame": i * 10 + 10, "start_s": i * 1.0, "end_s": i + 1.0, "fps": 10.0,
-            "frame_indices": list(range(i * 10, i * 10 + 4)), "frame_pts": [0.0] * 4, **encode_tensor("frames", frames)}
+    return {
+        "clip_id": f"c{i:03d}",
+        "video_id": "vid",
+        "source_uri": "/x.mp4",
+        "scene_index": 0,
+        "start_frame": i * 10,
+        "end_frame": i * 10 + 10,
+        "start_s": i * 1.0,
+        "end_s": i + 1.0,
+        "fps": 10.0,
+        "frame_indices": list(range(i * 10, i * 10 + 4)),
+        "frame_pts": [0.0] * 4,
+        **encode_tensor("frames", frames),
+    }
 
 
 def test_writer_chunks_renames_and_roundtrips(tmp_path):

@@ -37,15 +37,21 @@ def query(run_dir: Path, sql: str) -> list[tuple]:
 def test_every_file_is_accounted_for(media_run):
     files = {str(p) for p in SHARED_MEDIA.rglob("*") if p.is_file()}
     assert {r[0] for r in query(media_run, "SELECT source_uri FROM videos")} == files
-    unaccounted = query(media_run, """
+    unaccounted = query(
+        media_run,
+        """
         SELECT source_uri FROM videos
         WHERE source_uri NOT IN (SELECT source_uri FROM clips) AND source_uri NOT IN (SELECT source_uri FROM rejected)
-    """)  # fmt: skip
+    """,
+    )
     assert unaccounted == []
-    failed_without_reason = query(media_run, """
+    failed_without_reason = query(
+        media_run,
+        """
         SELECT source_uri FROM videos WHERE error IS NOT NULL
         AND source_uri NOT IN (SELECT source_uri FROM rejected WHERE stage = 'ingest')
-    """)  # fmt: skip
+    """,
+    )
     assert failed_without_reason == []
 
 

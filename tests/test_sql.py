@@ -30,7 +30,7 @@ def test_views_agree_with_the_tables(smoke_run):
     mismatched = con.sql("""
         SELECT count(*) FROM clips c JOIN shards s ON c.shard = s.shard AND c.shard_row = s.shard_row
         WHERE c.clip_id <> s.clip_id
-    """).fetchall()[0][0]  # fmt: skip
+    """).fetchall()[0][0]
     assert mismatched == 0
     per_source = run_query(con, load_named("clips_per_source")).to_pylist()
     assert sum(r["clips"] for r in per_source) == n_clips
@@ -48,8 +48,16 @@ def test_parameters_are_bound_not_formatted(smoke_run):
     assert run_query(con, "SELECT count(*) AS n FROM clips").to_pylist()[0]["n"] == everything
 
 
-@pytest.mark.parametrize("sql", ["COPY clips TO '/tmp/x.csv'", "CREATE TABLE t AS SELECT 1", "DROP VIEW clips",
-                                 "ATTACH '/tmp/x.db'", "SELECT 1; SELECT 2"])  # fmt: skip
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY clips TO '/tmp/x.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "DROP VIEW clips",
+        "ATTACH '/tmp/x.db'",
+        "SELECT 1; SELECT 2",
+    ],
+)
 def test_writes_are_refused(smoke_run, sql):
     with pytest.raises(QueryError):
         run_query(connect(smoke_run), sql)
@@ -61,8 +69,22 @@ def test_query_command_outputs(smoke_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stage" in out and "clip_id" in out
     target = tmp_path / "clips.parquet"
-    assert query_main([str(smoke_run), "--name", "clips_longer_than", "--param", "min_seconds=1",
-                       "--format", "parquet", "--out", str(target)]) == 0  # fmt: skip
+    assert (
+        query_main(
+            [
+                str(smoke_run),
+                "--name",
+                "clips_longer_than",
+                "--param",
+                "min_seconds=1",
+                "--format",
+                "parquet",
+                "--out",
+                str(target),
+            ]
+        )
+        == 0
+    )
     assert target.stat().st_size > 0
     assert query_main([str(smoke_run), "--name", "nope"]) == 2
     assert query_main([str(smoke_run), "DELETE FROM clips"]) == 2

@@ -1,0 +1,106 @@
+"""Benchmark: peak memory of a whole run as the corpus grows (N videos, then 4N).
+
+Runs `python -m pipelines.run --stage=all` on N and 4N distinct sample videos (the corpus generated with
+different seeds) and samples the proportional set size (PSS: shared pages split between the processes that map
+them) of the driver and every Ray process it started, every 0.2 s. Flat memory means the 4N peak stays close to
+the N peak.
+
+    python bench/memory.py [--seeds 1 4] [--config pipelines/configs/default.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.samples import generate_corpus  # noqa: E402
+
+
+def corpus(cache: Path, seeds: int) -> list[Path]:
+    videos: list[Path] = []
+    for seed in range(seeds):
+        videos += generate_corpus(cache / f"seed{seed}", seed=seed)
+    return videos
+
+
+def tree_pss_mb(root: psutil.Process) -> float:
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 1e6
+
+
+def run_and_watch(videos: list[Path], config: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelines.run",
+            "--stage=all",
+            "--output",
+            f"{tmp}/run",
+            "--config",
+            config,
+            "--input",
+            *map(str, videos),
+        ]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = 0.0
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    peak = max(peak, tree_pss_mb(root))
+                except psutil.NoSuchProcess:
+                    return
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        proc.wait()
+        done.set()
+        thread.join()
+        if proc.returncode != 0:
+            raise SystemExit(f"pipeline failed with status {proc.returncode}")
+        return {
+            "videos": len(videos),
+            "peak_pss_mb": round(peak, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs=2, default=(1, 4), help="corpus copies for N and 4N")
+    p.add_argument("--config", default=str(ROOT / "pipelines" / "configs" / "default.toml"))
+    p.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "memory"))
+    args = p.parse_args()
+    small, large = (run_and_watch(corpus(Path(args.cache), n), args.config) for n in args.seeds)
+    print(
+        json.dumps(
+            {"N": small, "4N": large, "peak_ratio_4N_over_N": round(large["peak_pss_mb"] / small["peak_pss_mb"], 3)},
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
