@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipelines.config import RunConfig
 from pipelines.finalize import Collected, collect, remove_stale_temp_files, write_tables
-from pipelines.report import summary_table, write_run_json
+from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir
 
@@ -85,7 +85,6 @@ def _finish(
     started: float,
 ) -> Collected:
     from curation.schema import SCHEMA_VERSION
-    from pipelines.run import inputs_hash
 
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)

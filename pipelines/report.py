@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import platform
 import time
 from pathlib import Path
@@ -58,3 +60,7 @@ def summary_table(counts: dict[str, Any], seconds: dict[str, float], wall: dict[
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v:>10}" for k, v in lines)
+
+
+def inputs_hash(inputs: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([r["source_uri"] for r in inputs]).encode()).hexdigest()[:16]

@@ -8,8 +8,6 @@ command resumes an interrupted run and is a no-op on a finished one. Bad argumen
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -19,6 +17,7 @@ from curation.ids import uri_key
 from curation.ingest import InputError, discover_inputs
 from curation.tables import atomic_write_json, read_json
 from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.report import inputs_hash
 
 logger = logging.getLogger("pipelines.run")
 
@@ -97,10 +96,6 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
             )
     else:
         atomic_write_json({"hash": cfg.content_hash(), "config": cfg.to_dict()}, path)
-
-
-def inputs_hash(inputs: list[dict]) -> str:
-    return hashlib.sha256(json.dumps([r["source_uri"] for r in inputs]).encode()).hexdigest()[:16]
 
 
 def already_complete(run_dir: Path, stage: str, inputs: list[dict], cfg: RunConfig) -> bool:

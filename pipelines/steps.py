@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from curation.decode import DecodeError, VideoInfo, iter_frames
 from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
@@ -208,8 +210,6 @@ def _write_clips(video: Row, plans: list, path: str, shard_dir: Path, cfg: RunCo
 
 
 def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, record: dict) -> None:
-    import numpy as np
-
     span, indices, stride = plan
     missing = [i for i in indices if i not in frames]
     cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
