@@ -19,8 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,14 +32,33 @@ def corpus(cache: Path, seeds: int) -> list[Path]:
     return videos
 
 
-def tree_pss_mb(root: psutil.Process) -> float:
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            total += proc.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
-    return total / 1e6
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def tree_pss_mb(root: int) -> float:
+    """Proportional set size of a process tree: shared pages (Ray's object store) counted once in total."""
+    total_kb = 0
+    for pid in descendants(root):
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")), 0)
+    return total_kb / 1e3
 
 
 def run_and_watch(videos: list[Path], config: str) -> dict[str, float]:
@@ -65,12 +82,8 @@ def run_and_watch(videos: list[Path], config: str) -> dict[str, float]:
 
         def watch() -> None:
             nonlocal peak
-            root = psutil.Process(proc.pid)
             while not done.is_set():
-                try:
-                    peak = max(peak, tree_pss_mb(root))
-                except psutil.NoSuchProcess:
-                    return
+                peak = max(peak, tree_pss_mb(proc.pid))
                 time.sleep(0.2)
 
         thread = threading.Thread(target=watch, daemon=True)
