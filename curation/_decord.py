@@ -105,18 +105,8 @@ def _info(meta: StreamMeta, n_frames: int, ts: np.ndarray | None) -> VideoInfo:
         measured = float(ts[-1] - ts[0]) + step
         fps = fps or (n_frames / measured if measured > 0 else 0.0)
     duration = meta.duration_s or measured or (n_frames / fps if fps else 0.0)
-    return VideoInfo(
-        decoder="decord",
-        n_frames=n_frames,
-        fps=fps,
-        width=meta.width,
-        height=meta.height,
-        rotation=meta.rotation,
-        duration_s=duration,
-        codec=meta.codec,
-        container=meta.container,
-        vfr=detect_vfr(ts if ts is not None else np.empty(0), meta.time_base),
-    )
+    vfr = detect_vfr(ts if ts is not None else np.empty(0), meta.time_base)
+    return meta.video_info("decord", n_frames, fps, duration, vfr)
 
 
 def iter_frames(

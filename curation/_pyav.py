@@ -43,6 +43,21 @@ class StreamMeta:
     time_base: float
     first_rgb: np.ndarray  # first frame in presentation order, display orientation, for cross-checking decord
 
+    def video_info(self, decoder: str, n_frames: int, fps: float, duration_s: float, vfr: bool) -> VideoInfo:
+        """The probe result for `decoder`, with what that decoder measured."""
+        return VideoInfo(
+            decoder=decoder,
+            n_frames=n_frames,
+            fps=fps,
+            width=self.width,
+            height=self.height,
+            rotation=self.rotation,
+            duration_s=duration_s,
+            codec=self.codec,
+            container=self.container,
+            vfr=vfr,
+        )
+
 
 def _open(path: str) -> Any:
     import av
@@ -239,18 +254,7 @@ def probe(path: str, meta: StreamMeta) -> VideoInfo:
     span = _span(seconds)
     fps = meta.fps or (n_frames / span if span > 0 else 0.0)
     duration = meta.duration_s or span or (n_frames / fps if fps else 0.0)
-    return VideoInfo(
-        decoder="pyav",
-        n_frames=n_frames,
-        fps=fps,
-        width=meta.width,
-        height=meta.height,
-        rotation=meta.rotation,
-        duration_s=duration,
-        codec=meta.codec,
-        container=meta.container,
-        vfr=detect_vfr(seconds, meta.time_base),
-    )
+    return meta.video_info("pyav", n_frames, fps, duration, detect_vfr(seconds, meta.time_base))
 
 
 def _span(seconds: np.ndarray) -> float:
