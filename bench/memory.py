@@ -93,8 +93,11 @@ def run_and_watch(videos: list[Path], config: str) -> dict[str, float]:
         thread.join()
         if proc.returncode != 0:
             raise SystemExit(f"pipeline failed with status {proc.returncode}")
+        counts = json.loads(Path(f"{tmp}/run/_run.json").read_text())["counts"]
         return {
             "videos": len(videos),
+            "clips": counts["clips"],
+            "rejected": counts["rejected"],
             "peak_pss_mb": round(peak, 1),
             "seconds": round(time.perf_counter() - started, 1),
         }
