@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from curation._pyav import StreamMeta, has_open_gop
-from curation.decode import DecodeError, VideoInfo, detect_vfr
+from curation.decode import DecodeError, VideoInfo, detect_vfr, stop_on_error
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def iter_frames(
             produced += 1
             yield i, (float(ts[i]) if ts is not None else i / fps), frame
         if error is not None:
-            _stop_on_error(path, part[len(frames)], produced, error)
+            stop_on_error(path, part[len(frames)], produced, error)
             return
 
 
@@ -199,11 +199,3 @@ def _open_source(path: str, info: VideoInfo, size: tuple[int, int]) -> _Source:
     except Exception as exc:  # measured: some widths give DECORDArrayCopyFromTo or a garbage shape
         log.info("%s: decord cannot scale to %s (%s); resizing with cv2", path, size, str(exc)[:80])
         return _Source(path, size, native, native=True)
-
-
-def _stop_on_error(path: str, index: int, produced: int, exc: Exception) -> None:
-    if produced == 0:
-        raise DecodeError(
-            "decode_failed", f"{path}: no frame decoded before error at frame {index}: {str(exc)[:200]}"
-        ) from exc
-    log.warning("%s: decoding stopped at frame %d (%d frames yielded): %s", path, index, produced, str(exc)[:200])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.decode import DecodeError, VideoInfo, detect_vfr, rotate_frame
+from curation.decode import DecodeError, VideoInfo, detect_vfr, rotate_frame, stop_on_error
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def _decode_loop(
             clock.push(packet)
             frames = packet.decode()
         except Exception as exc:  # truncated / corrupt data: keep what we have (see decode.iter_frames)
-            _stop_on_error(container.name, index, produced, exc)
+            stop_on_error(container.name, index, produced, exc)
             return
         for frame in frames:
             pts = clock.pop(frame, index)
@@ -336,11 +336,3 @@ def _decode_loop(
                 produced += 1
                 yield index, pts, rotate_frame(rgb, info.rotation)
             index += 1
-
-
-def _stop_on_error(path: str, index: int, produced: int, exc: Exception) -> None:
-    if produced == 0:
-        raise DecodeError(
-            "decode_failed", f"{path}: no frame decoded before error at frame {index}: {str(exc)[:200]}"
-        ) from exc
-    log.warning("%s: decoding stopped at frame %d (%d frames yielded): %s", path, index, produced, str(exc)[:200])

@@ -243,3 +243,12 @@ def detect_vfr(seconds: np.ndarray, tick: float) -> bool:
         return False
     tolerance = max(0.1 * median, 1.5 * tick)
     return bool(np.any(np.abs(gaps - median) > tolerance))
+
+
+def stop_on_error(path: str, index: int, produced: int, exc: Exception) -> None:
+    """End a frame iteration at a decode error: fatal only if no frame was produced (both decoders)."""
+    if produced == 0:
+        raise DecodeError(
+            "decode_failed", f"{path}: no frame decoded before error at frame {index}: {str(exc)[:200]}"
+        ) from exc
+    log.warning("%s: decoding stopped at frame %d (%d frames yielded): %s", path, index, produced, str(exc)[:200])
