@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 
 from curation.decode import DecodeError, probe_video
-from curation.ids import video_id_from_content
+from curation.ids import uri_key, video_id_from_content
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,6 @@ def local_path(uri: str, cache_dir: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return path
-    from curation.ids import uri_key
-
     target = Path(cache_dir) / f"{uri_key(uri)}{Path(path).suffix}"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,26 +12,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from curation.schema import VIDEOS
 from curation.shards import ShardFile, write_manifest
 from curation.tables import write_run_table
 from pipelines.steps import WorkDir, rejected_row
-
-VIDEO_FIELDS = (
-    "video_id",
-    "source_uri",
-    "decoder",
-    "n_frames",
-    "fps",
-    "width",
-    "height",
-    "duration_s",
-    "rotation",
-    "codec",
-    "container",
-    "vfr",
-    "file_bytes",
-    "error",
-)
 
 
 @dataclasses.dataclass
@@ -74,7 +58,7 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
             continue
         video = work.load("ingest", key)
         out.seconds["ingest"] += video.get("seconds", 0.0)
-        out.videos.append({k: video.get(k) for k in VIDEO_FIELDS})
+        out.videos.append({k: video.get(k) for k in VIDEOS.names})
         if video.get("error"):
             out.rejected.append(
                 rejected_row("ingest", video, video.get("reason") or "unreadable", video.get("detail", ""))

@@ -8,6 +8,7 @@ so a record's existence means the step's outputs are complete.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -29,8 +30,6 @@ from pipelines.config import RunConfig
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-STEPS = ("ingest", "scenes", "clips")
-INFO_FIELDS = ("decoder", "n_frames", "fps", "width", "height", "rotation", "duration_s", "codec", "container", "vfr")
 
 
 class WorkDir:
@@ -51,6 +50,10 @@ class WorkDir:
 
     def save(self, step: str, key: str, record: dict[str, Any]) -> None:
         atomic_write_json(record, self.record_path(step, key))
+
+    def cache_dir(self, cfg: RunConfig) -> str:
+        """Where non-local inputs are fetched: `ingest.cache_dir`, or RUN_DIR/_work/cache."""
+        return cfg.ingest.cache_dir or str(self.root / "cache")
 
 
 def rejected_row(stage: str, video: Row, reason: str, detail: str = "", span: tuple[int, int] | None = None) -> Row:
@@ -77,10 +80,15 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
                 record = fn(row)
             except Exception as e:  # one bad input must never stop the run: record it with the reason
                 logger.error("%s failed on %s: %s", step, row["source_uri"], traceback.format_exc(limit=4))
+                detail = f"{type(e).__name__}: {e}"
+                # Carries the input's identity so finalize can report it like any other failure of this step.
                 record = {
-                    "error": f"{type(e).__name__}: {e}",
+                    "source_uri": row["source_uri"],
+                    "video_id": f"u{key[:15]}",
+                    "error": detail,
                     "reason": f"{step}_error",
-                    "rejected": [rejected_row(step, row, f"{step}_error", f"{type(e).__name__}: {e}")],
+                    "detail": detail,
+                    "rejected": [rejected_row(step, row, f"{step}_error", detail)],
                 }
             record["seconds"] = time.perf_counter() - started
             work.save(step, key, record)
@@ -92,7 +100,7 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
 def make_ingest_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
     """Step `ingest`: probe one input file (1:1)."""
     work = WorkDir(run_dir)
-    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+    cache = work.cache_dir(cfg)
 
     def ingest(row: Row) -> dict[str, Any]:
         record = probe_input(row["source_uri"], cfg.ingest, cache)
@@ -103,13 +111,13 @@ def make_ingest_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
 
 
 def video_info(video: Row) -> VideoInfo:
-    return VideoInfo(**{k: video[k] for k in INFO_FIELDS})
+    return VideoInfo(**{f.name: video[f.name] for f in dataclasses.fields(VideoInfo)})
 
 
 def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
     """Step `scenes`: detect shots and cut them into clip spans (1:1, decodes the video once at low resolution)."""
     work = WorkDir(run_dir)
-    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+    cache = work.cache_dir(cfg)
     sc = cfg.scenes
 
     def scenes(row: Row) -> dict[str, Any]:
@@ -156,14 +164,14 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
 def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
     """Step `clips`: decode each clip's training frames in one pass over the video and write its shards (1:1)."""
     work = WorkDir(run_dir)
-    cache = cfg.ingest.cache_dir or str(work.root / "cache")
+    cache = work.cache_dir(cfg)
     fc = cfg.frames
 
     def clips(row: Row) -> dict[str, Any]:
         video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
         record: dict[str, Any] = {"clips": [], "rejected": [], "shards": []}
         plans = []
-        for span in scenes["spans"]:
+        for span in scenes.get("spans", []):  # a scenes step that failed has no spans, only its rejection
             sampled = sample_indices(span["start_frame"], span["end_frame"], video["fps"], fc)
             if sampled is None:
                 detail = f"{span['end_frame'] - span['start_frame']} frames < frames.num_frames={fc.num_frames}"
