@@ -28,8 +28,10 @@ test: install  ## the test suite (CPU, a few minutes)
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-bench: install
+bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/scenes.py
+	$(PY) bench/noise_warp.py
+	$(PY) bench/flow.py
 
 clean:
 	rm -rf $(VENV) runs

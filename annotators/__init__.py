@@ -1,1 +1,23 @@
-"""annotators."""
+"""Clip annotators: one class per module, registered here (the only registration point).
+
+Each entry names the class and the `RunConfig` section that configures it. Classes are imported on demand so
+that importing this package stays light (torch and OpenCV load only where an annotator is built). Order matters:
+an annotator may read the columns of the ones before it (motion and warped noise read `flow`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> ("module:Class", config section)
+ANNOTATORS: dict[str, tuple[str, str]] = {
+    "flow": ("annotators.flow:FlowAnnotator", "flow"),
+    "motion": ("annotators.motion:MotionScorer", "motion"),
+    "warped_noise": ("annotators.warped_noise:WarpedNoiser", "noise"),
+}
+
+
+def annotator_class(name: str) -> Any:
+    module, _, cls = ANNOTATORS[name][0].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -49,6 +49,14 @@ SCENES = pa.schema(
     ]
 )
 
+# Motion scores (annotators.motion): flow magnitude in frame diagonals per second; null when flow.backend = none.
+MOTION_SCORES = [
+    ("flow_backend", pa.string()),  # which flow estimator produced the flow, e.g. "dis/medium", "raft_small"
+    ("motion_mean", pa.float64()),  # mean flow magnitude
+    ("motion_p90", pa.float64()),  # 90th percentile over all pixels and frame pairs
+    ("motion_residual", pa.float64()),  # mean magnitude left after removing the camera's global homography
+]
+
 CLIPS = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -66,6 +74,7 @@ CLIPS = pa.schema(
         ("frame_stride", pa.int32()),
         ("shard", pa.string()),  # shard file name under shards/
         ("shard_row", pa.int32()),  # row index inside that shard
+        *MOTION_SCORES,
     ]
 )
 
@@ -96,8 +105,18 @@ SHARD_META = pa.schema(
         ("fps", pa.float64()),
         ("frame_indices", pa.list_(pa.int64())),  # source frame index of each stored frame
         ("frame_pts", pa.list_(pa.float64())),  # presentation time (s) of each stored frame
+        *MOTION_SCORES,
+        ("noise_seed", pa.int64()),  # seed of the clip's first noise frame (annotators.warped_noise)
+        ("noise_warper_version", pa.string()),  # annotators.noise_warp.WARPER_VERSION
     ]
 )
+
+# Shard tensors, in column order (a run stores the ones its config enables):
+# frames (T, H, W, 3) uint8; flow (T-1, 2, h, w) float16, forward flow t -> t+1 as (dx, dy) in pixels of its own
+# (h, w) grid; global_homography (T-1, 3, 3) float32, frame t pixel -> frame t+1 pixel on the flow grid;
+# warped_noise (T, C, H/f, W/f) float16, before beta mixing.
+SHARD_TENSORS = ("frames", "flow", "global_homography", "warped_noise")
+UNCOMPRESSED_TENSORS = frozenset({"warped_noise"})  # Gaussian noise does not compress; don't pay to try
 
 TABLES = {"videos": VIDEOS, "scenes": SCENES, "clips": CLIPS, "rejected": REJECTED}
 

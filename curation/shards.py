@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.ids import shard_name
-from curation.schema import SCHEMA_VERSION, SHARD_META, shard_schema
+from curation.schema import SCHEMA_VERSION, SHARD_META, UNCOMPRESSED_TENSORS, shard_schema
 from curation.tables import atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
@@ -109,14 +109,16 @@ class ShardWriter:
         tmp = self.dir / f".{final.name}.tmp"
         scalar = [f.name for f in SHARD_META]
         codec = self.cfg.tensor_compression
-        compression = {f.name: ("zstd" if f.name not in self.tensors else codec) for f in self.schema}
+        compression = {f.name: "zstd" for f in self.schema}
+        compression.update({t: ("none" if t in UNCOMPRESSED_TENSORS else codec) for t in self.tensors})
+        levels = {t: self.cfg.tensor_compression_level for t in self.tensors if compression[t] == "zstd"}
         self._writer = pq.ParquetWriter(
             tmp,
             self.schema,
             compression=compression,
-            use_dictionary=["video_id", "source_uri"],
+            use_dictionary=["video_id", "source_uri", "flow_backend", "noise_warper_version"],
             write_statistics=scalar,
-            compression_level={t: self.cfg.tensor_compression_level for t in self.tensors} if codec == "zstd" else None,
+            compression_level=levels or None,
         )
         self._pending.append((tmp, final))
         self.files.append(ShardFile(name=final.name, rows=0, bytes=0, video_id=self.video_id))
@@ -169,7 +171,8 @@ def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Ite
         tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
         wanted = None
         if columns is not None:
-            wanted = [n for n in names if n in columns or n.rsplit("_", 1)[0] in set(columns) & set(tensors)]
+            layout = {f"{t}_{part}" for t in set(columns) & set(tensors) for part in ("dtype", "shape")}
+            wanted = [n for n in names if n in columns or n in layout]
         # One row group at a time: memory stays at a few clips whatever the shard size.
         for group in range(pf.num_row_groups):
             for row in pf.read_row_group(group, columns=wanted).to_pylist():
@@ -178,7 +181,8 @@ def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Ite
 
 def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:
     present = [t for t in tensors if t in row]
-    out = {k: v for k, v in row.items() if k.rsplit("_", 1)[0] not in present or k in present}
+    layout = {f"{t}_{part}" for t in present for part in ("dtype", "shape")}
+    out = {k: v for k, v in row.items() if k not in layout}
     for t in present:
         out[t] = decode_tensor(row, t)
     if "frame_indices" in out:

@@ -16,10 +16,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from annotators.flow import FlowConfig
+from annotators.motion import MotionConfig
+from annotators.warped_noise import NoiseConfig
 from curation.ingest import IngestConfig
 from curation.sampling import FramesConfig
 from curation.scenes import SceneConfig
 from curation.shards import ShardConfig
+
+MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.flow rejects such frames too)
 
 
 class ConfigError(ValueError):
@@ -49,8 +54,30 @@ class RunConfig:
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
     scenes: SceneConfig = dataclasses.field(default_factory=SceneConfig)
     frames: FramesConfig = dataclasses.field(default_factory=FramesConfig)
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
+    noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        """Checks that span sections: what the annotators need from the stored frames."""
+        fc = self.frames
+        if self.flow.backend == "none":
+            return
+        if fc.num_frames < 2:
+            raise ConfigError(f"flow needs frames.num_frames >= 2 (got {fc.num_frames}); or set flow.backend=none")
+        if min(fc.width, fc.height) < MIN_FLOW_SIDE:
+            raise ConfigError(
+                f"flow needs frames of at least {MIN_FLOW_SIDE} px (frames are {fc.width}x{fc.height}); "
+                "or set flow.backend=none"
+            )
+        factor = self.noise.factor
+        if self.noise.enabled and (fc.width % factor or fc.height % factor):
+            raise ConfigError(
+                f"frames.width and frames.height ({fc.width}x{fc.height}) must be multiples of noise.factor={factor} "
+                "so the warped noise matches the latent grid"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

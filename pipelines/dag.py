@@ -2,7 +2,8 @@
 
 Two datasets run one after the other, because content de-duplication of inputs is a global decision:
 1. ingest: probe every pending input (cheap, I/O bound);
-2. scenes -> clips: per video, detect shots, then decode each clip's frames and write its shards.
+2. scenes -> clips: per video, detect shots, then decode each clip's frames, annotate them (flow, motion scores,
+   warped noise) and write its shards. Flow runs where the frames were decoded: frames are decoded once per clip.
 Rows carry only `source_uri` and `key`; decoded frames never travel between operators.
 """
 
@@ -15,12 +16,13 @@ from pathlib import Path
 import ray
 
 from pipelines.config import RunConfig
-from pipelines.steps import Row, make_clips_fn, make_ingest_fn, make_scenes_fn
+from pipelines.steps import ClipsStep, Row, make_clips_fn, make_ingest_fn, make_scenes_fn
 
 # A decoder that crashes its worker is retried once, then the block is given up (and recorded by the driver).
 # Ray Data's default is to retry forever, which turns one deterministic decoder crash into a hung run. There is
 # no named parameter for this yet, so it goes through `ray_remote_args` (deprecation warning silenced below).
 _RETRY = {"max_retries": 1}
+_ACTOR_RETRY = {"max_restarts": 1, "max_task_retries": 1}  # the same policy for actors
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
 
 
@@ -34,6 +36,18 @@ def run_video_steps(rows: list[Row], cfg: RunConfig, run_dir: Path, steps: tuple
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
     if "scenes" in steps:
         ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 low-res decode + PySceneDetect
-    if "clips" in steps:
-        ds = ds.map(make_clips_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 decode sampled frames -> shards
+    if "clips" in steps and cfg.flow.backend.startswith("raft"):
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.flow.device != "cpu" else 0
+        # A RAFT model loads once per actor: one actor per GPU (or per 2 CPUs without one) decodes, runs flow,
+        # scores, warps noise and writes shards (1:1). An actor that dies is restarted once, its task retried once.
+        ds = ds.map(
+            ClipsStep,
+            fn_constructor_args=(cfg, run_dir),
+            concurrency=gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2),
+            num_cpus=1,
+            num_gpus=1 if gpus else 0,
+            **_ACTOR_RETRY,
+        )
+    elif "clips" in steps:
+        ds = ds.map(make_clips_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 decode, annotate (DIS flow) -> shards
     yield from ds.iter_rows()

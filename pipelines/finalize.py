@@ -87,6 +87,8 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
         if step == "scenes":
             out.scenes.extend({**ids, **s} for s in record.get("scenes", []))
         else:
+            for name, seconds in record.get("annotator_seconds", {}).items():
+                out.seconds[f"clips/{name}"] += seconds
             out.clips.extend(record.get("clips", []))
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 

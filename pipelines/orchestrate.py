@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from annotators.noise_warp import WARPER_VERSION
 from pipelines.config import RunConfig
 from pipelines.finalize import Collected, collect, remove_stale_temp_files, write_tables
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
-from pipelines.steps import WorkDir
+from pipelines.steps import WorkDir, flow_grid, tensor_columns
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,33 @@ def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> No
             eta = (total - done) / rate if rate else float("inf")
             logger.info("%s: %d/%d videos done (%.0f s elapsed, ~%.0f s left)", label, done, total, now - started, eta)
             last = now
+
+
+def manifest_extra(cfg: RunConfig) -> dict:
+    """What a training job must know about the shard tensors: shapes, dtypes, and the noise's latent grid."""
+    fc, t = cfg.frames, cfg.frames.num_frames
+    tensors: dict[str, dict] = {"frames": {"dtype": "uint8", "shape": [t, fc.height, fc.width, 3]}}
+    columns = tensor_columns(cfg)
+    extra: dict = {"tensors": tensors}
+    if "flow" in columns:
+        fh, fw = flow_grid(cfg)
+        tensors["flow"] = {"dtype": "float16", "shape": [t - 1, 2, fh, fw], "layout": "forward t->t+1, (dx, dy) px"}
+        tensors["global_homography"] = {"dtype": "float32", "shape": [t - 1, 3, 3]}
+        extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw]}
+    if "warped_noise" in columns:
+        nc = cfg.noise
+        grid = [fc.height // nc.factor, fc.width // nc.factor]
+        tensors["warped_noise"] = {"dtype": "float16", "shape": [t, nc.channels, *grid]}
+        extra["noise"] = {
+            "channels": nc.channels,
+            "factor": nc.factor,
+            "grid": grid,
+            "warp_scale": nc.warp_scale,
+            "seed": nc.seed,
+            "warper_version": WARPER_VERSION,
+            "beta_applied": False,  # pure warped noise: mix with independent noise at training time
+        }
+    return extra
 
 
 def run_stages(
@@ -88,11 +116,7 @@ def _finish(
 
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)
-    fc = cfg.frames
-    tensors = {"frames": {"dtype": "uint8", "shape": [fc.num_frames, fc.height, fc.width, 3]}}
-    write_tables(
-        run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra={"tensors": tensors}
-    )
+    write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra=manifest_extra(cfg))
     crashed = sum(1 for r in data.rejected if r["reason"] == "worker_crashed")
     incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed
     wall["total"] = time.time() - started

@@ -23,8 +23,10 @@ from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
 from curation.sampling import decode_size, fit_to_target, sample_indices
 from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
+from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from curation.shards import ShardWriter, encode_tensor
 from curation.tables import atomic_write_json, read_json
+from pipelines.annotate import ClipRejected, annotators_for, enabled_annotators
 from pipelines.config import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -162,14 +164,15 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
 
 
 def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
-    """Step `clips`: decode each clip's training frames in one pass over the video and write its shards (1:1)."""
+    """Step `clips`: decode each clip's training frames in one pass over the video, run the clip annotators on
+    them (flow, motion scores, warped noise) and write the clip's shard row (1:1)."""
     work = WorkDir(run_dir)
     cache = work.cache_dir(cfg)
     fc = cfg.frames
 
     def clips(row: Row) -> dict[str, Any]:
         video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
-        record: dict[str, Any] = {"clips": [], "rejected": [], "shards": []}
+        record: dict[str, Any] = {"clips": [], "rejected": [], "shards": [], "annotator_seconds": {}}
         plans = []
         for span in scenes.get("spans", []):  # a scenes step that failed has no spans, only its rejection
             sampled = sample_indices(span["start_frame"], span["end_frame"], video["fps"], fc)
@@ -181,52 +184,80 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             else:
                 plans.append((span, *sampled))
         if plans:
-            _write_clips(video, plans, local_path(video["source_uri"], cache), work.run_dir / "shards", cfg, record)
+            clip_writer = ClipWriter(video, work.run_dir / "shards", cfg, record)
+            clip_writer.write(plans, local_path(video["source_uri"], cache))
         return record
 
     return _resumable("clips", work, clips)
 
 
-def _write_clips(video: Row, plans: list, path: str, shard_dir: Path, cfg: RunConfig, record: dict) -> None:
-    """Stream frames once, emitting each clip as soon as its last frame arrives (memory: about one clip)."""
-    info = video_info(video)
-    wanted = sorted({i for _, indices, _ in plans for i in indices})
-    writer = ShardWriter(shard_dir, video["video_id"], ["frames"], cfg.shards)
-    frames: dict[int, tuple[float, Any]] = {}
-    queue = list(plans)
-    try:
-        for index, pts, rgb in iter_frames(
-            path, info, size=decode_size(info.width, info.height, cfg.frames), indices=wanted
-        ):
-            frames[index] = (pts, fit_to_target(rgb, cfg.frames))
-            while queue and queue[0][1][-1] <= index:
-                _emit_clip(video, queue.pop(0), frames, writer, record)
-        record["shards"] = [vars(f) for f in writer.close()]
-    except BaseException:
-        writer.abort()
-        raise
-    for span, _, _ in queue:  # frames never arrived: the file ended early
-        record["rejected"].append(
-            rejected_row(
-                "clips",
-                video,
-                "decode_failed",
-                "file ended before the clip's frames",
-                (span["start_frame"], span["end_frame"]),
-            )
-        )
+class ClipsStep:
+    """Step `clips` as a callable class for Ray actors: builds the annotators (loads models) once per actor."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
+        if enabled_annotators(cfg):
+            annotators_for(cfg)
+        self.clips = make_clips_fn(cfg, run_dir)
+
+    def __call__(self, row: Row) -> Row:
+        return self.clips(row)
 
 
-def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, record: dict) -> None:
-    span, indices, stride = plan
-    missing = [i for i in indices if i not in frames]
-    cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
-    if missing:
-        detail = f"{len(missing)} of {len(indices)} frames could not be decoded (first: {missing[0]})"
-        record["rejected"].append(
-            rejected_row("clips", video, "decode_failed", detail, (span["start_frame"], span["end_frame"]))
+class ClipWriter:
+    """Streams one video's frames once, emitting each clip (annotated) as soon as its last frame arrives.
+
+    Memory: the frames of about one clip, plus its annotations.
+    """
+
+    def __init__(self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict) -> None:
+        self.video, self.cfg, self.record = video, cfg, record
+        self.annotators = annotators_for(cfg) if enabled_annotators(cfg) else None
+        tensors = ["frames"] + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
+        self.writer = ShardWriter(shard_dir, video["video_id"], tensors, cfg.shards)
+
+    def write(self, plans: list, path: str) -> None:
+        info = video_info(self.video)
+        wanted = sorted({i for _, indices, _ in plans for i in indices})
+        frames: dict[int, tuple[float, Any]] = {}
+        queue = list(plans)
+        seconds_before = dict(self.annotators.seconds) if self.annotators else {}
+        try:
+            size = decode_size(info.width, info.height, self.cfg.frames)
+            for index, pts, rgb in iter_frames(path, info, size=size, indices=wanted):
+                frames[index] = (pts, fit_to_target(rgb, self.cfg.frames))
+                while queue and queue[0][1][-1] <= index:
+                    self._emit(queue.pop(0), frames)
+            self.record["shards"] = [vars(f) for f in self.writer.close()]
+        except BaseException:
+            self.writer.abort()
+            raise
+        if self.annotators:
+            seconds = self.annotators.seconds
+            self.record["annotator_seconds"] = {k: v - seconds_before.get(k, 0.0) for k, v in seconds.items()}
+        for span, _, _ in queue:  # frames never arrived: the file ended early
+            self._reject(span, "clips", "decode_failed", "file ended before the clip's frames")
+
+    def _reject(self, span: dict, stage: str, reason: str, detail: str) -> None:
+        self.record["rejected"].append(
+            rejected_row(stage, self.video, reason, detail, (span["start_frame"], span["end_frame"]))
         )
-    else:
+
+    def _emit(self, plan: tuple, frames: dict) -> None:
+        span, indices, stride = plan
+        try:
+            missing = [i for i in indices if i not in frames]
+            if missing:
+                detail = f"{len(missing)} of {len(indices)} frames could not be decoded (first: {missing[0]})"
+                self._reject(span, "clips", "decode_failed", detail)
+            else:
+                self._emit_complete(span, indices, stride, frames)
+        finally:
+            for i in [i for i in frames if i <= indices[-1]]:  # clips are disjoint and ordered: no longer needed
+                del frames[i]
+
+    def _emit_complete(self, span: dict, indices: list[int], stride: int, frames: dict) -> None:
+        video = self.video
+        cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
         meta = {
             "clip_id": cid,
             "video_id": video["video_id"],
@@ -241,10 +272,19 @@ def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, recor
             "frame_pts": [frames[i][0] for i in indices],
         }
         stack = np.stack([frames[i][1] for i in indices])
-        shard, shard_row = writer.add({**meta, **encode_tensor("frames", stack)})
-        record["clips"].append(
+        try:
+            scalars, tensors = self._annotate(cid, stack, meta["frame_pts"])
+        except ClipRejected as e:
+            self._reject(span, e.stage, e.reason, e.detail)
+            return
+        row = {**meta, **scalars, **encode_tensor("frames", stack)}
+        for name, array in tensors.items():
+            row.update(encode_tensor(name, array))
+        shard, shard_row = self.writer.add(row)
+        self.record["clips"].append(
             {
                 **{k: v for k, v in meta.items() if k not in ("frame_indices", "frame_pts")},
+                **{k: v for k, v in scalars.items() if k in CLIPS.names},
                 "width": video["width"],
                 "height": video["height"],
                 "num_frames": len(indices),
@@ -253,5 +293,43 @@ def _emit_clip(video: Row, plan: tuple, frames: dict, writer: ShardWriter, recor
                 "shard_row": shard_row,
             }
         )
-    for i in [i for i in frames if i <= indices[-1]]:  # clips are disjoint and ordered: these are no longer needed
-        del frames[i]
+
+    def _annotate(self, cid: str, frames: np.ndarray, pts: list[float]) -> tuple[dict, dict[str, np.ndarray]]:
+        """Scalar columns and shard tensors of one clip; raises ClipRejected when an annotator gives up on it."""
+        if self.annotators is None:
+            return {}, {}
+        out = self.annotators(cid, frames, pts)
+        tensors = {name: _finite_tensor(name, out[name], dtype) for name, dtype in tensor_columns(self.cfg).items()}
+        scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in SHARD_META.names}
+        return scalars, tensors
+
+
+def tensor_columns(cfg: RunConfig) -> dict[str, str]:
+    """Annotation tensors this configuration stores in the shards, with their stored dtype."""
+    names = enabled_annotators(cfg)
+    columns = {}
+    if "flow" in names:
+        columns.update(flow="float16", global_homography="float32")
+    if "warped_noise" in names:
+        columns["warped_noise"] = "float16"
+    return columns
+
+
+def flow_grid(cfg: RunConfig) -> tuple[int, int]:
+    """(height, width) of the stored flow: the frames' size at the flow's working resolution."""
+    from annotators.flow import working_size
+
+    return working_size(cfg.frames.height, cfg.frames.width, cfg.flow.short_side)
+
+
+def _finite_tensor(name: str, array: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast for storage; a value that is (or overflows to) NaN/inf rejects the clip instead of reaching a shard."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what the check below is for
+        stored = np.asarray(array).astype(dtype)
+    if not np.isfinite(stored).all():
+        raise ClipRejected(name, f"{name}_not_finite: {name} has NaN or inf values after casting to {dtype}")
+    return stored
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

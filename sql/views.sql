@@ -17,9 +17,13 @@ SELECT * FROM read_parquet(getvariable('run_dir') || '/clips/*.parquet', union_b
 CREATE OR REPLACE VIEW rejected AS
 SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', union_by_name = true);
 
--- One row per shard row (clip), metadata only: tensors are left out, their shapes kept.
--- (filename, file_row_number) locates the clip's tensors for random access.
+-- One row per shard row (clip), metadata only: tensor bytes (frames, flow, global_homography, warped_noise) are
+-- left out, their shapes kept. (shard, shard_row) locates the clip's tensors for random access.
 CREATE OR REPLACE VIEW shards AS
-SELECT * EXCLUDE (frames, frames_dtype, filename, file_row_number), parse_filename(filename) AS shard, file_row_number AS shard_row
+SELECT
+    COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'filename', 'file_row_number')
+                      AND NOT ends_with(c, '_dtype')),
+    parse_filename(filename) AS shard,
+    file_row_number AS shard_row
 FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
                   file_row_number = true);

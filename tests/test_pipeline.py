@@ -103,7 +103,8 @@ def test_run_json_and_manifest_record_provenance(smoke_run):
     run = json.loads((smoke_run / "_run.json").read_text())
     assert run["status"] == "complete" and run["counts"]["clips"] == read_manifest(smoke_run)["rows"]
     assert run["config"]["frames"]["width"] == 64 and run["versions"]["pyarrow"]
-    assert set(run["worker_seconds"]) == {"ingest", "scenes", "clips"}
+    annotators = {"clips/flow", "clips/motion", "clips/warped_noise"}
+    assert set(run["worker_seconds"]) == {"ingest", "scenes", "clips", *annotators}
     assert read_manifest(smoke_run)["config_hash"] == run["config_hash"]
 
 
@@ -127,6 +128,10 @@ def test_changed_config_on_existing_run_is_refused(smoke_run, corpus_dir, capsys
         (["--output", "/proc/forbidden/run"], "not writable"),
         (["--set", "scenes.bogus=1"], "unknown config key scenes.bogus"),
         (["--set", "frames.fps=-1"], "fps > 0"),
+        (["--set", "flow.backend=raft_small", "--set", "flow.weights=/nonexistent/raft.pth"], "weights file not found"),
+        (["--set", "flow.backend=raft_small"], "flow.weights"),
+        (["--set", "frames.num_frames=1"], "frames.num_frames >= 2"),
+        (["--set", "frames.width=60"], "multiples of noise.factor=8"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):

@@ -1,0 +1,47 @@
+"""The annotator contract every model or dense-math stage follows.
+
+An annotator is a class constructed once per worker or actor (it loads its model in `__init__`) and called on
+batches of clips. A batch is a dict of equal-length numpy arrays keyed by column name: scalars as 1-D arrays,
+per-clip tensors as object arrays holding one ndarray per clip. The call returns `clip_id` plus exactly the
+columns named in `output_columns`. A clip the annotator cannot handle does not fail the batch: its tensor
+outputs are None and `<name>_error` holds "<reason>: <detail>" (reason is stable snake_case).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class AnnotatorError(Exception):
+    """A clip an annotator cannot process; `reason` is a stable snake_case code recorded in `rejected`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+class Annotator(Protocol):
+    """Structural type of an annotator class."""
+
+    name: ClassVar[str]
+    output_columns: ClassVar[tuple[str, ...]]  # besides clip_id; includes f"{name}_error"
+
+    def __init__(self, cfg: Any) -> None: ...
+
+    def __call__(self, batch: Batch) -> Batch: ...
+
+
+def object_array(items: list[Any]) -> np.ndarray:
+    """A 1-D object array of per-clip values (ndarrays or None) without numpy trying to stack them."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):  # element-wise: slice assignment would try to stack equal-shape arrays
+        out[i] = item
+    return out
+
+
+def error_text(error: AnnotatorError) -> str:
+    return f"{error.reason}: {error.detail}" if error.detail else error.reason

@@ -1,0 +1,96 @@
+"""Warped noise per clip: the training noise video transported along the clip's optical flow (EquiVDM, GWTF).
+
+The noise lives on the training latent grid: `channels` x (frame height / factor) x (frame width / factor) of the
+STORED frames, so it must match the model's latent grid (the manifest records it). Warping runs on a grid
+`warp_scale` times finer than the noise grid so sub-pixel motion accumulates (flow is rounded on that grid), then
+area-pools back. What is stored is the pure warped noise, before EquiVDM's beta mixing and GWTF's degradation,
+which happen at training time (`annotators.noise_warp.mix_noise`, `degrade_noise`). The math is in
+`annotators.noise_warp`; this module picks the grid, the per-clip seed and the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import ClassVar
+
+import numpy as np
+
+from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.flow import resolve_device
+from annotators.noise_warp import WARPER_VERSION, warped_noise_video
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoiseConfig:
+    """Warped-noise grid and seeding; the grid must equal the training latent grid."""
+
+    enabled: bool = True
+    channels: int = 4  # latent channels (4 for SD-style VAEs, 16 for Wan/CogVideoX-style ones)
+    factor: int = 8  # spatial downsampling from the stored frames to the latent grid (8 for common VAEs)
+    warp_scale: int = 16  # warp grid = latent grid x this; 2x the frame grid resolves 0.5 px/frame (GWTF: 4x)
+    seed: int = 0  # base seed; each clip's seed is derived from it and the clip_id
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.factor < 1 or self.warp_scale < 1:
+            raise ValueError("noise.channels, noise.factor and noise.warp_scale must be >= 1")
+        if self.seed < 0:
+            raise ValueError("noise.seed must be >= 0")
+
+
+def clip_noise_seed(clip_id: str, base_seed: int) -> int:
+    """A 63-bit seed that depends only on the clip and the base seed (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{base_seed}:{clip_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def noise_grid(frame_height: int, frame_width: int, factor: int) -> tuple[int, int]:
+    if frame_height % factor or frame_width % factor:
+        raise AnnotatorError("bad_noise_grid", f"frames {frame_width}x{frame_height} not divisible by {factor}")
+    return frame_height // factor, frame_width // factor
+
+
+class WarpedNoiser:
+    """Warped noise (T, C, H/factor, W/factor) float16 per clip from its `flow` and `frames` columns."""
+
+    name: ClassVar[str] = "warped_noise"
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "warped_noise",
+        "noise_seed",
+        "noise_warper_version",
+        "warped_noise_error",
+    )
+
+    def __init__(self, cfg: NoiseConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        out: dict[str, list] = {c: [] for c in self.output_columns}
+        for cid, flow, frames in zip(batch["clip_id"], batch["flow"], batch["frames"], strict=True):
+            seed = clip_noise_seed(str(cid), self.cfg.seed)
+            try:
+                noise = self.noise_for(flow, frames.shape[1:3], seed)
+                row = (noise, seed, WARPER_VERSION, None)
+            except AnnotatorError as e:
+                row = (None, seed, WARPER_VERSION, error_text(e))
+            for column, value in zip(self.output_columns, row, strict=True):
+                out[column].append(value)
+        return {"clip_id": batch["clip_id"], **{c: object_array(v) for c, v in out.items()}}
+
+    def noise_for(self, flow: np.ndarray | None, frame_size: tuple[int, int], seed: int) -> np.ndarray:
+        if flow is None:
+            raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
+        if not np.isfinite(flow).all():
+            raise AnnotatorError("flow_not_finite", "flow has NaN or inf values")
+        c = self.cfg
+        noise = warped_noise_video(
+            flow,
+            channels=c.channels,
+            noise_size=noise_grid(*frame_size, c.factor),
+            warp_scale=c.warp_scale,
+            seed=seed,
+            device=self.device,
+        )
+        return noise.cpu().numpy().astype(np.float16)
