@@ -1,14 +1,15 @@
 """The annotator contract every model or dense-math stage follows.
 
 An annotator is a class constructed once per worker or actor (it loads its model in `__init__`) and called on
-batches of clips. A batch is a dict of equal-length numpy arrays keyed by column name: scalars as 1-D arrays,
-per-clip tensors as object arrays holding one ndarray per clip. The call returns `clip_id` plus exactly the
+batches of clips. A batch is a dict of equal-length 1-D numpy arrays keyed by column name; per-clip tensors and
+values that can be None are object arrays holding one value per clip. The call returns `clip_id` plus exactly the
 columns named in `output_columns`. A clip the annotator cannot handle does not fail the batch: its tensor
 outputs are None and `<name>_error` holds "<reason>: <detail>" (reason is stable snake_case).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -45,3 +46,17 @@ def object_array(items: list[Any]) -> np.ndarray:
 
 def error_text(error: AnnotatorError) -> str:
     return f"{error.reason}: {error.detail}" if error.detail else error.reason
+
+
+def per_clip(name: str, columns: tuple[str, ...], inputs: Iterable[tuple], fn: Callable[..., dict]) -> Batch:
+    """Run `fn(*clip_inputs) -> {column: value}` per clip. A clip whose `fn` raises AnnotatorError gets None in
+    every column and "<reason>: <detail>" in `<name>_error`; other clips are unaffected."""
+    out: dict[str, list] = {c: [] for c in columns}
+    for args in inputs:
+        try:
+            values = {**fn(*args), f"{name}_error": None}
+        except AnnotatorError as e:
+            values = {f"{name}_error": error_text(e)}
+        for column in columns:
+            out[column].append(values.get(column))
+    return {c: object_array(v) for c, v in out.items()}

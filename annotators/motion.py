@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.global_motion import fit_global_motion, residual_flow
 
 
@@ -90,15 +90,18 @@ class MotionScorer:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        out: dict[str, list] = {c: [] for c in self.output_columns}
-        for flow, pts in zip(batch["flow"], batch["frame_pts"], strict=True):
-            try:
-                if flow is None:
-                    raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
-                s = motion_scores(np.asarray(flow, dtype=np.float32), np.asarray(pts), self.cfg.percentile)
-                row = (s.mean, s.p90, s.residual, s.homographies, None)
-            except AnnotatorError as e:
-                row = (None, None, None, None, error_text(e))
-            for column, value in zip(self.output_columns, row, strict=True):
-                out[column].append(value)
-        return {"clip_id": batch["clip_id"], **{c: object_array(v) for c, v in out.items()}}
+        columns = per_clip(
+            self.name, self.output_columns, zip(batch["flow"], batch["frame_pts"], strict=True), self.score
+        )
+        return {"clip_id": batch["clip_id"], **columns}
+
+    def score(self, flow: np.ndarray | None, frame_pts: np.ndarray) -> dict:
+        if flow is None:
+            raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
+        s = motion_scores(np.asarray(flow, dtype=np.float32), np.asarray(frame_pts), self.cfg.percentile)
+        return {
+            "motion_mean": s.mean,
+            "motion_p90": s.p90,
+            "motion_residual": s.residual,
+            "global_homography": s.homographies,
+        }

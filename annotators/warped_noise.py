@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.flow import resolve_device
 from annotators.noise_warp import WARPER_VERSION, warped_noise_video
 
@@ -67,17 +67,13 @@ class WarpedNoiser:
         self.device = resolve_device(cfg.device)
 
     def __call__(self, batch: Batch) -> Batch:
-        out: dict[str, list] = {c: [] for c in self.output_columns}
-        for cid, flow, frames in zip(batch["clip_id"], batch["flow"], batch["frames"], strict=True):
-            seed = clip_noise_seed(str(cid), self.cfg.seed)
-            try:
-                noise = self.noise_for(flow, frames.shape[1:3], seed)
-                row = (noise, seed, WARPER_VERSION, None)
-            except AnnotatorError as e:
-                row = (None, seed, WARPER_VERSION, error_text(e))
-            for column, value in zip(self.output_columns, row, strict=True):
-                out[column].append(value)
-        return {"clip_id": batch["clip_id"], **{c: object_array(v) for c, v in out.items()}}
+        inputs = zip(batch["clip_id"], batch["flow"], batch["frames"], strict=True)
+        return {"clip_id": batch["clip_id"], **per_clip(self.name, self.output_columns, inputs, self.annotate)}
+
+    def annotate(self, clip_id: str, flow: np.ndarray | None, frames: np.ndarray) -> dict:
+        seed = clip_noise_seed(str(clip_id), self.cfg.seed)
+        noise = self.noise_for(flow, frames.shape[1:3], seed)
+        return {"warped_noise": noise, "noise_seed": seed, "noise_warper_version": WARPER_VERSION}
 
     def noise_for(self, flow: np.ndarray | None, frame_size: tuple[int, int], seed: int) -> np.ndarray:
         if flow is None:
