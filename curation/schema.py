@@ -57,6 +57,19 @@ MOTION_SCORES = [
     ("motion_residual", pa.float64()),  # mean magnitude left after removing the camera's global homography
 ]
 
+# Camera annotation (annotators.camera, annotators.qcm): clip-level QCM token (keys x mouse, Yume) and its text.
+CAMERA = [
+    ("qcm_keys", pa.string()),  # none | W | S | A | D | W+A | W+D | S+A | S+D
+    ("qcm_mouse", pa.string()),  # none | → | ← | ↑ | ↓ | ↑→ | ↑← | ↓→ | ↓←
+    ("qcm_token", pa.int16()),  # key_index * 9 + mouse_index, 0..80
+    ("camera_text", pa.string()),  # condition text built from the token and the speed indicators
+    ("camera_confidence", pa.float64()),  # 0..1, mean over steps; ~0 for dark/flat/degenerate clips
+    ("camera_static", pa.bool_()),  # every step is a still camera
+]
+QCM_SEGMENTS = pa.list_(
+    pa.struct([("start_step", pa.int32()), ("end_step", pa.int32()), ("token", pa.int16())])
+)  # runs of consistent motion over the clip's steps (step t = sampled frame t -> t+1), end exclusive
+
 CLIPS = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -75,6 +88,8 @@ CLIPS = pa.schema(
         ("shard", pa.string()),  # shard file name under shards/
         ("shard_row", pa.int32()),  # row index inside that shard
         *MOTION_SCORES,
+        *CAMERA,
+        ("qcm_segments", QCM_SEGMENTS),
     ]
 )
 
@@ -108,14 +123,17 @@ SHARD_META = pa.schema(
         *MOTION_SCORES,
         ("noise_seed", pa.int64()),  # seed of the clip's first noise frame (annotators.warped_noise)
         ("noise_warper_version", pa.string()),  # annotators.noise_warp.WARPER_VERSION
+        *CAMERA,
     ]
 )
 
 # Shard tensors, in column order (a run stores the ones its config enables):
 # frames (T, H, W, 3) uint8; flow (T-1, 2, h, w) float16, forward flow t -> t+1 as (dx, dy) in pixels of its own
 # (h, w) grid; global_homography (T-1, 3, 3) float32, frame t pixel -> frame t+1 pixel on the flow grid;
-# warped_noise (T, C, H/f, W/f) float16, before beta mixing.
-SHARD_TENSORS = ("frames", "flow", "global_homography", "warped_noise")
+# warped_noise (T, C, H/f, W/f) float16, before beta mixing; camera_c2w (T, 4, 4) float32, camera-to-world,
+# OpenCV axes, frame 0 = identity, translation in parallax units (no metric scale); camera_tokens (T-1,) int16,
+# the QCM token of each step.
+SHARD_TENSORS = ("frames", "flow", "global_homography", "warped_noise", "camera_c2w", "camera_tokens")
 UNCOMPRESSED_TENSORS = frozenset({"warped_noise"})  # Gaussian noise does not compress; don't pay to try
 
 TABLES = {"videos": VIDEOS, "scenes": SCENES, "clips": CLIPS, "rejected": REJECTED}

@@ -34,6 +34,8 @@ def enabled_annotators(cfg: RunConfig) -> list[str]:
         names += ["flow", "motion"]
         if cfg.noise.enabled:
             names.append("warped_noise")
+        if cfg.camera.enabled:
+            names.append("camera")
     return names
 
 
@@ -44,12 +46,11 @@ class ClipAnnotators:
         self.annotators = [annotator_class(n)(getattr(cfg, ANNOTATORS[n][1])) for n in enabled_annotators(cfg)]
         self.seconds: dict[str, float] = defaultdict(float)  # cumulative per annotator, for the run report
 
-    def __call__(self, clip_id: str, frames: np.ndarray, frame_pts: list[float]) -> dict[str, Any]:
-        batch = {
-            "clip_id": np.array([clip_id], dtype=object),
-            "frames": object_array([frames]),
-            "frame_pts": object_array([np.asarray(frame_pts, dtype=np.float64)]),
-        }
+    def __call__(self, clip: dict[str, Any]) -> dict[str, Any]:
+        """`clip`: clip_id, frames (T, H, W, 3) uint8, frame_pts, frame_indices, source_size and decoded_size
+        ((width, height) of the source video and of the frames before the crop/pad to the stored size)."""
+        batch = {name: object_array([value]) for name, value in clip.items()}
+        batch["frame_pts"] = object_array([np.asarray(clip["frame_pts"], dtype=np.float64)])
         produced: dict[str, Any] = {}
         for annotator in self.annotators:
             started = time.perf_counter()
@@ -76,4 +77,30 @@ def annotators_for(cfg: RunConfig) -> ClipAnnotators:
     return _CACHE[key]
 
 
-__all__ = ["AnnotatorError", "ClipAnnotators", "ClipRejected", "annotators_for", "enabled_annotators"]
+def annotate_file(path: str, cfg: RunConfig, start_frame: int = 0, end_frame: int | None = None) -> dict[str, Any]:
+    """Annotate one clip of a local video file without Ray, exactly as the clips step would (for notebooks,
+    debugging and benchmarks). The clip spans source frames [start_frame, end_frame) (default: the whole file)."""
+    from curation.decode import iter_frames, probe_video
+    from curation.sampling import decode_size, fit_to_target, sample_indices
+
+    info = probe_video(path)
+    end = info.n_frames if end_frame is None else end_frame
+    sampled = sample_indices(start_frame, end, info.fps, cfg.frames)
+    if sampled is None:
+        raise ValueError(f"{path}: frames [{start_frame}, {end}) are fewer than frames.num_frames")
+    indices, _ = sampled
+    size = decode_size(info.width, info.height, cfg.frames)
+    frames = iter_frames(path, info, size=size, indices=indices)
+    decoded = {i: (pts, fit_to_target(rgb, cfg.frames)) for i, pts, rgb in frames}
+    clip = {
+        "clip_id": f"{path}:{start_frame}:{end}",
+        "frames": np.stack([decoded[i][1] for i in indices]),
+        "frame_pts": [decoded[i][0] for i in indices],
+        "frame_indices": np.asarray(indices),
+        "source_size": (info.width, info.height),
+        "decoded_size": size,
+    }
+    return {**clip, **annotators_for(cfg)(clip)}
+
+
+__all__ = ["AnnotatorError", "ClipAnnotators", "ClipRejected", "annotate_file", "annotators_for", "enabled_annotators"]

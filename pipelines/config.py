@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from annotators.camera import CameraConfig
 from annotators.flow import FlowConfig
 from annotators.motion import MotionConfig
 from annotators.warped_noise import NoiseConfig
@@ -57,6 +58,7 @@ class RunConfig:
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 

@@ -6,6 +6,7 @@ a crash or `kill -9`, and single-stage runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -58,6 +59,19 @@ def manifest_extra(cfg: RunConfig) -> dict:
             "seed": nc.seed,
             "warper_version": WARPER_VERSION,
             "beta_applied": False,  # pure warped noise: mix with independent noise at training time
+        }
+    if "camera_c2w" in columns:
+        from annotators.qcm import KEYS, MOUSE
+
+        tensors["camera_c2w"] = {"dtype": "float32", "shape": [t, 4, 4], "layout": "camera-to-world, OpenCV axes"}
+        tensors["camera_tokens"] = {"dtype": "int16", "shape": [t - 1]}
+        extra["camera"] = {
+            "fov_x_deg": cfg.camera.fov_x_deg,
+            "qcm": dataclasses.asdict(cfg.camera.qcm),
+            "keys": list(KEYS),
+            "mouse": list(MOUSE),
+            "token": "key_index * 9 + mouse_index",
+            "translation_units": "parallax: radians of view angle per step (monocular video has no metric scale)",
         }
     return extra
 

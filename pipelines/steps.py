@@ -272,12 +272,20 @@ class ClipWriter:
             "frame_pts": [frames[i][0] for i in indices],
         }
         stack = np.stack([frames[i][1] for i in indices])
+        clip = {
+            "clip_id": cid,
+            "frames": stack,
+            "frame_pts": meta["frame_pts"],
+            "frame_indices": np.asarray(indices),
+            "source_size": (video["width"], video["height"]),
+            "decoded_size": decode_size(video["width"], video["height"], self.cfg.frames),
+        }
         try:
-            scalars, tensors = self._annotate(cid, stack, meta["frame_pts"])
+            scalars, tensors = self._annotate(clip)
         except ClipRejected as e:
             self._reject(span, e.stage, e.reason, e.detail)
             return
-        row = {**meta, **scalars, **encode_tensor("frames", stack)}
+        row = {**meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}, **encode_tensor("frames", stack)}
         for name, array in tensors.items():
             row.update(encode_tensor(name, array))
         shard, shard_row = self.writer.add(row)
@@ -294,13 +302,15 @@ class ClipWriter:
             }
         )
 
-    def _annotate(self, cid: str, frames: np.ndarray, pts: list[float]) -> tuple[dict, dict[str, np.ndarray]]:
-        """Scalar columns and shard tensors of one clip; raises ClipRejected when an annotator gives up on it."""
+    def _annotate(self, clip: dict[str, Any]) -> tuple[dict, dict[str, np.ndarray]]:
+        """Scalar columns (shard and clips table) and shard tensors of one clip; raises ClipRejected when an
+        annotator gives up on it."""
         if self.annotators is None:
             return {}, {}
-        out = self.annotators(cid, frames, pts)
+        out = self.annotators(clip)
         tensors = {name: _finite_tensor(name, out[name], dtype) for name, dtype in tensor_columns(self.cfg).items()}
-        scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in SHARD_META.names}
+        scalars_names = set(SHARD_META.names) | set(CLIPS.names)
+        scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in scalars_names}
         return scalars, tensors
 
 
@@ -312,6 +322,8 @@ def tensor_columns(cfg: RunConfig) -> dict[str, str]:
         columns.update(flow="float16", global_homography="float32")
     if "warped_noise" in names:
         columns["warped_noise"] = "float16"
+    if "camera" in names:
+        columns.update(camera_c2w="float32", camera_tokens="int16")
     return columns
 
 

@@ -21,6 +21,19 @@ from pipelines.finalize import collect
 from tests.conftest import SMOKE
 
 
+def clip_of(clip_id: str, frames: np.ndarray) -> dict:
+    """The clip dict the clips step hands to the annotators (8 fps sampling, stride 3, 64x64 source)."""
+    t = len(frames)
+    return {
+        "clip_id": clip_id,
+        "frames": frames,
+        "frame_pts": list(np.arange(t) / 8),
+        "frame_indices": np.arange(t) * 3,
+        "source_size": (64, 64),
+        "decoded_size": (64, 64),
+    }
+
+
 def textured_clip(t: int = 5, size: int = 64, dx: int = 2, seed: int = 0) -> np.ndarray:
     """A smooth random texture panning `dx` px per frame to the right (content moves +x)."""
     import cv2
@@ -43,6 +56,9 @@ def test_every_annotator_returns_exactly_its_declared_columns(name: str):
         "clip_id": np.array(["c0", "c1"], dtype=object),
         "frames": object_array([frames, frames[:3]]),
         "frame_pts": object_array([np.arange(5) / 8, np.arange(3) / 8]),
+        "frame_indices": object_array([np.arange(5) * 3, np.arange(3) * 3]),
+        "source_size": object_array([(64, 64), (64, 64)]),
+        "decoded_size": object_array([(64, 64), (64, 64)]),
     }
     for upstream in list(ANNOTATORS)[: list(ANNOTATORS).index(name)]:  # what the chain feeds it
         batch.update(annotator_class(upstream)(getattr(cfg, ANNOTATORS[upstream][1]))(batch))
@@ -56,7 +72,7 @@ def test_every_annotator_returns_exactly_its_declared_columns(name: str):
 
 
 def test_chain_output_shapes_units_and_seeds(chain: ClipAnnotators):
-    out = chain("clip-a", textured_clip(), list(np.arange(5) / 8))
+    out = chain(clip_of("clip-a", textured_clip()))
     assert out["flow"].shape == (4, 2, 64, 64)
     interior = out["flow"][:, :, 8:-8, 8:-8]
     assert np.median(interior[:, 0]) == pytest.approx(2.0, abs=0.15) and abs(np.median(interior[:, 1])) < 0.15
@@ -65,15 +81,15 @@ def test_chain_output_shapes_units_and_seeds(chain: ClipAnnotators):
     noise = out["warped_noise"]
     assert noise.shape == (5, 4, 8, 8) and noise.dtype == np.float16
     assert out["noise_seed"] == clip_noise_seed("clip-a", 0) and out["noise_warper_version"] == WARPER_VERSION
-    again = chain("clip-a", textured_clip(), list(np.arange(5) / 8))
-    other = chain("clip-b", textured_clip(), list(np.arange(5) / 8))
+    again = chain(clip_of("clip-a", textured_clip()))
+    other = chain(clip_of("clip-b", textured_clip()))
     assert np.array_equal(again["warped_noise"], noise)  # same clip, same flow -> the same noise
     assert not np.array_equal(other["warped_noise"][0], noise[0])  # seeds differ per clip
 
 
 def test_a_static_clip_keeps_its_noise(chain: ClipAnnotators):
     frames = np.repeat(textured_clip(t=1), 4, axis=0)
-    out = chain("still", frames, [0.0, 0.125, 0.25, 0.375])
+    out = chain(clip_of("still", frames))
     assert np.abs(out["flow"]).max() < 0.05
     assert all(np.array_equal(out["warped_noise"][0], n) for n in out["warped_noise"][1:])
 
@@ -81,7 +97,7 @@ def test_a_static_clip_keeps_its_noise(chain: ClipAnnotators):
 def test_non_finite_flow_rejects_the_clip(chain: ClipAnnotators, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(FlowEstimator, "_cv_pairs", lambda self, f: np.full((len(f) - 1, 64, 64, 2), np.nan, "f4"))
     with pytest.raises(ClipRejected) as e:
-        chain("nan", textured_clip(), list(np.arange(5) / 8))
+        chain(clip_of("nan", textured_clip()))
     assert (e.value.stage, e.value.reason) == ("flow", "flow_not_finite")
 
 

@@ -63,6 +63,14 @@ from .model import Rendered, VideoSpec
 from .specs import SPECS, get_spec, spec_names
 
 __all__ = [
-    "GENERATOR_VERSION", "SPECS", "Rendered", "VideoSpec", "generate_corpus", "generate_video", "get_spec",
-    "load_flow", "load_truth", "spec_names",
+    "GENERATOR_VERSION",
+    "SPECS",
+    "Rendered",
+    "VideoSpec",
+    "generate_corpus",
+    "generate_video",
+    "get_spec",
+    "load_flow",
+    "load_truth",
+    "spec_names",
 ]

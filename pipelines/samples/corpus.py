@@ -18,13 +18,22 @@ from .writer import encode_video, write_flow, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATOR_VERSION", "INDEX_NAME", "generate_corpus", "generate_video", "load_truth", "load_flow",
-           "is_current"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "INDEX_NAME",
+    "generate_corpus",
+    "generate_video",
+    "load_truth",
+    "load_flow",
+    "is_current",
+]
 
 GENERATOR_VERSION = 1  # bump whenever frames or truth change, so stale corpora are regenerated
 INDEX_NAME = "corpus.json"
-FLOW_CONVENTION = ("forward flow from frame i to i+1 in pixels of the STORED video resolution, sampled on a grid "
-                   "downscaled by `scale` (sample (r, c) at x = (c + 0.5) * width / cols - 0.5, likewise y)")
+FLOW_CONVENTION = (
+    "forward flow from frame i to i+1 in pixels of the STORED video resolution, sampled on a grid "
+    "downscaled by `scale` (sample (r, c) at x = (c + 0.5) * width / cols - 0.5, likewise y)"
+)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -66,8 +75,14 @@ def _truth(spec: VideoSpec, seed: int, rendered: Rendered) -> dict[str, Any]:
     }
     truth.update(rendered.truth)
     if rendered.flow is not None:
-        truth["flow"] = {"file": f"{spec.name}.flow.npz", "key": "flow", "shape": list(rendered.flow.shape),
-                         "scale": FLOW_SCALE, "dtype": "float16", "convention": FLOW_CONVENTION}
+        truth["flow"] = {
+            "file": f"{spec.name}.flow.npz",
+            "key": "flow",
+            "shape": list(rendered.flow.shape),
+            "scale": FLOW_SCALE,
+            "dtype": "float16",
+            "convention": FLOW_CONVENTION,
+        }
     return truth
 
 
@@ -84,17 +99,36 @@ def generate_video(spec: VideoSpec, out_dir: Path, seed: int = 0) -> Path:
         write_flow(out_dir / truth["flow"]["file"], rendered.flow)
     # The JSON goes last: its presence marks the video as complete (see is_current).
     write_json(spec.truth_path(out_dir), truth)
-    logger.info("%s: %d frames %dx%d in %.2fs", spec.file_name, spec.n_frames, spec.width, spec.height,
-                time.perf_counter() - started)
+    logger.info(
+        "%s: %d frames %dx%d in %.2fs",
+        spec.file_name,
+        spec.n_frames,
+        spec.width,
+        spec.height,
+        time.perf_counter() - started,
+    )
     return video
 
 
 def _write_index(out_dir: Path, seed: int) -> None:
     """List every registered video that is present and current in ``out_dir``."""
-    videos = [{"name": s.name, "file": s.file_name, "stem": s.name, "truth": s.truth_path(out_dir).name,
-               "codec": CODEC_NAMES[s.encoder], "container": s.container, "fps": float(s.fps),
-               "n_frames": s.n_frames, "width": s.width, "height": s.height, "tags": list(s.tags)}
-              for s in SPECS if is_current(s, out_dir, seed)]
+    videos = [
+        {
+            "name": s.name,
+            "file": s.file_name,
+            "stem": s.name,
+            "truth": s.truth_path(out_dir).name,
+            "codec": CODEC_NAMES[s.encoder],
+            "container": s.container,
+            "fps": float(s.fps),
+            "n_frames": s.n_frames,
+            "width": s.width,
+            "height": s.height,
+            "tags": list(s.tags),
+        }
+        for s in SPECS
+        if is_current(s, out_dir, seed)
+    ]
     write_json(out_dir / INDEX_NAME, {"generator_version": GENERATOR_VERSION, "seed": seed, "videos": videos})
 
 

@@ -59,8 +59,9 @@ def _plane_extent(k: np.ndarray, width: int, height: int, depth: float) -> tuple
     kinv = np.linalg.inv(k)
     (bx0, bx1), (by0, by1), (bz0, _) = CAMERA_BOX
     far = depth - bz0  # the widest view comes from the rear-most camera position
-    corners = kinv @ np.array([[-0.5, width - 0.5, -0.5, width - 0.5], [-0.5, -0.5, height - 0.5, height - 0.5],
-                               [1.0, 1.0, 1.0, 1.0]])
+    corners = kinv @ np.array(
+        [[-0.5, width - 0.5, -0.5, width - 0.5], [-0.5, -0.5, height - 0.5, height - 0.5], [1.0, 1.0, 1.0, 1.0]]
+    )
     xs, ys = corners[0] * far, corners[1] * far
     return float(xs.min() + bx0), float(ys.min() + by0), float(xs.max() + bx1), float(ys.max() + by1)
 
@@ -103,8 +104,9 @@ def render_planes(planes: list[Plane], k: np.ndarray, c2w: np.ndarray, width: in
     return out
 
 
-def planes_flow(planes: list[Plane], k: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray,
-                gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+def planes_flow(
+    planes: list[Plane], k: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray:
     """True flow a -> b on the grid: each sample follows the front-most plane with alpha >= 0.5 at pose a."""
     flow = np.zeros((*gx.shape, 2), np.float32)
     for plane in planes:  # back to front: nearer planes overwrite
@@ -114,8 +116,14 @@ def planes_flow(planes: list[Plane], k: np.ndarray, pose_a: np.ndarray, pose_b: 
         if plane.opaque:
             covered = np.ones(gx.shape, bool)
         else:
-            alpha = cv2.remap(plane.rgba[..., 3], u.astype(np.float32), v.astype(np.float32), cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            alpha = cv2.remap(
+                plane.rgba[..., 3],
+                u.astype(np.float32),
+                v.astype(np.float32),
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             covered = alpha >= 0.5
         xb, yb = apply_homography(h_b, u, v)
         flow[covered] = np.stack([xb - gx, yb - gy], axis=-1)[covered]

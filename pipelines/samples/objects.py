@@ -81,15 +81,16 @@ def build_objects(spec: VideoSpec, seed: int) -> Rendered:
             x, y = pos[t]
             sh, sw = sprite.shape[:2]
             alpha = sprite[..., 3:]
-            img[y:y + sh, x:x + sw] = img[y:y + sh, x:x + sw] * (1.0 - alpha) + sprite[..., :3] * alpha
+            img[y : y + sh, x : x + sw] = img[y : y + sh, x : x + sw] * (1.0 - alpha) + sprite[..., :3] * alpha
             if t + 1 < n:
-                region = flow[y:y + sh, x:x + sw]
+                region = flow[y : y + sh, x : x + sw]
                 region[alpha[..., 0] >= 0.5] = pos[t + 1] - pos[t]
         frames.append(to_uint8(img))
         if t + 1 < n:
             flows.append(flow[gi, gj])
     truth = single_shot(n)
     truth["camera"] = camera_truth(intrinsics(w, h, DEFAULT_FOV), DEFAULT_FOV, [make_c2w()] * n, {})
-    truth["objects"] = [_object_truth(i, o, pos, tuple(o["size"]))
-                        for i, (o, pos) in enumerate(zip(objs, positions, strict=True))]
+    truth["objects"] = [
+        _object_truth(i, o, pos, tuple(o["size"])) for i, (o, pos) in enumerate(zip(objs, positions, strict=True))
+    ]
     return Rendered(frames, truth, np.stack(flows))

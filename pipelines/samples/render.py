@@ -13,9 +13,21 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "intrinsics", "rot_x", "rot_y", "rot_z", "yaw_pitch_roll", "make_c2w", "apply_homography", "grid_shape",
-    "flow_grid", "homography_flow", "warp_inverse", "source_homography", "relative_homography",
-    "plane_homography", "corner_bounds",
+    "intrinsics",
+    "rot_x",
+    "rot_y",
+    "rot_z",
+    "yaw_pitch_roll",
+    "make_c2w",
+    "apply_homography",
+    "grid_shape",
+    "flow_grid",
+    "homography_flow",
+    "warp_inverse",
+    "source_homography",
+    "relative_homography",
+    "plane_homography",
+    "corner_bounds",
 ]
 
 
@@ -91,11 +103,18 @@ def homography_flow(hom: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarr
     return np.stack([x1 - gx, y1 - gy], axis=-1).astype(np.float32)
 
 
-def warp_inverse(src: np.ndarray, dst_to_src: np.ndarray, width: int, height: int,
-                 border: int = cv2.BORDER_REFLECT) -> np.ndarray:
+def warp_inverse(
+    src: np.ndarray, dst_to_src: np.ndarray, width: int, height: int, border: int = cv2.BORDER_REFLECT
+) -> np.ndarray:
     """Bilinear inverse warp: output pixel p takes ``src`` at ``dst_to_src @ p``."""
-    return cv2.warpPerspective(src, dst_to_src, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=border, borderValue=0)
+    return cv2.warpPerspective(
+        src,
+        dst_to_src,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=border,
+        borderValue=0,
+    )
 
 
 def source_homography(k_src: np.ndarray, rot: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -49,8 +49,13 @@ def single_shot(n_frames: int) -> dict[str, Any]:
     return {"cuts": [], "fades": [], "shots": [{"start": 0, "end": n_frames}]}
 
 
-def camera_truth(k: np.ndarray, fov_x_deg: float, c2w: Sequence[np.ndarray], params: dict[str, Any],
-                 focal_scale: Sequence[float] | None = None) -> dict[str, Any]:
+def camera_truth(
+    k: np.ndarray,
+    fov_x_deg: float,
+    c2w: Sequence[np.ndarray],
+    params: dict[str, Any],
+    focal_scale: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """The ``camera`` block of the truth JSON: intrinsics, per-frame poses, motion labels, relative rotations."""
     cam: dict[str, Any] = {
         "fov_x_deg": fov_x_deg,
@@ -77,8 +82,14 @@ def _rotation_path(n: int, yaw: float, pitch: float, roll: float) -> list[np.nda
     return rots
 
 
-def render_panorama(rng: np.random.Generator, width: int, height: int, ks: Sequence[np.ndarray],
-                    rots: Sequence[np.ndarray], palette: np.ndarray | None = None) -> list[np.ndarray]:
+def render_panorama(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    ks: Sequence[np.ndarray],
+    rots: Sequence[np.ndarray],
+    palette: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Render float32 frames of a textured panorama seen by cameras (K_t, R_t) sharing the optical centre.
 
     The panorama is the frame-0 image plane, extended just enough to cover every frame.
@@ -131,8 +142,9 @@ def build_rotation(spec: VideoSpec, seed: int) -> Rendered:
     flow = None
     if p.get("flow"):
         gx, gy = flow_grid(w, h, FLOW_SCALE)
-        flow = np.stack([homography_flow(relative_homography(ks[t], rots[t], ks[t + 1], rots[t + 1]), gx, gy)
-                         for t in range(n - 1)])
+        flow = np.stack(
+            [homography_flow(relative_homography(ks[t], rots[t], ks[t + 1], rots[t + 1]), gx, gy) for t in range(n - 1)]
+        )
     return Rendered(frames, truth, flow)
 
 
@@ -154,8 +166,11 @@ def build_cuts(spec: VideoSpec, seed: int) -> Rendered:
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         # Hues spread around the colour wheel so consecutive shots never look alike.
         frames += _shot(rng, spec, b - a, (base_hue + i / len(starts)) % 1.0)
-    truth = {"cuts": starts[1:], "fades": [],
-             "shots": [{"start": a, "end": b} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]}
+    truth = {
+        "cuts": starts[1:],
+        "fades": [],
+        "shots": [{"start": a, "end": b} for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+    }
     return Rendered([to_uint8(f) for f in frames], truth)
 
 
@@ -178,7 +193,10 @@ def build_fade(spec: VideoSpec, seed: int) -> Rendered:
     gains = fade_gains(start, int(p["fade_out"]), int(p["black"]), int(p["fade_in"]))
     gains += [1.0] * (spec.n_frames - len(gains))
     frames = _shot(rng, spec, a_part, hue) + _shot(rng, spec, spec.n_frames - a_part, (hue + 0.5) % 1.0)
-    truth = {"cuts": [], "fades": [{"start": start, "end": end}],
-             "shots": [{"start": 0, "end": start}, {"start": end, "end": spec.n_frames}],
-             "brightness_gain": gains}
+    truth = {
+        "cuts": [],
+        "fades": [{"start": start, "end": end}],
+        "shots": [{"start": 0, "end": start}, {"start": end, "end": spec.n_frames}],
+        "brightness_gain": gains,
+    }
     return Rendered([to_uint8(f * g) for f, g in zip(frames, gains, strict=True)], truth)

@@ -15,8 +15,9 @@ import numpy as np
 __all__ = ["value_noise", "random_palette", "colorize", "make_texture", "shape_mask"]
 
 
-def value_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 5, base_cells: int = 3,
-                persistence: float = 0.55) -> np.ndarray:
+def value_noise(
+    rng: np.random.Generator, height: int, width: int, octaves: int = 5, base_cells: int = 3, persistence: float = 0.55
+) -> np.ndarray:
     """Fractal value noise in [0, 1], float32 of shape (height, width).
 
     Each octave is a random lattice upsampled bicubically; finer octaves get geometrically smaller weights.
@@ -58,8 +59,9 @@ def colorize(field: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return lut.astype(np.float32)[idx]
 
 
-def _draw_shapes(rng: np.random.Generator, img: np.ndarray, palette: np.ndarray, count: int,
-                 min_r: float, max_r: float) -> None:
+def _draw_shapes(
+    rng: np.random.Generator, img: np.ndarray, palette: np.ndarray, count: int, min_r: float, max_r: float
+) -> None:
     """Draw filled anti-aliased ellipses / rectangles / checker tiles in palette colours, in place."""
     h, w = img.shape[:2]
     for _ in range(count):
@@ -83,8 +85,9 @@ def _draw_shapes(rng: np.random.Generator, img: np.ndarray, palette: np.ndarray,
                     cv2.rectangle(img, (x0, y0), (x0 + cell - 1, y0 + cell - 1), col, -1)
 
 
-def make_texture(rng: np.random.Generator, height: int, width: int, palette: np.ndarray | None = None,
-                 detail: float = 1.0) -> np.ndarray:
+def make_texture(
+    rng: np.random.Generator, height: int, width: int, palette: np.ndarray | None = None, detail: float = 1.0
+) -> np.ndarray:
     """A detailed, high-contrast colour texture, float32 (height, width, 3) in [0, 255].
 
     ``detail`` scales shape sizes (use < 1 for textures that will be magnified on screen).
@@ -101,8 +104,7 @@ def make_texture(rng: np.random.Generator, height: int, width: int, palette: np.
     return np.clip(img, 0.0, 255.0)
 
 
-def shape_mask(rng: np.random.Generator, height: int, width: int, count: int, min_r: float,
-               max_r: float) -> np.ndarray:
+def shape_mask(rng: np.random.Generator, height: int, width: int, count: int, min_r: float, max_r: float) -> np.ndarray:
     """Alpha mask (float32 in [0, 1]) of ``count`` random discs / rectangles / rotated boxes, edges anti-aliased."""
     mask = np.zeros((height, width), np.float32)
     for _ in range(count):

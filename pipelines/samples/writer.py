@@ -54,8 +54,7 @@ def encode_video(path: Path, frames: Iterable[np.ndarray], spec: VideoSpec) -> N
     count = 0
     try:
         with av.open(str(tmp), "w", options=_CONTAINER_OPTIONS) as container:
-            stream = container.add_stream(spec.encoder, rate=Fraction(spec.fps),
-                                          options=ENCODER_OPTIONS[spec.encoder])
+            stream = container.add_stream(spec.encoder, rate=Fraction(spec.fps), options=ENCODER_OPTIONS[spec.encoder])
             stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
             stream.codec_context.gop_size = spec.fps  # one key frame per second: cheap seeking for the pipeline
             for rgb in frames:

@@ -1,0 +1,232 @@
+"""Camera trajectory and QCM tokens per clip, estimated from the clip's optical flow on CPU.
+
+Per pair of consecutive sampled frames the flow gives dense correspondences. Model selection, in order:
+1. too little texture or too few valid points -> unknown: identity motion, confidence 0, token `none`;
+2. static: the median image motion is below half the smallest QCM threshold -> identity, flagged static;
+3. rotation only: a RANSAC homography explains (almost) every point an essential matrix explains, so there is no
+   parallax -> rotation K^-1 H K projected onto SO(3), no translation. Zooms land here too, and project to
+   (almost) no rotation: a zoom is not a camera move;
+4. otherwise the camera translates: a RANSAC essential matrix gives the rotation and the translation direction.
+
+Monocular video has no metric scale. The translation is stored as a unit direction times a parallax magnitude:
+the median image motion left after removing the rotation, in radians of view angle. Trajectories are therefore
+in "parallax units", comparable in direction and relative speed within a clip, not in metres. The intrinsics come
+from `camera.fov_x_deg` (the horizontal field of view of the SOURCE video, recorded with the run) and the resize
+that produced the stored frames. Axes are OpenCV's (x right, y down, z forward); frame 0 is the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from annotators.base import Batch, per_clip
+from annotators.qcm import (
+    QCMConfig,
+    clip_token,
+    condition_text,
+    motion_segments,
+    quantize_steps,
+    speed_indicators,
+    split_token,
+)
+
+MIN_POINTS = 24  # fewer correspondences than this cannot support a RANSAC fit worth trusting
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CameraConfig:
+    """Camera estimation settings; `qcm` holds the token thresholds."""
+
+    enabled: bool = True
+    fov_x_deg: float = 60.0  # assumed horizontal field of view of source videos (a typical phone/action camera)
+    ransac_px: float = 1.0  # RANSAC inlier threshold on the flow grid, pixels
+    parallax_inlier_gain: float = 0.06  # translation needs the essential matrix to explain this share more points
+    # than a homography (measured on the sample corpus at 256 px: translation 0.08-0.18, rotation/zoom <= 0.04)
+    grid_points: int = 2000  # correspondences sampled per frame pair
+    texture_gradient: float = 20.0  # Sobel magnitude (uint8 gray) that counts as texture
+    min_texture: float = 0.02  # share of textured pixels below which a pair is "unknown" (dark, flat, blown out)
+    qcm: QCMConfig = dataclasses.field(default_factory=QCMConfig)
+
+    def __post_init__(self) -> None:
+        if not 10.0 <= self.fov_x_deg <= 170.0:
+            raise ValueError("camera.fov_x_deg must be in [10, 170]")
+        if self.ransac_px <= 0 or self.grid_points < MIN_POINTS or not 0 <= self.min_texture < 1:
+            raise ValueError("camera needs ransac_px > 0, grid_points >= 24 and 0 <= min_texture < 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMotion:
+    """Relative camera motion from frame t to t+1: rotation and translation of camera t+1 in camera t's frame."""
+
+    rotation: np.ndarray  # (3, 3)
+    translation: np.ndarray  # (3,) unit direction x parallax (radians); zeros when not translating
+    parallax: float  # translation magnitude proxy, radians of view angle
+    confidence: float  # 0..1
+    model: str  # unknown | static | rotation | translation
+
+
+def flow_intrinsics(
+    source_size: tuple[int, int],
+    decoded_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    flow_size: tuple[int, int],
+    fov_x_deg: float,
+) -> np.ndarray:
+    """K on the flow grid. Sizes are (width, height); the stored frame is a centred crop/pad of the decoded one."""
+    (sw, sh), (dw, dh), (w, h), (fw, fh) = source_size, decoded_size, frame_size, flow_size
+    fx = (dw / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    fy = fx * (dh / sh) / (dw / sw)  # differs from fx only for the `stretch` resize
+    sx, sy = fw / w, fh / h
+    return np.array([[fx * sx, 0.0, (fw - 1) / 2.0], [0.0, fy * sy, (fh - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def texture_share(frame: np.ndarray, gradient: float) -> float:
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    return float((magnitude > gradient).mean())
+
+
+def correspondences(flow: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid points of frame t and where the (H, W, 2) flow sends them, keeping matches that stay in the frame."""
+    h, w = flow.shape[:2]
+    step = max(1, int(math.sqrt(h * w / n_points)))
+    ys, xs = np.mgrid[step // 2 : h : step, step // 2 : w : step]
+    p1 = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+    p2 = p1 + flow[ys.ravel(), xs.ravel()]
+    inside = (p2[:, 0] >= 0) & (p2[:, 0] <= w - 1) & (p2[:, 1] >= 0) & (p2[:, 1] <= h - 1)
+    return p1[inside], p2[inside]
+
+
+def _nearest_rotation(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    return r if np.linalg.det(r) > 0 else u @ np.diag([1.0, 1.0, -1.0]) @ vt
+
+
+def _identity(model: str, confidence: float) -> StepMotion:
+    return StepMotion(np.eye(3), np.zeros(3), 0.0, confidence, model)
+
+
+def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, cfg: CameraConfig) -> StepMotion:
+    """Relative camera motion of one frame pair from its forward flow (H, W, 2) on the grid of intrinsics `k`."""
+    q = cfg.qcm
+    texture_conf = float(np.clip((texture - cfg.min_texture) / (4 * cfg.min_texture), 0.0, 1.0))
+    p1, p2 = correspondences(flow, cfg.grid_points)
+    if texture < cfg.min_texture or len(p1) < MIN_POINTS or not np.isfinite(p2).all():
+        return _identity("unknown", 0.0)
+    focal = float(k[0, 0])
+    # Static: the image barely moves. Half the smaller QCM threshold keeps "static" strictly below "moving".
+    rotation_thr = math.radians(q.rotation_deg_per_frame) * stride
+    parallax_thr = q.parallax_per_frame * stride
+    if np.median(np.linalg.norm(p2 - p1, axis=1)) / focal < 0.5 * min(rotation_thr, parallax_thr):
+        return _identity("static", texture_conf)
+    hom, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, cfg.ransac_px)
+    essential, e_mask = cv2.findEssentialMat(p1, p2, k, cv2.USAC_MAGSAC, 0.999, cfg.ransac_px)
+    if essential is not None and essential.shape[0] > 3:  # several solutions: keep the first (RANSAC's best)
+        essential = essential[:3]
+    if hom is None or not np.isfinite(hom).all():
+        return _identity("unknown", 0.0)
+    # Model selection. An essential matrix always fits at least as well as a homography (it constrains a point to
+    # a line, not a point), by a few percent on noisy flow. Only parallax, i.e. translation past scene depth, makes
+    # a homography miss a large share of the points that the essential matrix explains.
+    h_inliers = float(h_mask.mean())
+    e_inliers = float(e_mask.mean()) if essential is not None and np.isfinite(essential).all() else 0.0
+    if e_inliers - h_inliers < cfg.parallax_inlier_gain:
+        rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
+        return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation")
+    # The cheirality check decides between the four decompositions of E. Its default distance limit (50 baselines)
+    # drops distant points as "at infinity", which with small steps is most of the scene: lift it.
+    _, r_21, t_21, _, _ = cv2.recoverPose(essential, p1, p2, k, distanceThresh=1e6, mask=e_mask.copy())
+    rotation = r_21.T  # recoverPose maps camera-t points to camera-t+1 points: x2 = R x1 + t
+    direction = -(r_21.T @ t_21).ravel()  # camera t+1's centre in camera t's frame
+    # Parallax: image motion the rotation does not explain, as an angle.
+    derotated = cv2.perspectiveTransform(p1[None], k @ r_21 @ np.linalg.inv(k))[0]
+    parallax = float(np.median(np.linalg.norm(p2 - derotated, axis=1)) / focal)
+    norm = float(np.linalg.norm(direction))
+    raw = float(np.median(np.linalg.norm(p2 - p1, axis=1)) / focal)
+    if norm == 0 or not np.isfinite(norm) or not np.isfinite(parallax):
+        return _identity("unknown", 0.0)
+    if parallax > 1.5 * raw:  # "removing" the rotation added motion: a wrong decomposition; trust the homography
+        rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T
+        return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation")
+    return StepMotion(rotation, direction / norm * parallax, parallax, texture_conf * e_inliers, "translation")
+
+
+def trajectory(steps: list[StepMotion]) -> np.ndarray:
+    """Camera-to-world poses (T, 4, 4) from relative steps, frame 0 = identity."""
+    c2w = [np.eye(4)]
+    for s in steps:
+        rel = np.eye(4)
+        rel[:3, :3], rel[:3, 3] = s.rotation, s.translation
+        c2w.append(c2w[-1] @ rel)
+    return np.stack(c2w)
+
+
+class CameraEstimator:
+    """Per clip: camera-to-world trajectory, per-step QCM tokens, the clip's token, condition text and confidence."""
+
+    name: ClassVar[str] = "camera"
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "camera_c2w",
+        "camera_tokens",
+        "qcm_keys",
+        "qcm_mouse",
+        "qcm_token",
+        "qcm_segments",
+        "camera_text",
+        "camera_confidence",
+        "camera_static",
+        "camera_error",
+    )
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: Batch) -> Batch:
+        keys = ("flow", "frames", "frame_indices", "frame_pts", "source_size", "decoded_size")
+        inputs = zip(*(batch[k] for k in keys), strict=True)
+        return {"clip_id": batch["clip_id"], **per_clip(self.name, self.output_columns, inputs, self.annotate)}
+
+    def annotate(self, flow, frames, frame_indices, frame_pts, source_size, decoded_size) -> dict:  # noqa: ANN001
+        cfg = self.cfg
+        n_steps = len(frames) - 1
+        strides = np.maximum(np.diff(np.asarray(frame_indices)), 1) if n_steps > 0 else np.zeros(0, int)
+        steps: list[StepMotion] = []
+        if flow is not None and n_steps > 0:
+            h, w = frames.shape[1:3]
+            k = flow_intrinsics(source_size, decoded_size, (w, h), (flow.shape[3], flow.shape[2]), cfg.fov_x_deg)
+            for t in range(n_steps):
+                texture = texture_share(frames[t], cfg.texture_gradient)
+                field = np.ascontiguousarray(flow[t].transpose(1, 2, 0), dtype=np.float32)
+                steps.append(estimate_step(field, k, texture, int(strides[t]), cfg))
+        else:  # one-frame clip or no flow: nothing to estimate, say so with zero confidence
+            steps = [_identity("unknown", 0.0) for _ in range(n_steps)]
+        c2w = trajectory(steps)
+        parallax = np.array([s.parallax for s in steps])
+        confidence = np.array([s.confidence for s in steps])
+        stride = int(np.median(strides)) if n_steps else 1
+        tokens = quantize_steps(c2w, parallax, confidence, stride, cfg.qcm).astype(np.int16)
+        token = clip_token(tokens, cfg.qcm.min_segment_steps)
+        keys, mouse = split_token(token)
+        seconds = np.diff(np.asarray(frame_pts, dtype=np.float64)) if n_steps else np.zeros(0)
+        speeds = speed_indicators(c2w, parallax, np.where(seconds > 0, seconds, np.median(seconds) if n_steps else 1))
+        segments = [
+            {"start_step": a, "end_step": b, "token": int(tok)}
+            for a, b, tok in motion_segments(tokens, cfg.qcm.min_segment_steps)
+        ]
+        return {
+            "camera_c2w": c2w.astype(np.float32),
+            "camera_tokens": tokens,
+            "qcm_keys": keys,
+            "qcm_mouse": mouse,
+            "qcm_token": int(token),
+            "qcm_segments": segments,
+            "camera_text": condition_text(keys, mouse, speeds),
+            "camera_confidence": float(confidence.mean()) if n_steps else 0.0,
+            "camera_static": bool(n_steps) and all(s.model == "static" for s in steps),
+        }

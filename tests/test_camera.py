@@ -1,0 +1,157 @@
+"""Camera trajectories and QCM tokens against the sample corpus's true camera motion, and synthetic renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotators.camera import CameraConfig, CameraEstimator, estimate_step, flow_intrinsics, trajectory
+from annotators.flow import estimate_flow
+from annotators.qcm import quantize_steps, split_token, token_of
+from pipelines.annotate import annotate_file
+from pipelines.config import load_config
+from pipelines.samples import load_truth
+from pipelines.samples.layers import build_world, render_planes
+from pipelines.samples.render import intrinsics, make_c2w, rot_x, rot_y
+from pipelines.samples.scenes import to_uint8
+
+MOUSE_OF = {"right": "→", "left": "←", "up": "↑", "down": "↓", "none": "none"}
+CAMERA_VIDEOS = (
+    "pan_right",
+    "tilt_up",
+    "pan_left",
+    "forward",
+    "backward",
+    "strafe_right",
+    "zoom_in",
+    "objects",
+    "static",
+    "portrait",
+    "odd_size",
+    "blurry",
+    "dark",
+)
+
+
+def expected_token(truth: dict) -> int:
+    cam = truth["camera"]
+    return token_of(cam["expected_keys"], MOUSE_OF[cam["expected_mouse"]])
+
+
+@pytest.fixture(scope="module")
+def corpus_results(corpus_dir: Path) -> dict[str, tuple[int, dict]]:
+    """Each camera video annotated as one clip with the default preset (16 frames at 8 fps, 256x256 cover)."""
+    cfg = load_config(None, ["frames.num_frames=12"])
+    out = {}
+    for name in CAMERA_VIDEOS:
+        video = next(p for p in corpus_dir.iterdir() if p.stem == name and p.suffix != ".json" and "flow" not in p.name)
+        out[name] = (expected_token(load_truth(video)), annotate_file(str(video), cfg))
+    return out
+
+
+def test_per_step_and_clip_tokens_match_the_true_camera_motion(corpus_results):
+    steps_right = steps_total = clips_right = 0
+    for name, (truth, result) in corpus_results.items():
+        tokens = result["camera_tokens"]
+        steps_right += int((tokens == truth).sum())
+        steps_total += len(tokens)
+        clips_right += int(result["qcm_token"] == truth)
+        assert result["qcm_token"] == truth, f"{name}: {split_token(result['qcm_token'])} != {split_token(truth)}"
+    assert steps_right / steps_total >= 0.95
+    assert clips_right == len(corpus_results)
+
+
+def test_static_and_object_clips_do_not_move_the_camera(corpus_results):
+    for name in ("static", "objects"):
+        result = corpus_results[name][1]
+        assert result["qcm_token"] == 0 and result["camera_static"] and result["camera_confidence"] > 0.5
+        assert np.allclose(result["camera_c2w"], np.eye(4), atol=1e-6)
+
+
+def test_pure_rotation_and_zoom_are_not_translation(corpus_results):
+    for name in ("pan_right", "tilt_up", "pan_left", "zoom_in"):
+        c2w = corpus_results[name][1]["camera_c2w"]
+        assert np.abs(c2w[:, :3, 3]).max() == 0.0, name  # no translation at all
+    yaw = np.degrees(
+        np.arctan2(
+            corpus_results["pan_right"][1]["camera_c2w"][-1, 0, 2],
+            corpus_results["pan_right"][1]["camera_c2w"][-1, 2, 2],
+        )
+    )
+    assert yaw == pytest.approx(0.3 * 4 * 11, rel=0.25)  # 0.3 deg/frame, stride 4, 11 steps
+
+
+def test_translation_directions_follow_the_truth(corpus_results):
+    for name, axis, sign in (("forward", 2, 1), ("backward", 2, -1), ("strafe_right", 0, 1)):
+        c2w = corpus_results[name][1]["camera_c2w"]
+        direction = c2w[-1, :3, 3] / np.linalg.norm(c2w[-1, :3, 3])
+        assert direction[axis] * sign > 0.9, (name, direction)
+
+
+def test_outputs_are_well_formed(corpus_results):
+    result = corpus_results["forward"][1]
+    assert result["camera_c2w"].shape == (12, 4, 4) and result["camera_tokens"].shape == (11,)
+    assert result["camera_tokens"].dtype == np.int16
+    assert isinstance(result["camera_text"], str) and result["camera_text"]
+    assert sum(s["end_step"] - s["start_step"] for s in result["qcm_segments"]) == 11
+
+
+def render_script(script: list[tuple[str, int]], width: int = 256, height: int = 144) -> tuple[list, list[int]]:
+    """Frames of a camera driven by a keyboard/mouse script through the corpus's layered world."""
+    planes = build_world(7, "script", width, height, 60.0)
+    k = intrinsics(width, height, 60.0)
+    rot, center, frames, labels = np.eye(3), np.zeros(3), [], []
+    # Per sampled step = 3 source frames of the corpus's speeds (8 fps sampling of a 24 fps video).
+    moves = {
+        "W": (np.array([0, 0, 0.12]), 0.0, 0.0),
+        "S": (np.array([0, 0, -0.12]), 0.0, 0.0),
+        "D": (np.array([0.09, 0, 0]), 0.0, 0.0),
+        "A": (np.array([-0.09, 0, 0]), 0.0, 0.0),
+        "→": (np.zeros(3), 1.2, 0.0),
+        "←": (np.zeros(3), -1.2, 0.0),
+        "↑": (np.zeros(3), 0.0, 1.0),
+        "none": (np.zeros(3), 0.0, 0.0),
+    }
+    frames.append(render_planes(planes, k, make_c2w(rot, center), width, height))
+    for action, n in script:
+        step, yaw, pitch = moves[action]
+        for _ in range(n):
+            center = center + rot @ step
+            rot = rot @ rot_y(yaw) @ rot_x(pitch)
+            frames.append(render_planes(planes, k, make_c2w(rot, center), width, height))
+            labels.append(token_of(action, "none") if action in "WSAD" else token_of("none", action))
+    return [to_uint8(f) for f in frames], labels
+
+
+def test_a_keyboard_script_rendered_into_video_is_recovered():
+    script = [("W", 6), ("→", 6), ("D", 6), ("none", 4), ("←", 6), ("S", 6), ("↑", 6)]
+    frames, labels = render_script(script)
+    cfg = CameraConfig()
+    k = flow_intrinsics((256, 144), (256, 144), (256, 144), (256, 144), 60.0)
+    steps = [estimate_step(estimate_flow(a, b), k, 1.0, 3, cfg) for a, b in zip(frames, frames[1:], strict=False)]
+    parallax, confidence = np.array([s.parallax for s in steps]), np.array([s.confidence for s in steps])
+    predicted = quantize_steps(trajectory(steps), parallax, confidence, 3, cfg.qcm)
+    accuracy = float((predicted == np.array(labels)).mean())
+    assert accuracy >= 0.9, list(zip(labels, predicted.tolist(), strict=True))
+
+
+def test_dark_flat_and_one_frame_clips_give_none_with_zero_confidence():
+    estimator = CameraEstimator(CameraConfig())
+    black = np.zeros((4, 64, 64, 3), np.uint8)
+    flat_flow = np.zeros((3, 2, 64, 64), np.float32)
+    common = {
+        "frame_pts": np.arange(4) / 8,
+        "frame_indices": np.arange(4) * 3,
+        "source_size": (64, 64),
+        "decoded_size": (64, 64),
+    }
+    out = estimator.annotate(flat_flow, black, **common)
+    assert out["qcm_token"] == 0 and out["camera_confidence"] == 0.0 and not out["camera_static"]
+    one = estimator.annotate(None, black[:1], np.zeros(1), np.zeros(1, int), (64, 64), (64, 64))
+    assert one["qcm_token"] == 0 and one["camera_confidence"] == 0.0 and one["camera_tokens"].shape == (0,)
+    noisy = np.random.default_rng(0).normal(0, 50, (3, 2, 64, 64)).astype(np.float32)  # degenerate geometry
+    textured = np.random.default_rng(1).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    garbage = estimator.annotate(noisy, textured, **common)
+    assert np.isfinite(garbage["camera_c2w"]).all() and 0.0 <= garbage["camera_confidence"] <= 1.0
