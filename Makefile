@@ -32,6 +32,7 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/scenes.py
 	$(PY) bench/noise_warp.py
 	$(PY) bench/flow.py
+	$(PY) bench/camera.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -88,3 +88,18 @@ def test_raft_runs_through_the_real_loading_path(corpus_dir, tmp_path, ray_local
     rows = list(iter_clips(run_dir))
     assert rows and all(r["flow_backend"] == "raft_small" for r in rows)
     assert all(np.isfinite(r["flow"]).all() and r["flow"].shape == (7, 2, 64, 64) for r in rows)
+
+
+def test_camera_columns_and_tensors_reach_the_tables(smoke_run):
+    manifest = read_manifest(smoke_run)
+    assert manifest["camera"]["fov_x_deg"] == 60.0 and len(manifest["camera"]["keys"]) == 9
+    assert manifest["tensors"]["camera_c2w"]["shape"] == [8, 4, 4]
+    for row in iter_clips(smoke_run, columns=["camera_c2w", "camera_tokens", "qcm_token", "camera_text"]):
+        assert row["camera_c2w"].shape == (8, 4, 4) and np.allclose(row["camera_c2w"][0], np.eye(4))
+        assert row["camera_tokens"].shape == (7,) and row["camera_tokens"].dtype == np.int16
+        assert 0 <= row["qcm_token"] <= 80 and row["camera_text"]
+    con = connect(smoke_run)
+    static = con.sql("SELECT qcm_token, camera_static, camera_confidence FROM clips WHERE source_uri LIKE '%static%'")
+    assert static.fetchall()[0][:2] == (0, True)
+    segments = con.sql("SELECT sum(s.end_step - s.start_step) FROM (SELECT unnest(qcm_segments) AS s FROM clips)")
+    assert segments.fetchall()[0][0] == 7 * manifest["rows"]  # segments cover every step of every clip

@@ -1,0 +1,108 @@
+"""Benchmark: camera/QCM accuracy against the sample corpus's true camera motion, its confusion table, how the
+assumed field of view changes it, and the camera stage's seconds per clip on CPU.
+
+Each single-shot camera video of the corpus is annotated as one clip with the default preset (16 frames at
+8 fps, 256x256 cover crop; the corpus is rendered with a 60 degree horizontal FOV, 40 for `portrait`). The truth
+of every step is the video's constant motion (`expected_keys` / `expected_mouse`).
+
+    python bench/camera.py [--fovs 45 60 75 90] [--num-frames 16] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from annotators.qcm import split_token, token_of  # noqa: E402
+from pipelines.annotate import annotate_file, annotators_for  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
+from pipelines.samples import generate_corpus, load_truth  # noqa: E402
+
+MOUSE_OF = {"right": "→", "left": "←", "up": "↑", "down": "↓", "none": "none"}
+
+
+def camera_videos(cache: Path) -> list[Path]:
+    generate_corpus(cache)
+    videos = []
+    for p in sorted(cache.iterdir()):
+        if p.suffix in (".json", ".npz") or p.name == "corpus.json":
+            continue
+        if load_truth(p).get("camera"):
+            videos.append(p)
+    return videos
+
+
+def evaluate(videos: list[Path], fov: float, num_frames: int) -> dict:
+    cfg = load_config(None, [f"camera.fov_x_deg={fov}", f"frames.num_frames={num_frames}"])
+    steps = Counter()  # (truth token, predicted token) over steps
+    per_video, clips_right, steps_right, n_steps = {}, 0, 0, 0
+    for video in videos:
+        cam = load_truth(video)["camera"]
+        truth = token_of(cam["expected_keys"], MOUSE_OF[cam["expected_mouse"]])
+        out = annotate_file(str(video), cfg)
+        tokens = out["camera_tokens"].tolist()
+        steps.update((truth, t) for t in tokens)
+        right = sum(t == truth for t in tokens)
+        steps_right, n_steps, clips_right = (
+            steps_right + right,
+            n_steps + len(tokens),
+            clips_right + (out["qcm_token"] == truth),
+        )
+        per_video[video.stem] = {
+            "truth": "/".join(split_token(truth)),
+            "clip": "/".join(split_token(out["qcm_token"])),
+            "step_accuracy": round(right / max(1, len(tokens)), 3),
+            "confidence": round(out["camera_confidence"], 3),
+        }
+    seconds = annotators_for(cfg).seconds
+    return {
+        "fov_x_deg": fov,
+        "step_accuracy": round(steps_right / n_steps, 4),
+        "clip_accuracy": round(clips_right / len(videos), 4),
+        "camera_s_per_clip": round(seconds["camera"] / len(videos), 4),
+        "flow_s_per_clip": round(seconds["flow"] / len(videos), 4),
+        "videos": per_video,
+        "confusion": {f"{'/'.join(split_token(a))} -> {'/'.join(split_token(b))}": n for (a, b), n in steps.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fovs", type=float, nargs="+", default=[45.0, 60.0, 75.0, 90.0])
+    ap.add_argument("--num-frames", type=int, default=16)
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache" / "corpus_all")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    videos = camera_videos(args.cache)
+    results = [evaluate(videos, fov, args.num_frames) for fov in args.fovs]
+    for r in results:
+        print(
+            f"fov {r['fov_x_deg']:5.1f}: step accuracy {r['step_accuracy']:.3f},"
+            f" clip accuracy {r['clip_accuracy']:.3f}, camera {r['camera_s_per_clip']:.3f} s/clip"
+            f" (flow {r['flow_s_per_clip']:.3f} s/clip)"
+        )
+    main_result = next((r for r in results if r["fov_x_deg"] == 60.0), results[0])
+    print(f"\nper video at fov {main_result['fov_x_deg']}:")
+    for name, v in main_result["videos"].items():
+        print(
+            f"  {name:13s} truth {v['truth']:10s} clip {v['clip']:10s}"
+            f" steps {v['step_accuracy']:.2f} conf {v['confidence']}"
+        )
+    print("\nstep confusion (truth -> predicted: steps):")
+    for pair, n in sorted(main_result["confusion"].items(), key=lambda kv: -kv[1]):
+        print(f"  {pair:24s} {n}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
