@@ -192,7 +192,15 @@ class CameraEstimator:
         inputs = zip(*(batch[k] for k in keys), strict=True)
         return {"clip_id": batch["clip_id"], **per_clip(self.name, self.output_columns, inputs, self.annotate)}
 
-    def annotate(self, flow, frames, frame_indices, frame_pts, source_size, decoded_size) -> dict:  # noqa: ANN001
+    def annotate(
+        self,
+        flow: np.ndarray | None,
+        frames: np.ndarray,
+        frame_indices: np.ndarray,
+        frame_pts: np.ndarray,
+        source_size: tuple[int, int],
+        decoded_size: tuple[int, int],
+    ) -> dict:
         cfg = self.cfg
         n_steps = len(frames) - 1
         strides = np.maximum(np.diff(np.asarray(frame_indices)), 1) if n_steps > 0 else np.zeros(0, int)
