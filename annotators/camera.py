@@ -24,7 +24,8 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from annotators.base import Batch, per_clip
+from annotators.base import AnnotatorError, Batch, per_clip
+from annotators.motion import pair_intervals
 from annotators.qcm import (
     QCMConfig,
     clip_token,
@@ -123,7 +124,8 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
     # Static: the image barely moves. Half the smaller QCM threshold keeps "static" strictly below "moving".
     rotation_thr = math.radians(q.rotation_deg_per_frame) * stride
     parallax_thr = q.parallax_per_frame * stride
-    if np.median(np.linalg.norm(p2 - p1, axis=1)) / focal < 0.5 * min(rotation_thr, parallax_thr):
+    moved = float(np.median(np.linalg.norm(p2 - p1, axis=1)) / focal)  # typical image motion, as an angle
+    if moved < 0.5 * min(rotation_thr, parallax_thr):
         return _identity("static", texture_conf)
     hom, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, cfg.ransac_px)
     essential, e_mask = cv2.findEssentialMat(p1, p2, k, cv2.USAC_MAGSAC, 0.999, cfg.ransac_px)
@@ -148,10 +150,9 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
     derotated = cv2.perspectiveTransform(p1[None], k @ r_21 @ np.linalg.inv(k))[0]
     parallax = float(np.median(np.linalg.norm(p2 - derotated, axis=1)) / focal)
     norm = float(np.linalg.norm(direction))
-    raw = float(np.median(np.linalg.norm(p2 - p1, axis=1)) / focal)
     if norm == 0 or not np.isfinite(norm) or not np.isfinite(parallax):
         return _identity("unknown", 0.0)
-    if parallax > 1.5 * raw:  # "removing" the rotation added motion: a wrong decomposition; trust the homography
+    if parallax > 1.5 * moved:  # "removing" the rotation added motion: a wrong decomposition; trust the homography
         rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T
         return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation")
     return StepMotion(rotation, direction / norm * parallax, parallax, texture_conf * e_inliers, "translation")
@@ -221,8 +222,11 @@ class CameraEstimator:
         tokens = quantize_steps(c2w, parallax, confidence, stride, cfg.qcm).astype(np.int16)
         token = clip_token(tokens, cfg.qcm.min_segment_steps)
         keys, mouse = split_token(token)
-        seconds = np.diff(np.asarray(frame_pts, dtype=np.float64)) if n_steps else np.zeros(0)
-        speeds = speed_indicators(c2w, parallax, np.where(seconds > 0, seconds, np.median(seconds) if n_steps else 1))
+        try:
+            seconds = pair_intervals(frame_pts) if n_steps else np.zeros(0)
+        except AnnotatorError:  # unusable timestamps: speeds become per step rather than per second
+            seconds = np.ones(n_steps)
+        speeds = speed_indicators(c2w, parallax, seconds)
         segments = [
             {"start_step": a, "end_step": b, "token": int(tok)}
             for a, b, tok in motion_segments(tokens, cfg.qcm.min_segment_steps)

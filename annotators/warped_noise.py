@@ -18,7 +18,6 @@ import numpy as np
 
 from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.flow import resolve_device
-from annotators.noise_warp import WARPER_VERSION, warped_noise_video
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,8 +62,11 @@ class WarpedNoiser:
     )
 
     def __init__(self, cfg: NoiseConfig) -> None:
+        from annotators import noise_warp  # torch: loaded where noise is made, not by everything importing configs
+
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.warper = noise_warp
 
     def __call__(self, batch: Batch) -> Batch:
         inputs = zip(batch["clip_id"], batch["flow"], batch["frames"], strict=True)
@@ -73,7 +75,7 @@ class WarpedNoiser:
     def annotate(self, clip_id: str, flow: np.ndarray | None, frames: np.ndarray) -> dict:
         seed = clip_noise_seed(str(clip_id), self.cfg.seed)
         noise = self.noise_for(flow, frames.shape[1:3], seed)
-        return {"warped_noise": noise, "noise_seed": seed, "noise_warper_version": WARPER_VERSION}
+        return {"warped_noise": noise, "noise_seed": seed, "noise_warper_version": self.warper.WARPER_VERSION}
 
     def noise_for(self, flow: np.ndarray | None, frame_size: tuple[int, int], seed: int) -> np.ndarray:
         if flow is None:
@@ -81,7 +83,7 @@ class WarpedNoiser:
         if not np.isfinite(flow).all():
             raise AnnotatorError("flow_not_finite", "flow has NaN or inf values")
         c = self.cfg
-        noise = warped_noise_video(
+        noise = self.warper.warped_noise_video(
             flow,
             channels=c.channels,
             noise_size=noise_grid(*frame_size, c.factor),

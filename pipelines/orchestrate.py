@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from annotators.noise_warp import WARPER_VERSION
 from pipelines.config import RunConfig
 from pipelines.finalize import Collected, collect, remove_stale_temp_files, write_tables
 from pipelines.report import inputs_hash, summary_table, write_run_json
@@ -48,6 +47,8 @@ def manifest_extra(cfg: RunConfig) -> dict:
         tensors["global_homography"] = {"dtype": "float32", "shape": [t - 1, 3, 3]}
         extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw]}
     if "warped_noise" in columns:
+        from annotators.noise_warp import WARPER_VERSION
+
         nc = cfg.noise
         grid = [fc.height // nc.factor, fc.width // nc.factor]
         tensors["warped_noise"] = {"dtype": "float16", "shape": [t, nc.channels, *grid]}
