@@ -2,7 +2,8 @@
 
 Each entry names the class and the `RunConfig` section that configures it. Classes are imported on demand so
 that importing this package stays light (torch and OpenCV load only where an annotator is built). Order matters:
-an annotator may read the columns of the ones before it (motion, warped noise and camera read `flow`).
+an annotator may read the columns of the ones before it (motion, warped noise and camera read `flow`;
+events reads `flow`, `global_homography` and the camera's trajectory).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ ANNOTATORS: dict[str, tuple[str, str]] = {
     "motion": ("annotators.motion:MotionScorer", "motion"),
     "warped_noise": ("annotators.warped_noise:WarpedNoiser", "noise"),
     "camera": ("annotators.camera:CameraEstimator", "camera"),
+    "events": ("annotators.events:EventAnnotator", "events"),
 }
 
 

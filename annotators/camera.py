@@ -182,6 +182,7 @@ class CameraEstimator:
         "camera_text",
         "camera_confidence",
         "camera_static",
+        "camera_intrinsics",
         "camera_error",
     )
 
@@ -206,6 +207,7 @@ class CameraEstimator:
         n_steps = len(frames) - 1
         strides = np.maximum(np.diff(np.asarray(frame_indices)), 1) if n_steps > 0 else np.zeros(0, int)
         steps: list[StepMotion] = []
+        k = None
         if flow is not None and n_steps > 0:
             h, w = frames.shape[1:3]
             k = flow_intrinsics(source_size, decoded_size, (w, h), (flow.shape[3], flow.shape[2]), cfg.fov_x_deg)
@@ -241,4 +243,5 @@ class CameraEstimator:
             "camera_text": condition_text(keys, mouse, speeds),
             "camera_confidence": float(confidence.mean()) if n_steps else 0.0,
             "camera_static": bool(n_steps) and all(s.model == "static" for s in steps),
+            "camera_intrinsics": (np.eye(3) if k is None else k).astype(np.float32),  # on the flow grid
         }

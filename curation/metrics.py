@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class Match:
@@ -38,3 +41,41 @@ def match_frames(predicted: Sequence[int], truth: Sequence[int], tolerance: int 
             used_t.add(j)
     tp = len(used_p)
     return Match(tp, len(predicted) - tp, len(truth) - tp)
+
+
+def interval_iou(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float:
+    """Intersection over union of two half-open intervals [start, end); 1 when both are None (nothing, rightly),
+    0 when only one is."""
+    if a is None or b is None:
+        return 1.0 if a is None and b is None else 0.0
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def box_to_frame(
+    box: Sequence[float], source_size: tuple[int, int], decoded_size: tuple[int, int], frame_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """A source-pixel box [x0, y0, x1, y1) in stored-frame pixels: scaled to the decoded size, then shifted by the
+    centred crop (cover) or pad (fit) that made the stored frame (`curation.sampling.fit_to_target`)."""
+    (sw, sh), (dw, dh), (fw, fh) = source_size, decoded_size, frame_size
+    dx = -((dw - fw) // 2) if dw >= fw else (fw - dw) // 2
+    dy = -((dh - fh) // 2) if dh >= fh else (fh - dh) // 2
+    sx, sy = dw / sw, dh / sh
+    return box[0] * sx + dx, box[1] * sy + dy, box[2] * sx + dx, box[3] * sy + dy
+
+
+def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_size: tuple[int, int]) -> float:
+    """Share of a (gh, gw) activity map's mass that lies inside the union of `boxes` (stored-frame pixels),
+    counting each grid cell by the fraction of its area the boxes cover; 0 for an empty map."""
+    fw, fh = frame_size
+    mask = np.zeros((fh, fw), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        xa, ya = max(0, int(round(x0))), max(0, int(round(y0)))
+        xb, yb = min(fw, int(round(x1))), min(fh, int(round(y1)))
+        if xb > xa and yb > ya:
+            mask[ya:yb, xa:xb] = 1.0
+    gh, gw = activity.shape
+    cover = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
+    total = float(activity.sum())
+    return float((activity * cover).sum()) / total if total > 0 else 0.0

@@ -70,6 +70,17 @@ QCM_SEGMENTS = pa.list_(
     pa.struct([("start_step", pa.int32()), ("end_step", pa.int32()), ("token", pa.int16())])
 )  # runs of consistent motion over the clip's steps (step t = sampled frame t -> t+1), end exclusive
 
+# Event pseudo-targets (annotators.events, EVD): camera-compensated localized change; see that module.
+EVENTS = [
+    ("event_score", pa.float64()),  # mean of the top 20% per-pair change, frame diagonals per second
+    ("event_confidence", pa.float64()),  # 0..1: activity concentrated in few cells, over several frames
+    ("event_entropy", pa.float64()),  # spatial entropy of activity, 0..1 (1 = uniform), 0 without activity
+    ("event_gini", pa.float64()),  # Gini of activity over the grid cells, 0 without activity
+    ("event_diffuse", pa.bool_()),  # activity spread over the frame: camera-dominated
+    ("event_start_frame", pa.int64()),  # main active window [start, end) in source frames; null: no event
+    ("event_end_frame", pa.int64()),
+]
+
 CLIPS = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -90,12 +101,13 @@ CLIPS = pa.schema(
         *MOTION_SCORES,
         *CAMERA,
         ("qcm_segments", QCM_SEGMENTS),
+        *EVENTS,
     ]
 )
 
 REJECTED = pa.schema(
     [
-        ("stage", pa.string()),  # ingest | scenes | clips | finalize
+        ("stage", pa.string()),  # ingest | scenes | clips | an annotator's name | events (the clip filter)
         ("source_uri", pa.string()),
         ("video_id", pa.string()),
         ("clip_id", pa.string()),  # null for whole-input failures
@@ -124,6 +136,7 @@ SHARD_META = pa.schema(
         ("noise_seed", pa.int64()),  # seed of the clip's first noise frame (annotators.warped_noise)
         ("noise_warper_version", pa.string()),  # annotators.noise_warp.WARPER_VERSION
         *CAMERA,
+        *EVENTS,
     ]
 )
 
@@ -132,8 +145,22 @@ SHARD_META = pa.schema(
 # (h, w) grid; global_homography (T-1, 3, 3) float32, frame t pixel -> frame t+1 pixel on the flow grid;
 # warped_noise (T, C, H/f, W/f) float16, before beta mixing; camera_c2w (T, 4, 4) float32, camera-to-world,
 # OpenCV axes, frame 0 = identity, translation in parallax units (no metric scale); camera_tokens (T-1,) int16,
-# the QCM token of each step.
-SHARD_TENSORS = ("frames", "flow", "global_homography", "warped_noise", "camera_c2w", "camera_tokens")
+# the QCM token of each step; camera_intrinsics (3, 3) float32, the pinhole K (from camera.fov_x_deg) on the
+# flow grid (= the stored frames unless flow.short_side is set); event_activity (T, gh, gw) float16 in [0, 1],
+# soft; event_active (T, gh, gw) uint8, after hysteresis; event_phase (T,) float16 (frame t of the event maps
+# holds the change from frame t-1 to t).
+SHARD_TENSORS = (
+    "frames",
+    "flow",
+    "global_homography",
+    "warped_noise",
+    "camera_c2w",
+    "camera_tokens",
+    "camera_intrinsics",
+    "event_activity",
+    "event_active",
+    "event_phase",
+)
 UNCOMPRESSED_TENSORS = frozenset({"warped_noise"})  # Gaussian noise does not compress; don't pay to try
 
 TABLES = {"videos": VIDEOS, "scenes": SCENES, "clips": CLIPS, "rejected": REJECTED}

@@ -159,24 +159,39 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
+def selected(row: dict[str, Any], selection: dict[str, Any] | None) -> bool:
+    """Whether a shard row passes the run's event filter (the manifest's `events.selection`; None keeps all).
+    Rows without an event score are never filtered."""
+    if not selection or row.get("event_score") is None:
+        return True
+    if selection.get("drop_diffuse") and row.get("event_diffuse"):
+        return False
+    return row["event_score"] >= selection.get("min_event_score", 0.0)
+
+
 def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one dict per curated clip, in manifest order: scalars as Python values, tensors as numpy arrays.
 
-    `columns` limits what is read; naming a tensor reads its dtype and shape columns too.
+    `columns` limits what is read; naming a tensor reads its dtype and shape columns too. Rows the run's event
+    filter excluded (see `selected`) are skipped.
     """
     manifest = read_manifest(run_dir)
+    selection = manifest.get("events", {}).get("selection")
+    rule_columns = {"event_score", "event_diffuse"} if selection else set()
     for shard in manifest["shards"]:
         pf = pq.ParquetFile(Path(run_dir) / "shards" / shard["name"])
         names = pf.schema_arrow.names
         tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
-        wanted = None
+        wanted, extra = None, set()
         if columns is not None:
             layout = {f"{t}_{part}" for t in set(columns) & set(tensors) for part in ("dtype", "shape")}
-            wanted = [n for n in names if n in columns or n in layout]
+            extra = (rule_columns & set(names)) - set(columns)  # read to apply the filter, not returned
+            wanted = [n for n in names if n in columns or n in layout or n in extra]
         # One row group at a time: memory stays at a few clips whatever the shard size.
         for group in range(pf.num_row_groups):
             for row in pf.read_row_group(group, columns=wanted).to_pylist():
-                yield _decode_row(row, tensors)
+                if selected(row, selection):
+                    yield {k: v for k, v in _decode_row(row, tensors).items() if k not in extra}
 
 
 def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:

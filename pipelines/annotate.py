@@ -36,6 +36,8 @@ def enabled_annotators(cfg: RunConfig) -> list[str]:
             names.append("warped_noise")
         if cfg.camera.enabled:
             names.append("camera")
+        if cfg.events.enabled:
+            names.append("events")
     return names
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from annotators.camera import CameraConfig
+from annotators.events import EventConfig
 from annotators.flow import FlowConfig
 from annotators.motion import MotionConfig
 from annotators.warped_noise import NoiseConfig
@@ -59,6 +60,7 @@ class RunConfig:
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    events: EventConfig = dataclasses.field(default_factory=EventConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
@@ -79,6 +81,12 @@ class RunConfig:
             raise ConfigError(
                 f"frames.width and frames.height ({fc.width}x{fc.height}) must be multiples of noise.factor={factor} "
                 "so the warped noise matches the latent grid"
+            )
+        cell = self.events.cell
+        if self.events.enabled and (fc.width % cell or fc.height % cell):
+            raise ConfigError(
+                f"frames.width and frames.height ({fc.width}x{fc.height}) must be multiples of events.cell={cell} "
+                "so the event maps sit on the token grid"
             )
 
     def to_dict(self) -> dict[str, Any]:

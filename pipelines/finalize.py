@@ -8,10 +8,12 @@ tables and the manifest are identical however the work was scheduled or interrup
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from annotators.events import EventConfig
 from curation.schema import VIDEOS
 from curation.shards import ShardFile, write_manifest
 from curation.tables import write_run_table
@@ -91,6 +93,46 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
                 out.seconds[f"clips/{name}"] += seconds
             out.clips.extend(record.get("clips", []))
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
+
+
+def select_events(data: Collected, cfg: EventConfig) -> dict[str, Any] | None:
+    """EVD's clip filter, over the whole run: drop diffuse clips (`drop_diffuse`), then keep the top
+    `top_fraction` of the rest by event_score (ties at the cutoff are kept). Dropped clips leave the `clips`
+    table for `rejected` (stage `events`) with the reason; their shard rows stay, and readers skip them using
+    the returned rule, which goes into the manifest. None when the filter is off."""
+    if not cfg.enabled or (cfg.top_fraction >= 1.0 and not cfg.drop_diffuse):
+        return None
+    scored = [c for c in data.clips if c.get("event_score") is not None]
+    kept, dropped = [], []
+    for clip in scored:
+        if cfg.drop_diffuse and clip.get("event_diffuse"):
+            detail = f"activity spread over the frame: entropy {clip['event_entropy']:.2f} (events.drop_diffuse)"
+            dropped.append((clip, "event_diffuse", detail))
+        else:
+            kept.append(clip)
+    min_score = 0.0
+    if kept and cfg.top_fraction < 1.0:
+        ranked = sorted((c["event_score"] for c in kept), reverse=True)
+        min_score = ranked[max(1, math.ceil(cfg.top_fraction * len(ranked))) - 1]
+        pool = len(kept)
+        for clip in [c for c in kept if c["event_score"] < min_score]:
+            detail = (
+                f"event_score {clip['event_score']:.4g} < {min_score:.4g}, the cutoff of the top "
+                f"{cfg.top_fraction:.0%} of {pool} clips (events.top_fraction)"
+            )
+            dropped.append((clip, "low_event_score", detail))
+    gone = {id(c) for c, _, _ in dropped}
+    data.clips = [c for c in data.clips if id(c) not in gone]
+    for clip, reason, detail in dropped:
+        span = (clip["start_frame"], clip["end_frame"])
+        data.rejected.append(rejected_row("events", clip, reason, detail, span))
+    return {
+        "min_event_score": min_score,
+        "drop_diffuse": cfg.drop_diffuse,
+        "top_fraction": cfg.top_fraction,
+        "kept": len(scored) - len(dropped),
+        "excluded": len(dropped),
+    }
 
 
 def remove_stale_temp_files(run_dir: Path) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import RunConfig
-from pipelines.finalize import Collected, collect, remove_stale_temp_files, write_tables
+from pipelines.finalize import Collected, collect, remove_stale_temp_files, select_events, write_tables
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir, flow_grid, tensor_columns
@@ -66,6 +66,7 @@ def manifest_extra(cfg: RunConfig) -> dict:
 
         tensors["camera_c2w"] = {"dtype": "float32", "shape": [t, 4, 4], "layout": "camera-to-world, OpenCV axes"}
         tensors["camera_tokens"] = {"dtype": "int16", "shape": [t - 1]}
+        tensors["camera_intrinsics"] = {"dtype": "float32", "shape": [3, 3], "layout": "pinhole K on the flow grid"}
         extra["camera"] = {
             "fov_x_deg": cfg.camera.fov_x_deg,
             "qcm": dataclasses.asdict(cfg.camera.qcm),
@@ -73,6 +74,20 @@ def manifest_extra(cfg: RunConfig) -> dict:
             "mouse": list(MOUSE),
             "token": "key_index * 9 + mouse_index",
             "translation_units": "parallax: radians of view angle per step (monocular video has no metric scale)",
+        }
+    if "event_activity" in columns:
+        ec = cfg.events
+        grid = [fc.height // ec.cell, fc.width // ec.cell]
+        tensors["event_activity"] = {"dtype": "float16", "shape": [t, *grid], "layout": "frame t: change t-1 -> t"}
+        tensors["event_active"] = {"dtype": "uint8", "shape": [t, *grid]}
+        tensors["event_phase"] = {"dtype": "float16", "shape": [t]}
+        extra["events"] = {
+            "grid": grid,
+            "cell": ec.cell,
+            "use_camera": ec.use_camera,
+            "frame_change": ec.frame_change,
+            "hysteresis": {"on": ec.on, "off": ec.off},
+            "score_units": "frame diagonals per second, camera-compensated",
         }
     return extra
 
@@ -131,7 +146,15 @@ def _finish(
 
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)
-    write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra=manifest_extra(cfg))
+    extra = manifest_extra(cfg)
+    if (selection := select_events(data, cfg.events)) is not None:
+        extra["events"]["selection"] = selection
+        logger.info(
+            "event filter: kept %d clips, excluded %d (see `rejected`, stage events)",
+            selection["kept"],
+            selection["excluded"],
+        )
+    write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra=extra)
     crashed = sum(1 for r in data.rejected if r["reason"] == "worker_crashed")
     incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed
     wall["total"] = time.time() - started

@@ -323,7 +323,9 @@ def tensor_columns(cfg: RunConfig) -> dict[str, str]:
     if "warped_noise" in names:
         columns["warped_noise"] = "float16"
     if "camera" in names:
-        columns.update(camera_c2w="float32", camera_tokens="int16")
+        columns.update(camera_c2w="float32", camera_tokens="int16", camera_intrinsics="float32")
+    if "events" in names:
+        columns.update(event_activity="float16", event_active="uint8", event_phase="float16")
     return columns
 
 

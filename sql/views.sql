@@ -17,13 +17,18 @@ SELECT * FROM read_parquet(getvariable('run_dir') || '/clips/*.parquet', union_b
 CREATE OR REPLACE VIEW rejected AS
 SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', union_by_name = true);
 
--- One row per shard row (clip), metadata only: tensor bytes (frames, flow, global_homography, warped_noise) are
--- left out, their shapes kept. (shard, shard_row) locates the clip's tensors for random access.
+-- One row per curated clip in the shards, metadata only: tensor bytes are left out, their shapes kept.
+-- (shard, shard_row) locates the clip's tensors for random access. Rows the event filter excluded
+-- (events.top_fraction / events.drop_diffuse; listed in `rejected`) stay in the files but not in this view.
 CREATE OR REPLACE VIEW shards AS
-SELECT
-    COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'filename', 'file_row_number')
-                      AND NOT ends_with(c, '_dtype')),
-    parse_filename(filename) AS shard,
-    file_row_number AS shard_row
-FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
-                  file_row_number = true);
+SELECT * FROM (
+    SELECT
+        COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'camera_c2w',
+                                    'camera_tokens', 'camera_intrinsics', 'event_activity', 'event_active', 'event_phase',
+                                    'filename', 'file_row_number')
+                          AND NOT ends_with(c, '_dtype')),
+        parse_filename(filename) AS shard,
+        file_row_number AS shard_row
+    FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
+                      file_row_number = true)
+) WHERE clip_id IN (SELECT clip_id FROM clips);

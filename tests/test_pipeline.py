@@ -103,7 +103,7 @@ def test_run_json_and_manifest_record_provenance(smoke_run):
     run = json.loads((smoke_run / "_run.json").read_text())
     assert run["status"] == "complete" and run["counts"]["clips"] == read_manifest(smoke_run)["rows"]
     assert run["config"]["frames"]["width"] == 64 and run["versions"]["pyarrow"]
-    annotators = {"clips/flow", "clips/motion", "clips/warped_noise", "clips/camera"}
+    annotators = {"clips/flow", "clips/motion", "clips/warped_noise", "clips/camera", "clips/events"}
     assert set(run["worker_seconds"]) == {"ingest", "scenes", "clips", *annotators}
     assert read_manifest(smoke_run)["config_hash"] == run["config_hash"]
 

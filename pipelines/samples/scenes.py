@@ -33,7 +33,17 @@ from .textures import make_texture, random_palette
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FLOW_SCALE", "build_rotation", "build_cuts", "build_fade", "camera_truth", "single_shot", "to_uint8"]
+__all__ = [
+    "FLOW_SCALE",
+    "build_rotation",
+    "panorama_setup",
+    "render_panorama",
+    "build_cuts",
+    "build_fade",
+    "camera_truth",
+    "single_shot",
+    "to_uint8",
+]
 
 FLOW_SCALE = 0.25  # flow grid downscale: keeps the float16 npz well under 2 MB per video
 DEFAULT_FOV = 60.0
@@ -73,13 +83,28 @@ def camera_truth(
     return cam
 
 
-def _rotation_path(n: int, yaw: float, pitch: float, roll: float) -> list[np.ndarray]:
+def rotation_path(n: int, yaw: float, pitch: float, roll: float) -> list[np.ndarray]:
     """Camera rotations composed in the camera frame, so every frame-to-frame step is the same (yaw, pitch, roll)."""
     step = rot_y(yaw) @ rot_x(pitch) @ rot_z(roll)
     rots = [np.eye(3)]
     for _ in range(n - 1):
         rots.append(rots[-1] @ step)
     return rots
+
+
+def panorama_setup(
+    width: int, height: int, ks: Sequence[np.ndarray], rots: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """Frame-pixel -> panorama-pixel homographies of cameras (K_t, R_t) sharing the optical centre, and the
+    panorama's (width, height): the frame-0 image plane, extended just enough to cover every frame."""
+    k0 = ks[0]
+    to_src = [source_homography(k0, r, k) for k, r in zip(ks, rots, strict=True)]
+    x0, y0, x1, y1 = corner_bounds(to_src, width, height)
+    margin = 4.0
+    shift = np.array([[1.0, 0.0, margin - x0], [0.0, 1.0, margin - y0], [0.0, 0.0, 1.0]])
+    pano_w, pano_h = int(np.ceil(x1 - x0 + 2 * margin)), int(np.ceil(y1 - y0 + 2 * margin))
+    logger.debug("panorama %dx%d for %d frames", pano_w, pano_h, len(ks))
+    return [shift @ h for h in to_src], (pano_w, pano_h)
 
 
 def render_panorama(
@@ -90,19 +115,10 @@ def render_panorama(
     rots: Sequence[np.ndarray],
     palette: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Render float32 frames of a textured panorama seen by cameras (K_t, R_t) sharing the optical centre.
-
-    The panorama is the frame-0 image plane, extended just enough to cover every frame.
-    """
-    k0 = ks[0]
-    to_src = [source_homography(k0, r, k) for k, r in zip(ks, rots, strict=True)]
-    x0, y0, x1, y1 = corner_bounds(to_src, width, height)
-    margin = 4.0
-    shift = np.array([[1.0, 0.0, margin - x0], [0.0, 1.0, margin - y0], [0.0, 0.0, 1.0]])
-    pano_w, pano_h = int(np.ceil(x1 - x0 + 2 * margin)), int(np.ceil(y1 - y0 + 2 * margin))
-    logger.debug("panorama %dx%d for %d frames", pano_w, pano_h, len(ks))
+    """Render float32 frames of a textured panorama seen by cameras (K_t, R_t) sharing the optical centre."""
+    to_pano, (pano_w, pano_h) = panorama_setup(width, height, ks, rots)
     pano = make_texture(rng, pano_h, pano_w, palette)
-    return [warp_inverse(pano, shift @ h, width, height) for h in to_src]
+    return [warp_inverse(pano, h, width, height) for h in to_pano]
 
 
 def _post(frames: list[np.ndarray], rng: np.random.Generator, params: dict[str, Any]) -> list[np.ndarray]:
@@ -131,7 +147,7 @@ def build_rotation(spec: VideoSpec, seed: int) -> Rendered:
     rng = video_rng(spec, seed)
     n, w, h = spec.n_frames, spec.width, spec.height
     fov = float(p.get("fov", DEFAULT_FOV))
-    rots = _rotation_path(n, p.get("yaw", 0.0), p.get("pitch", 0.0), p.get("roll", 0.0))
+    rots = rotation_path(n, p.get("yaw", 0.0), p.get("pitch", 0.0), p.get("roll", 0.0))
     zoom_end = float(p.get("zoom_end", 1.0))
     scales = [zoom_end ** (t / max(n - 1, 1)) for t in range(n)]
     ks = [intrinsics(w, h, fov, s) for s in scales]
@@ -151,7 +167,7 @@ def build_rotation(spec: VideoSpec, seed: int) -> Rendered:
 def _shot(rng: np.random.Generator, spec: VideoSpec, n: int, hue: float) -> list[np.ndarray]:
     """A short shot with mild random rotation over its own panorama, palette centred on ``hue``."""
     yaw, pitch = (float(v) for v in rng.uniform(-0.25, 0.25, 2))
-    rots = _rotation_path(n, yaw, pitch, 0.0)
+    rots = rotation_path(n, yaw, pitch, 0.0)
     ks = [intrinsics(spec.width, spec.height, DEFAULT_FOV)] * n
     return render_panorama(rng, spec.width, spec.height, ks, rots, random_palette(rng, hue=hue))
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .layers import build_layers
 from .model import Rendered, VideoSpec
-from .objects import build_objects
+from .objects import build_objects, build_pan_objects
 from .scenes import build_cuts, build_fade, build_rotation
 
 __all__ = ["BUILDERS", "SPECS", "get_spec", "spec_names"]
@@ -18,6 +18,7 @@ BUILDERS: dict[str, Builder] = {
     "rotation": build_rotation,
     "layers": build_layers,
     "objects": build_objects,
+    "pan_objects": build_pan_objects,
     "cuts": build_cuts,
     "fade": build_fade,
 }
@@ -108,6 +109,25 @@ SPECS: tuple[VideoSpec, ...] = (
     ),
     VideoSpec(
         "objects", "objects", "libx264", "mp4", 30, 480, 270, 120, ("objects", "static_camera"), {"objects": _OBJECTS}
+    ),
+    # One object rests, moves, rests while the camera pans right: events must survive camera motion.
+    VideoSpec(
+        "pan_objects",
+        "pan_objects",
+        "libx264",
+        "mp4",
+        30,
+        480,
+        270,
+        120,
+        (*_CAM, "rotation", "objects"),
+        {
+            "yaw": 0.25,
+            "motion": "yaw_right",
+            "mouse": "right",
+            "flow": True,
+            "objects": ({"shape": "rect", "size": (56, 48), "start": (150, 60), "velocity": (3, 2), "move": (35, 85)},),
+        },
     ),
     VideoSpec(
         "static",

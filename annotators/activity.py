@@ -1,0 +1,335 @@
+"""Event activity math (EVD pseudo-targets): pure functions from a clip's flow and camera motion to token-grid
+activity maps, their hysteresis, phase and per-clip statistics. No I/O, no models; `annotators.events` wires it.
+
+Per frame pair t -> t+1 (sampled frames), on the flow grid:
+1. camera-compensated change: the flow minus the camera's global homography; when the camera translates, the
+   distance of each point's motion to its epipolar line instead, if smaller (parallax of the static scene lies on
+   epipolar lines, object motion generally does not);
+2. that residual, in frame diagonals per second, is placed where the moving point was AND where it lands, so the
+   change of frame t+1 covers both the vacated and the newly covered region;
+3. the frame's median is subtracted (EVD's frame-wise mean subtraction, robust) and the map is area-pooled to
+   the token grid.
+Per frame on the grid: normalized by a robust scale (the frame's 99th-percentile change above its median, floored
+by an absolute speed so that a still frame's noise is not stretched), smoothed 3x3 (replicate border),
+soft-thresholded to [0, 1] (exactly 0 at or below the frame's median), then hysteresis along time gives the
+binary map.
+
+Frame t of the (T, gh, gw) maps holds the change from sampled frame t-1 to t; frame 0 has none (as in EVD's
+latent-change targets, which difference consecutive frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+
+from annotators.global_motion import homography_flow
+
+TOP_SCORE_SHARE = 0.2  # event score = mean of the top 20% per-frame change (EVD)
+TOP_CELLS_SHARE = 0.1  # confidence looks at how much of a frame's activity its top 10% cells hold
+EDGE_MARGIN = 0.03  # share of the short side next to the border where a moving camera's flow is not trusted
+PEAK_MIN = 0.3  # EVD's delta: a frame whose strongest cell is weaker than this carries no confident event
+MIN_EVENT_FRAMES = 3  # an event seen in fewer frames than this gets proportionally less confidence
+
+
+def safe_homography(hom: np.ndarray) -> np.ndarray:
+    """The homography, or identity when it is missing or not finite (then the camera is assumed still)."""
+    hom = np.asarray(hom, np.float64)
+    return hom if hom.shape == (3, 3) and np.isfinite(hom).all() and abs(hom[2, 2]) > 1e-12 else np.eye(3)
+
+
+def fundamental_from_step(relative_pose: np.ndarray, k: np.ndarray) -> np.ndarray | None:
+    """Fundamental matrix of a camera step (camera t+1's pose in camera t's frame, 4x4, OpenCV axes) on the
+    pixel grid of intrinsics `k`; None when the step has no translation (epipolar geometry is then undefined)."""
+    rotation, centre = relative_pose[:3, :3], relative_pose[:3, 3]
+    norm = float(np.linalg.norm(centre))
+    if not np.isfinite(relative_pose).all() or norm < 1e-12:
+        return None
+    r_21 = rotation.T  # maps camera-t coordinates to camera-t+1 coordinates: x2 = r_21 x1 + t_21
+    t_21 = -r_21 @ (centre / norm)
+    tx = np.array([[0.0, -t_21[2], t_21[1]], [t_21[2], 0.0, -t_21[0]], [-t_21[1], t_21[0], 0.0]])
+    k_inv = np.linalg.inv(k)
+    return k_inv.T @ (tx @ r_21) @ k_inv
+
+
+def epipolar_distance(flow: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
+    """(h, w) pixel distance of each point's flow endpoint to its epipolar line in the next frame."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    p1 = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
+    lines = p1 @ fundamental.T  # l = F p1, one line (a, b, c) per point
+    x2, y2 = xs + flow[..., 0], ys + flow[..., 1]
+    num = np.abs(lines[..., 0] * x2 + lines[..., 1] * y2 + lines[..., 2])
+    return (num / np.maximum(np.hypot(lines[..., 0], lines[..., 1]), 1e-12)).astype(np.float32)
+
+
+def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.ndarray | None = None) -> np.ndarray:
+    """(h, w) magnitude in pixels of the motion the camera does not explain; non-finite flow counts as still.
+
+    Points the camera carries out of the next frame (or to within `EDGE_MARGIN` of its border) count as still:
+    they have no true correspondence, and flow there is extrapolated, so its residual is not an event."""
+    flow = np.nan_to_num(np.asarray(flow, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    h, w = flow.shape[:2]
+    camera = homography_flow(safe_homography(homography), h, w)
+    residual = np.linalg.norm(flow - camera, axis=-1)
+    if fundamental is not None:
+        residual = np.minimum(residual, epipolar_distance(flow, fundamental))
+    margin = EDGE_MARGIN * min(h, w)
+    ys, xs = np.mgrid[0:h, 0:w]
+    x1, y1 = xs + camera[..., 0], ys + camera[..., 1]
+    inside = (x1 >= margin) & (x1 <= w - 1 - margin) & (y1 >= margin) & (y1 <= h - 1 - margin)
+    moved = np.abs(camera).max(axis=-1) > 0.25  # a still camera keeps its borders: objects may enter there
+    return np.where(inside | ~moved, residual, 0.0).astype(np.float32)
+
+
+def splat_max(values: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Each value at its own pixel and at the pixel its flow lands on (nearest), keeping the larger."""
+    h, w = values.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    flow = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0)
+    tx = np.rint(xs + flow[..., 0]).astype(np.int64)
+    ty = np.rint(ys + flow[..., 1]).astype(np.int64)
+    inside = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+    out = values.copy()
+    np.maximum.at(out, (ty[inside], tx[inside]), values[inside])
+    return out
+
+
+def pool(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Area-average an (h, w) map onto the (gh, gw) grid."""
+    gh, gw = grid
+    if values.shape == (gh, gw):
+        return values.astype(np.float32)
+    return cv2.resize(values.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA)
+
+
+def robust_normalize(frame: np.ndarray, min_scale: float, quantile: float = 0.99) -> np.ndarray:
+    """(x - median) / max(q-quantile - median, min_scale): 1 at the frame's robust peak (a quantile, so a few
+    outlier cells cannot set it), but the scale never drops below an absolute floor, so a frame where nothing
+    moves keeps values near 0 instead of having its noise stretched to 1."""
+    median = float(np.median(frame))
+    scale = max(float(np.quantile(frame, quantile)) - median, min_scale)
+    return (frame - median) / scale
+
+
+def smooth3x3(frame: np.ndarray) -> np.ndarray:
+    """3x3 box average with replicated borders (EVD's activity smoothing)."""
+    return cv2.blur(frame.astype(np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
+
+
+def soft_threshold(x: np.ndarray, center: float, softness: float) -> np.ndarray:
+    """sigmoid((x - center) / softness), shifted and rescaled so x <= 0 maps to exactly 0 and large x to 1."""
+    floor = 1.0 / (1.0 + math.exp(center / softness))
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) - center) / softness))
+    return np.clip((s - floor) / (1.0 - floor), 0.0, 1.0).astype(np.float32)
+
+
+def hysteresis(activity: np.ndarray, on: float = 0.62, off: float = 0.38) -> np.ndarray:
+    """Binary state along axis 0 per cell: switches on at >= `on`, off at <= `off`, otherwise keeps its previous
+    value; starts off. Returns uint8 of the same shape."""
+    state = np.zeros(activity.shape[1:], bool)
+    out = np.zeros(activity.shape, np.uint8)
+    for t, frame in enumerate(activity):
+        state = np.where(frame >= on, True, np.where(frame <= off, False, state))
+        out[t] = state
+    return out
+
+
+def phase(mass: np.ndarray) -> np.ndarray:
+    """Cumulative share of activity per frame from per-frame masses (T,): monotone, ends at 1; all zeros when
+    there is no activity."""
+    mass = np.clip(np.nan_to_num(np.asarray(mass, np.float64)), 0.0, None)
+    total = float(mass.sum())
+    if total <= 0.0:
+        return np.zeros(len(mass), np.float32)
+    out = np.cumsum(mass) / total
+    out[-1] = 1.0  # exact, whatever the rounding
+    return out.astype(np.float32)
+
+
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative values (0 = uniform, -> 1 = all in one cell); 0 for an all-zero map."""
+    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
+    n, total = len(v), float(v.sum())
+    if n < 2 or total <= 0.0:
+        return 0.0
+    ranks = np.arange(1, n + 1)
+    return float((2.0 * (ranks * v).sum() / (n * total) - (n + 1) / n) * n / (n - 1))
+
+
+def spatial_entropy(values: np.ndarray) -> float:
+    """Shannon entropy of a map's activity distribution over its cells, normalized to [0, 1] (1 = uniform);
+    0 for an all-zero map."""
+    v = np.clip(np.asarray(values, np.float64).ravel(), 0.0, None)
+    total = float(v.sum())
+    if len(v) < 2 or total <= 0.0:
+        return 0.0
+    p = v[v > 0] / total
+    return float(-(p * np.log(p)).sum() / math.log(len(v)))
+
+
+def concentration(values: np.ndarray, share: float = TOP_CELLS_SHARE) -> float:
+    """How much of a map's activity its top `share` of cells hold, rescaled so a uniform map scores 0 and a
+    map with everything in those cells scores 1."""
+    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))[::-1]
+    total = float(v.sum())
+    if total <= 0.0:
+        return 0.0
+    k = max(1, math.ceil(share * len(v)))
+    uniform = k / len(v)
+    if uniform >= 1.0:
+        return 1.0
+    return float(np.clip((v[:k].sum() / total - uniform) / (1.0 - uniform), 0.0, 1.0))
+
+
+def main_window(active: np.ndarray, activity: np.ndarray) -> tuple[int, int] | None:
+    """(first, last) frame, inclusive, of the run of frames with any active cell that holds the most activity;
+    None when no frame is active."""
+    on = active.reshape(len(active), -1).any(axis=1)
+    mass = activity.reshape(len(activity), -1).sum(axis=1)
+    best, best_mass, start = None, -1.0, None
+    for t, flag in enumerate([*on, False]):
+        if flag and start is None:
+            start = t
+        elif not flag and start is not None:
+            run_mass = float(mass[start:t].sum())
+            if run_mass > best_mass:
+                best, best_mass = (start, t - 1), run_mass
+            start = None
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityParams:
+    """The knobs of the activity maps (see `annotators.events.EventConfig` for their meaning and defaults)."""
+
+    min_speed: float = 0.02
+    min_shift: float = 0.004
+    threshold: float = 0.5
+    softness: float = 0.1
+    peak_quantile: float = 0.99
+    on: float = 0.62
+    off: float = 0.38
+    min_change: float = 0.03
+
+
+@dataclasses.dataclass(frozen=True)
+class EventMaps:
+    """A clip's activity maps and per-frame change."""
+
+    activity: np.ndarray  # (T, gh, gw) float32 in [0, 1], soft
+    active: np.ndarray  # (T, gh, gw) uint8, after hysteresis
+    change: np.ndarray  # (T-1,) per-pair camera-compensated change, frame diagonals per second (grid mean)
+
+
+def change_maps(
+    flows: np.ndarray,
+    homographies: np.ndarray,
+    seconds: np.ndarray,
+    grid: tuple[int, int],
+    fundamentals: list[np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """(T-1, gh, gw) camera-compensated change per pair in frame diagonals per second, frame median removed.
+
+    `flows` (T-1, h, w, 2) px on the flow grid; `homographies` (T-1, 3, 3) frame t -> t+1 on that grid;
+    `seconds` (T-1,) between the frames; `fundamentals` per pair or None (no translation estimate)."""
+    n = len(flows)
+    out = np.zeros((n, *grid), np.float32)
+    for t in range(n):
+        flow = np.asarray(flows[t], np.float32)
+        h, w = flow.shape[:2]
+        fundamental = fundamentals[t] if fundamentals is not None else None
+        residual = camera_residual(flow, homographies[t], fundamental)
+        per_second = 1.0 / (math.hypot(h, w) * max(float(seconds[t]), 1e-6))
+        moved = splat_max(residual, flow) * per_second
+        moved = np.nan_to_num(moved, nan=0.0, posinf=0.0, neginf=0.0)
+        out[t] = pool(np.clip(moved - np.median(moved), 0.0, None), grid)
+    return out
+
+
+def compensated_difference(frames: np.ndarray, homographies: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T-1, h, w) absolute grey-level change in [0, 1] between frame t and frame t+1 aligned onto it with the
+    camera homography (on the (h, w) flow grid); pixels the aligned frame does not cover count as unchanged."""
+    h, w = size
+    grey = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+    out = np.zeros((len(frames) - 1, h, w), np.float32)
+    ones = np.ones((h, w), np.float32)
+    for t in range(len(frames) - 1):
+        hom = safe_homography(homographies[t])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # dst(x) = frame_{t+1}(H x): frame t+1 seen from frame t
+        aligned = cv2.warpPerspective(grey[t + 1].astype(np.float32), hom, (w, h), flags=flags)
+        covered = cv2.warpPerspective(ones, hom, (w, h), flags=flags) > 0.999
+        out[t] = np.where(covered, np.abs(aligned - grey[t]) / 255.0, 0.0)
+    return out
+
+
+def speed_floors(seconds: np.ndarray, params: ActivityParams) -> np.ndarray:
+    """Per pair, the smallest robust scale (diagonals per second): `min_speed`, or `min_shift` diagonals within
+    the pair's interval if that is faster. Flow error is a roughly fixed displacement per pair, so closely
+    spaced frames need a higher speed before a change stands out of it."""
+    seconds = np.maximum(np.asarray(seconds, np.float64), 1e-6)
+    return np.maximum(params.min_speed, params.min_shift / seconds)
+
+
+def activity_maps(
+    change: np.ndarray, floors: np.ndarray, params: ActivityParams, frame_change: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft (T, gh, gw) activity and its hysteresis from per-pair change (T-1, gh, gw) (diagonals per second),
+    the pairs' scale floors (T-1,) (`speed_floors`) and optionally per-pair compensated frame difference pooled
+    to the grid (T-1, gh, gw), in [0, 1]."""
+    n = len(change)
+    grid = change.shape[1:]
+    activity = np.zeros((n + 1, *grid), np.float32)
+    for t in range(n):
+        x = robust_normalize(change[t], float(floors[t]), params.peak_quantile)
+        if frame_change is not None:
+            x = np.maximum(x, robust_normalize(frame_change[t], params.min_change, params.peak_quantile))
+        activity[t + 1] = soft_threshold(smooth3x3(x), params.threshold, params.softness)
+    activity = np.nan_to_num(activity, nan=0.0)
+    return activity, hysteresis(activity, params.on, params.off)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventStats:
+    """Per-clip event summary (see `annotators.events` for the column meanings)."""
+
+    score: float
+    confidence: float
+    entropy: float
+    gini: float
+    active_share: float  # mass-weighted mean share of active cells per frame
+    window: tuple[int, int] | None  # (first, last) active frame, inclusive, in sampled-frame indices
+
+
+def event_stats(activity: np.ndarray, active: np.ndarray, change: np.ndarray) -> EventStats:
+    """Score, confidence, spatial entropy/Gini and the main window of one clip's maps."""
+    per_pair = change.reshape(len(change), -1).mean(axis=1) if len(change) else np.zeros(0)
+    if len(per_pair):
+        top = np.sort(per_pair)[::-1][: max(1, math.ceil(TOP_SCORE_SHARE * len(per_pair)))]
+        score = float(top.mean())
+    else:
+        score = 0.0
+    gated = activity * active  # activity that survived hysteresis: EVD's gate is soft x binary
+    mass = gated.reshape(len(gated), -1).sum(axis=1)
+    total = float(mass.sum())
+    if total <= 0.0:
+        return EventStats(score, 0.0, 0.0, 0.0, 0.0, None)
+    weights = mass / total
+    confidence = sum(
+        w * (concentration(frame) if frame.max() >= PEAK_MIN else 0.0)
+        for w, frame in zip(weights, activity, strict=True)
+        if w > 0
+    )
+    entropy = sum(w * spatial_entropy(frame) for w, frame in zip(weights, activity, strict=True) if w > 0)
+    gini_ = sum(w * gini(frame) for w, frame in zip(weights, activity, strict=True) if w > 0)
+    share = float((weights * active.reshape(len(active), -1).mean(axis=1)).sum())
+    window = main_window(active, gated)
+    if window is not None:  # a change seen in one or two frames only is as likely flow error as an event
+        confidence *= min(1.0, (window[1] - window[0] + 1) / MIN_EVENT_FRAMES)
+    else:
+        confidence = 0.0
+    return EventStats(score, float(confidence), float(entropy), float(gini_), share, window)

@@ -1,0 +1,184 @@
+"""Event pseudo-targets per clip (EVD): where and when localized change happens, with camera motion removed.
+
+Outputs, aligned with the clip's sampled frames (`frame_indices`):
+- `event_activity` (T, gh, gw) float16 in [0, 1]: soft activity on the token grid (frames / `events.cell`);
+- `event_active` (T, gh, gw) uint8: the same after hysteresis along time (on at 0.62, off at 0.38);
+- `event_phase` (T,) float16: cumulative share of the clip's (gated) activity, monotone, ends at 1 (all zeros
+  when nothing happens);
+- `event_score`: mean of the top 20% per-pair change (camera-compensated, frame diagonals per second), EVD's
+  interaction score used for the top-fraction filter;
+- `event_confidence` in [0, 1]: how concentrated each frame's activity is in its top 10% cells (0 for a uniform
+  or empty map), weighted by frame activity; frames whose peak is below 0.3 count as 0;
+- `event_entropy` / `event_gini`: spatial entropy (normalized, 1 = uniform) and Gini of the activity per
+  frame, weighted by frame activity; 0 when there is no activity;
+- `event_diffuse`: activity is spread over the frame (entropy or active-cell share above the limits): what
+  camera-dominated clips look like, and what EVD's filter rejects;
+- `event_start_frame` / `event_end_frame`: the main active window in source frames, [start, end) in the same
+  convention as the corpus truth (steps start -> start+1 that move), null when no cell is ever active.
+The math is in `annotators.activity`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+from annotators import activity as act
+from annotators.base import AnnotatorError, Batch, per_clip
+from annotators.motion import pair_intervals
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EventConfig:
+    """Event pseudo-target settings and the clip filter built on them."""
+
+    enabled: bool = True
+    cell: int = 16  # stored-frame pixels per grid cell: 16 = an 8x latent with 2x2 DiT patches (the token grid)
+    use_camera: bool = True  # on translating steps, also remove motion along the camera's epipolar lines
+    frame_change: bool = False  # also count camera-aligned grey-level change (lights, fluids, what flow misses)
+    min_speed: float = 0.02  # floor of the robust scale, frame diagonals per second: change this fast is
+    # fully active even when nothing else in the frame moves; much slower change stays near 0
+    min_shift: float = 0.004  # ... and never below this share of the frame diagonal per frame pair (flow noise)
+    peak_quantile: float = 0.99  # the robust scale: this quantile of the frame's change over the grid
+    threshold: float = 0.5  # soft threshold centre, as a share of the robust scale above the frame's median
+    softness: float = 0.1  # soft threshold width (sigmoid temperature), same units
+    on: float = 0.62  # hysteresis: a cell turns on at this activity (EVD)
+    off: float = 0.38  # ... and off at this one
+    min_change: float = 0.03  # floor of the robust scale of frame_change, grey-level fraction
+    diffuse_entropy: float = 0.9  # activity with a higher spatial entropy is diffuse
+    diffuse_share: float = 0.35  # ... and so is activity that keeps more than this share of cells on
+    top_fraction: float = 1.0  # clip filter: keep the top fraction by event_score (EVD: 0.3); 1 keeps all
+    drop_diffuse: bool = False  # clip filter: drop clips flagged event_diffuse
+
+    def __post_init__(self) -> None:
+        if self.cell < 1:
+            raise ValueError("events.cell must be >= 1")
+        if not 0.0 < self.off < self.on < 1.0:
+            raise ValueError(f"events needs 0 < off < on < 1 (got off={self.off}, on={self.on})")
+        if min(self.min_speed, self.min_shift, self.threshold, self.softness, self.min_change) <= 0:
+            raise ValueError("events.min_speed, min_shift, threshold, softness and min_change must be > 0")
+        if not 0.5 <= self.peak_quantile <= 1.0:
+            raise ValueError("events.peak_quantile must be in [0.5, 1]")
+        if not 0.0 < self.diffuse_entropy <= 1.0 or not 0.0 < self.diffuse_share <= 1.0:
+            raise ValueError("events.diffuse_entropy and events.diffuse_share must be in (0, 1]")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ValueError(f"events.top_fraction must be in (0, 1], got {self.top_fraction}")
+
+    @property
+    def params(self) -> act.ActivityParams:
+        return act.ActivityParams(
+            min_speed=self.min_speed,
+            min_shift=self.min_shift,
+            threshold=self.threshold,
+            softness=self.softness,
+            peak_quantile=self.peak_quantile,
+            on=self.on,
+            off=self.off,
+            min_change=self.min_change,
+        )
+
+
+def event_grid(frame_height: int, frame_width: int, cell: int) -> tuple[int, int]:
+    if frame_height % cell or frame_width % cell:
+        raise AnnotatorError("bad_event_grid", f"frames {frame_width}x{frame_height} not divisible by cell {cell}")
+    return frame_height // cell, frame_width // cell
+
+
+BORROW_STEPS = 2  # a step without a translation estimate uses the nearest translating step this close
+
+
+def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int) -> list[np.ndarray | None] | None:
+    """Per pair, the fundamental matrix of the estimated camera step on the flow grid; None overall without a
+    camera estimate. Camera motion is smooth, so a step the camera model did not see translate (small parallax
+    in that one pair) borrows the nearest translating step within `BORROW_STEPS`; a camera that never
+    translates gives None everywhere (a still camera has no epipolar geometry to explain anything away)."""
+    if c2w is None or k is None or len(c2w) != n_pairs + 1:
+        return None
+    c2w = np.asarray(c2w, np.float64)
+    own = [act.fundamental_from_step(np.linalg.inv(c2w[t]) @ c2w[t + 1], np.asarray(k)) for t in range(n_pairs)]
+    out: list[np.ndarray | None] = []
+    for t in range(n_pairs):
+        near = [s for s in sorted(range(n_pairs), key=lambda s: abs(s - t)) if abs(s - t) <= BORROW_STEPS]
+        out.append(next((own[s] for s in near if own[s] is not None), None))
+    return out
+
+
+class EventAnnotator:
+    """EVD event pseudo-targets per clip from `flow`, `global_homography` and, when present, the camera."""
+
+    name: ClassVar[str] = "events"
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "event_activity",
+        "event_active",
+        "event_phase",
+        "event_score",
+        "event_confidence",
+        "event_entropy",
+        "event_gini",
+        "event_diffuse",
+        "event_start_frame",
+        "event_end_frame",
+        "events_error",
+    )
+
+    def __init__(self, cfg: EventConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["clip_id"])
+        optional = [batch.get(k, [None] * n) for k in ("camera_c2w", "camera_intrinsics")]
+        keys = ("flow", "global_homography", "frames", "frame_indices", "frame_pts")
+        inputs = zip(*(batch[k] for k in keys), *optional, strict=True)
+        return {"clip_id": batch["clip_id"], **per_clip(self.name, self.output_columns, inputs, self.annotate)}
+
+    def annotate(
+        self,
+        flow: np.ndarray | None,
+        homographies: np.ndarray | None,
+        frames: np.ndarray,
+        frame_indices: np.ndarray,
+        frame_pts: np.ndarray,
+        camera_c2w: np.ndarray | None = None,
+        camera_k: np.ndarray | None = None,
+    ) -> dict:
+        cfg = self.cfg
+        n_frames = len(frames)
+        grid = event_grid(frames.shape[1], frames.shape[2], cfg.cell)
+        if n_frames > 1 and flow is None:
+            raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
+        n_pairs = n_frames - 1
+        if n_pairs > 0:
+            flows = np.asarray(flow, np.float32).transpose(0, 2, 3, 1)  # (T-1, h, w, 2)
+            homs = np.asarray(homographies) if homographies is not None else np.tile(np.eye(3), (n_pairs, 1, 1))
+            fundamentals = step_fundamentals(camera_c2w, camera_k, n_pairs) if cfg.use_camera else None
+            seconds = pair_intervals(frame_pts)
+            change = act.change_maps(flows, homs, seconds, grid, fundamentals)
+            frame_change = None
+            if cfg.frame_change:
+                diff = act.compensated_difference(np.asarray(frames), homs, flows.shape[1:3])
+                frame_change = np.stack([act.pool(d, grid) for d in diff])
+            floors = act.speed_floors(seconds, cfg.params)
+            activity, active = act.activity_maps(change, floors, cfg.params, frame_change)
+        else:  # one frame: nothing can have changed
+            change = np.zeros((0, *grid), np.float32)
+            activity, active = np.zeros((1, *grid), np.float32), np.zeros((1, *grid), np.uint8)
+        stats = act.event_stats(activity, active, change)
+        mass = (activity * active).reshape(n_frames, -1).sum(axis=1)
+        diffuse = stats.entropy >= cfg.diffuse_entropy or stats.active_share >= cfg.diffuse_share
+        window = stats.window
+        indices = np.asarray(frame_indices, np.int64)
+        return {
+            "event_activity": activity.astype(np.float16),
+            "event_active": active,
+            "event_phase": act.phase(mass).astype(np.float16),
+            "event_score": stats.score,
+            "event_confidence": stats.confidence,
+            "event_entropy": stats.entropy,
+            "event_gini": stats.gini,
+            "event_diffuse": bool(diffuse and mass.sum() > 0),
+            # Frame `first` holds the change from sampled frame first-1: the window opens at that frame.
+            "event_start_frame": int(indices[max(window[0] - 1, 0)]) if window else None,
+            "event_end_frame": int(indices[window[1]]) if window else None,
+        }
