@@ -9,10 +9,10 @@ Per frame pair t -> t+1 (sampled frames), on the flow grid:
    change of frame t+1 covers both the vacated and the newly covered region;
 3. the frame's median is subtracted (EVD's frame-wise mean subtraction, robust) and the map is area-pooled to
    the token grid.
-Per frame on the grid: normalized by a robust scale (the frame's 99th-percentile change above its median, floored
-by an absolute speed so that a still frame's noise is not stretched), smoothed 3x3 (replicate border),
-soft-thresholded to [0, 1] (exactly 0 at or below the frame's median), then hysteresis along time gives the
-binary map.
+Per frame on the grid: smoothed 3x3 (replicate border) and normalized by a robust scale (the smoothed frame's
+99th-percentile change, floored by an absolute speed so that a still frame's noise is not
+stretched), soft-thresholded to [0, 1] (exactly 0 at or below the frame's median), then hysteresis along time
+gives the binary map.
 
 Frame t of the (T, gh, gw) maps holds the change from sampled frame t-1 to t; frame 0 has none (as in EVD's
 latent-change targets, which difference consecutive frames).
@@ -67,13 +67,15 @@ def epipolar_distance(flow: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
 
 
 def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.ndarray | None = None) -> np.ndarray:
-    """(h, w) magnitude in pixels of the motion the camera does not explain; non-finite flow counts as still.
+    """(h, w) magnitude in pixels of the motion the camera does not explain.
 
-    Points the camera carries out of the next frame (or to within `EDGE_MARGIN` of its border) count as still:
-    they have no true correspondence, and flow there is extrapolated, so its residual is not an event."""
-    flow = np.nan_to_num(np.asarray(flow, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    Non-finite flow counts as moving with the camera. Points the camera carries out of the next frame (or to
+    within `EDGE_MARGIN` of its border) count as still: they have no true correspondence, and flow there is
+    extrapolated, so its residual is not an event."""
+    flow = np.asarray(flow, np.float32)
     h, w = flow.shape[:2]
     camera = homography_flow(safe_homography(homography), h, w)
+    flow = np.where(np.isfinite(flow), flow, camera)  # no estimate: assume the point moves with the camera
     residual = np.linalg.norm(flow - camera, axis=-1)
     if fundamental is not None:
         residual = np.minimum(residual, epipolar_distance(flow, fundamental))
@@ -106,13 +108,18 @@ def pool(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return cv2.resize(values.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA)
 
 
+def above_median(values: np.ndarray) -> np.ndarray:
+    """How far each value lies above the map's median, 0 below it (EVD's frame-wise baseline, made robust)."""
+    values = np.nan_to_num(np.asarray(values, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(values - np.median(values), 0.0, None)
+
+
 def robust_normalize(frame: np.ndarray, min_scale: float, quantile: float = 0.99) -> np.ndarray:
-    """(x - median) / max(q-quantile - median, min_scale): 1 at the frame's robust peak (a quantile, so a few
-    outlier cells cannot set it), but the scale never drops below an absolute floor, so a frame where nothing
-    moves keeps values near 0 instead of having its noise stretched to 1."""
-    median = float(np.median(frame))
-    scale = max(float(np.quantile(frame, quantile)) - median, min_scale)
-    return (frame - median) / scale
+    """frame / max(q-quantile, min_scale) for a non-negative map (change above the frame's median): 1 at the
+    frame's robust peak (a quantile, so a few outlier cells cannot set it), but the scale never drops below an
+    absolute floor, so a frame where nothing moves keeps values near 0 instead of having its noise stretched."""
+    scale = max(float(np.quantile(frame, quantile)), min_scale)
+    return np.asarray(frame, np.float32) / scale
 
 
 def smooth3x3(frame: np.ndarray) -> np.ndarray:
@@ -122,10 +129,12 @@ def smooth3x3(frame: np.ndarray) -> np.ndarray:
 
 def soft_threshold(x: np.ndarray, center: float, softness: float) -> np.ndarray:
     """sigmoid((x - center) / softness), shifted and rescaled so x <= 0 maps to exactly 0 and large x to 1."""
-    floor = 1.0 / (1.0 + math.exp(center / softness))
+    tail = math.exp(-center / softness)  # center, softness > 0: no overflow
+    floor = tail / (1.0 + tail)
     with np.errstate(over="ignore"):
         s = 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) - center) / softness))
-    return np.clip((s - floor) / (1.0 - floor), 0.0, 1.0).astype(np.float32)
+    out = np.clip((s - floor) / (1.0 - floor), 0.0, 1.0)
+    return np.where(np.asarray(x) > 0, out, 0.0).astype(np.float32)  # exactly 0, whatever the rounding
 
 
 def hysteresis(activity: np.ndarray, on: float = 0.62, off: float = 0.38) -> np.ndarray:
@@ -142,7 +151,7 @@ def hysteresis(activity: np.ndarray, on: float = 0.62, off: float = 0.38) -> np.
 def phase(mass: np.ndarray) -> np.ndarray:
     """Cumulative share of activity per frame from per-frame masses (T,): monotone, ends at 1; all zeros when
     there is no activity."""
-    mass = np.clip(np.nan_to_num(np.asarray(mass, np.float64)), 0.0, None)
+    mass = np.clip(np.nan_to_num(np.asarray(mass, np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
     total = float(mass.sum())
     if total <= 0.0:
         return np.zeros(len(mass), np.float32)
@@ -209,7 +218,7 @@ class ActivityParams:
 
     min_speed: float = 0.02
     min_shift: float = 0.004
-    threshold: float = 0.5
+    threshold: float = 0.65
     softness: float = 0.1
     peak_quantile: float = 0.99
     on: float = 0.62
@@ -245,15 +254,14 @@ def change_maps(
         fundamental = fundamentals[t] if fundamentals is not None else None
         residual = camera_residual(flow, homographies[t], fundamental)
         per_second = 1.0 / (math.hypot(h, w) * max(float(seconds[t]), 1e-6))
-        moved = splat_max(residual, flow) * per_second
-        moved = np.nan_to_num(moved, nan=0.0, posinf=0.0, neginf=0.0)
-        out[t] = pool(np.clip(moved - np.median(moved), 0.0, None), grid)
+        out[t] = pool(above_median(splat_max(residual, flow) * per_second), grid)
     return out
 
 
 def compensated_difference(frames: np.ndarray, homographies: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(T-1, h, w) absolute grey-level change in [0, 1] between frame t and frame t+1 aligned onto it with the
-    camera homography (on the (h, w) flow grid); pixels the aligned frame does not cover count as unchanged."""
+    camera homography (on the (h, w) flow grid), above the frame's median change; pixels the aligned frame does
+    not cover count as unchanged."""
     h, w = size
     grey = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA) for f in frames]
     out = np.zeros((len(frames) - 1, h, w), np.float32)
@@ -263,14 +271,14 @@ def compensated_difference(frames: np.ndarray, homographies: np.ndarray, size: t
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # dst(x) = frame_{t+1}(H x): frame t+1 seen from frame t
         aligned = cv2.warpPerspective(grey[t + 1].astype(np.float32), hom, (w, h), flags=flags)
         covered = cv2.warpPerspective(ones, hom, (w, h), flags=flags) > 0.999
-        out[t] = np.where(covered, np.abs(aligned - grey[t]) / 255.0, 0.0)
+        out[t] = above_median(np.where(covered, np.abs(aligned - grey[t]) / 255.0, 0.0))
     return out
 
 
 def speed_floors(seconds: np.ndarray, params: ActivityParams) -> np.ndarray:
     """Per pair, the smallest robust scale (diagonals per second): `min_speed`, or `min_shift` diagonals within
     the pair's interval if that is faster. Flow error is a roughly fixed displacement per pair, so closely
-    spaced frames need a higher speed before a change stands out of it."""
+    spaced frames need a faster change before it stands out of the error."""
     seconds = np.maximum(np.asarray(seconds, np.float64), 1e-6)
     return np.maximum(params.min_speed, params.min_shift / seconds)
 
@@ -285,10 +293,13 @@ def activity_maps(
     grid = change.shape[1:]
     activity = np.zeros((n + 1, *grid), np.float32)
     for t in range(n):
-        x = robust_normalize(change[t], float(floors[t]), params.peak_quantile)
+        # Smoothing is linear, so smoothing first and normalizing by the smoothed frame's own scale is the same
+        # map up to that scale, but a one-cell event spread over its 3x3 neighbourhood can still reach 1.
+        x = robust_normalize(smooth3x3(change[t]), float(floors[t]), params.peak_quantile)
         if frame_change is not None:
-            x = np.maximum(x, robust_normalize(frame_change[t], params.min_change, params.peak_quantile))
-        activity[t + 1] = soft_threshold(smooth3x3(x), params.threshold, params.softness)
+            lit = robust_normalize(smooth3x3(frame_change[t]), params.min_change, params.peak_quantile)
+            x = np.maximum(x, lit)
+        activity[t + 1] = soft_threshold(x, params.threshold, params.softness)
     activity = np.nan_to_num(activity, nan=0.0)
     return activity, hysteresis(activity, params.on, params.off)
 

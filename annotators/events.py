@@ -42,7 +42,7 @@ class EventConfig:
     # fully active even when nothing else in the frame moves; much slower change stays near 0
     min_shift: float = 0.004  # ... and never below this share of the frame diagonal per frame pair (flow noise)
     peak_quantile: float = 0.99  # the robust scale: this quantile of the frame's change over the grid
-    threshold: float = 0.5  # soft threshold centre, as a share of the robust scale above the frame's median
+    threshold: float = 0.65  # soft threshold centre, as a share of the robust scale above the frame's median
     softness: float = 0.1  # soft threshold width (sigmoid temperature), same units
     on: float = 0.62  # hysteresis: a cell turns on at this activity (EVD)
     off: float = 0.38  # ... and off at this one

@@ -79,3 +79,41 @@ def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_
     cover = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
     total = float(activity.sum())
     return float((activity * cover).sum()) / total if total > 0 else 0.0
+
+
+def true_event_window(truth: dict, first_frame: int, last_frame: int) -> tuple[int, int] | None:
+    """The span [start, end) of source frames in which any object of a sample video's truth moves, clipped to
+    the sampled frames [first_frame, last_frame]; None when nothing moves there."""
+    spans = [
+        (max(e["start"], first_frame), min(e["end"], last_frame))
+        for obj in truth.get("objects", [])
+        for e in obj["events"]
+    ]
+    spans = [(a, b) for a, b in spans if b > a]
+    return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+
+def event_mass_in_boxes(
+    activity: np.ndarray,
+    frame_indices: Sequence[int],
+    truth: dict,
+    source_size: tuple[int, int],
+    decoded_size: tuple[int, int],
+    frame_size: tuple[int, int],
+) -> float:
+    """Share of a clip's event activity (T, gh, gw) inside the true object boxes, weighting frames by their
+    activity. Frame t holds the change from sampled frame t-1 to t, so its boxes are each object's boxes at both
+    frames (where it was and where it is). 0 when there is no activity."""
+    inside = total = 0.0
+    for t in range(1, len(frame_indices)):
+        mass = float(activity[t].sum())
+        if mass <= 0:
+            continue
+        boxes = [
+            box_to_frame(obj["boxes"][i], source_size, decoded_size, frame_size)
+            for obj in truth.get("objects", [])
+            for i in (frame_indices[t - 1], frame_indices[t])
+        ]
+        inside += mass_in_boxes(activity[t], boxes, frame_size) * mass
+        total += mass
+    return inside / total if total > 0 else 0.0

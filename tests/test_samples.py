@@ -118,7 +118,7 @@ def test_fade_goes_through_black_without_jumps(decode: Callable[[str], Decoded])
     luma = np.array([gray(f).mean() for f in frames])
     assert luma[start:end].min() < 1.0
     assert luma[start - 1] > 40 and luma[end] > 40
-    assert np.all(np.diff(luma[start - 1:start + 16]) < 0.5)  # ramps down monotonically
+    assert np.all(np.diff(luma[start - 1 : start + 16]) < 0.5)  # ramps down monotonically
     assert np.abs(np.diff(luma)).max() < 10  # no hard jump anywhere
     gains = truth["brightness_gain"]
     assert gains[start - 1] == 1.0 and gains[start] < 1.0 and gains[end] == 1.0 and gains[end - 1] < 1.0
@@ -147,16 +147,19 @@ def test_true_flow_explains_the_frames(decode: Callable[[str], Decoded], corpus:
     truth, frames = decode(name)
     flow = load_flow(corpus / truth["file"])
     assert flow is not None and list(flow.shape) == truth["flow"]["shape"] and flow.shape[0] == len(frames) - 1
-    stats = np.array([flow_residuals(gray(frames[i]), gray(frames[i + 1]), flow[i])
-                      for i in range(0, len(frames) - 1, max(1, len(frames) // 8))])
+    stats = np.array(
+        [
+            flow_residuals(gray(frames[i]), gray(frames[i + 1]), flow[i])
+            for i in range(0, len(frames) - 1, max(1, len(frames) // 8))
+        ]
+    )
     ratios = stats[:, 0] / stats[:, 1]
     assert stats[:, 2].min() > 0.1  # a good part of the frame really moves and is checked
     assert np.median(ratios) < 0.5 and ratios.max() < 0.7, ratios
 
 
 @pytest.mark.parametrize("name", FLOW_VIDEOS)
-def test_true_flow_matches_an_independent_estimate(decode: Callable[[str], Decoded], corpus: Path,
-                                                  name: str) -> None:
+def test_true_flow_matches_an_independent_estimate(decode: Callable[[str], Decoded], corpus: Path, name: str) -> None:
     truth, frames = decode(name)
     flow = load_flow(corpus / truth["file"])
     assert flow is not None
@@ -168,15 +171,18 @@ def test_true_flow_matches_an_independent_estimate(decode: Callable[[str], Decod
         assert np.median(err) < 0.3 and err.mean() < 0.5
 
 
-@pytest.mark.parametrize(("name", "check"), [
-    ("pan_right", lambda f: f[..., 0].mean() < -1),  # yaw right: content moves left
-    ("pan_left", lambda f: f[..., 0].mean() > 1),
-    ("tilt_up", lambda f: f[..., 1].mean() > 1),  # pitch up: content moves down
-    ("strafe_right", lambda f: f[..., 0].mean() < -0.2),
-    ("zoom_in", lambda f: _radial(f) > 0.2),
-    ("forward", lambda f: _radial(f) > 0.05),
-    ("backward", lambda f: _radial(f) < -0.05),
-])
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        ("pan_right", lambda f: f[..., 0].mean() < -1),  # yaw right: content moves left
+        ("pan_left", lambda f: f[..., 0].mean() > 1),
+        ("tilt_up", lambda f: f[..., 1].mean() > 1),  # pitch up: content moves down
+        ("strafe_right", lambda f: f[..., 0].mean() < -0.2),
+        ("zoom_in", lambda f: _radial(f) > 0.2),
+        ("forward", lambda f: _radial(f) > 0.05),
+        ("backward", lambda f: _radial(f) < -0.05),
+    ],
+)
 def test_flow_signs_follow_conventions(corpus: Path, name: str, check: Callable[[np.ndarray], bool]) -> None:
     flow = load_flow(corpus / f"{name}.json")
     assert flow is not None and check(flow[0])
@@ -191,11 +197,17 @@ def _radial(flow: np.ndarray) -> float:
     return float(((flow[..., 0] * rx + flow[..., 1] * ry) / norm).mean())
 
 
-@pytest.mark.parametrize(("name", "keys", "mouse", "axis", "sign"), [
-    ("pan_right", "none", "right", "yaw", 1), ("pan_left", "none", "left", "yaw", -1),
-    ("tilt_up", "none", "up", "pitch", 1), ("forward", "W", "none", "z", 1), ("backward", "S", "none", "z", -1),
-    ("strafe_right", "D", "none", "x", 1),
-])
+@pytest.mark.parametrize(
+    ("name", "keys", "mouse", "axis", "sign"),
+    [
+        ("pan_right", "none", "right", "yaw", 1),
+        ("pan_left", "none", "left", "yaw", -1),
+        ("tilt_up", "none", "up", "pitch", 1),
+        ("forward", "W", "none", "z", 1),
+        ("backward", "S", "none", "z", -1),
+        ("strafe_right", "D", "none", "x", 1),
+    ],
+)
 def test_camera_truth(corpus: Path, name: str, keys: str, mouse: str, axis: str, sign: int) -> None:
     cam = load_truth(corpus / f"{name}.json")["camera"]
     assert (cam["expected_keys"], cam["expected_mouse"]) == (keys, mouse)
@@ -219,7 +231,7 @@ def test_objects_move_only_inside_events(decode: Callable[[str], Decoded], corpu
         boxes = np.asarray(obj["boxes"])
         in_event = np.zeros(n, bool)
         for ev in obj["events"]:
-            in_event[ev["start"]:ev["end"]] = True
+            in_event[ev["start"] : ev["end"]] = True
         changed = np.any(boxes[1:] != boxes[:-1], axis=1)
         assert np.array_equal(changed, in_event[:-1]) and np.array_equal(obj["moving"], in_event.tolist())
         assert in_event.any() and not in_event[0] and not in_event[-1]
@@ -229,7 +241,7 @@ def test_objects_move_only_inside_events(decode: Callable[[str], Decoded], corpu
         moved = np.zeros((h, w), bool)
         for obj in truth["objects"]:
             for x0, y0, x1, y1 in (obj["boxes"][t], obj["boxes"][t + 1]):
-                moved[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
+                moved[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2] = True
         diff = np.abs(gray(frames[t + 1]) - gray(frames[t]))
         assert diff[~moved].mean() < 2.0  # only codec noise (key frames) away from the objects
         if any_moving[t]:
@@ -288,8 +300,14 @@ def test_only_writes_the_requested_videos(tmp_path: Path) -> None:
 
 
 def test_cli(corpus: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipelines.samples", "--out", str(tmp_path), "--only", "static"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.samples", "--out", str(tmp_path), "--only", "static"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert load_truth(tmp_path / "static.mkv")["name"] == "static"
     assert "1 videos" in result.stdout

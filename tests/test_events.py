@@ -1,0 +1,178 @@
+"""Event pseudo-targets (EVD) against the sample corpus's object truth, plus bad input and configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotators.base import object_array
+from annotators.events import EventAnnotator, EventConfig
+from curation.decode import probe_video
+from curation.metrics import event_mass_in_boxes, interval_iou, true_event_window
+from curation.sampling import decode_size
+from pipelines.annotate import annotate_file
+from pipelines.config import ConfigError, load_config
+from pipelines.samples import load_truth
+
+# Wide frames keep the whole 16:9 corpus frame (cover-cropping to a square would cut the objects off), and 28
+# frames at 8 fps span the objects' rest-move-rest story.
+GOLDEN = ["frames.width=448", "frames.height=256", "frames.num_frames=28"]
+OBJECT_VIDEOS = ("objects", "pan_objects")
+CAMERA_ONLY = ("pan_right", "pan_left", "tilt_up", "zoom_in", "forward", "backward", "strafe_right")
+
+
+def video_path(corpus: Path, name: str) -> Path:
+    return next(p for p in corpus.iterdir() if p.stem == name and p.suffix not in (".json", ".npz"))
+
+
+@pytest.fixture(scope="module")
+def golden(corpus_dir: Path) -> dict[str, tuple[dict, dict, dict]]:
+    """name -> (annotation, truth, sizes) for the object, camera-only and static videos."""
+    cfg = load_config(None, GOLDEN)
+    out = {}
+    for name in (*OBJECT_VIDEOS, *CAMERA_ONLY, "static"):
+        path = video_path(corpus_dir, name)
+        info = probe_video(str(path))
+        sizes = {
+            "source_size": (info.width, info.height),
+            "decoded_size": decode_size(info.width, info.height, cfg.frames),
+            "frame_size": (cfg.frames.width, cfg.frames.height),
+        }
+        out[name] = (annotate_file(str(path), cfg), load_truth(path), sizes)
+    return out
+
+
+def active_share(result: dict) -> float:
+    return float(result["event_active"].mean())
+
+
+@pytest.mark.parametrize("name", OBJECT_VIDEOS)
+def test_active_window_and_activity_match_the_moving_objects(golden, name):
+    result, truth, sizes = golden[name]
+    indices = result["frame_indices"]
+    expected = true_event_window(truth, int(indices[0]), int(indices[-1]))
+    found = (result["event_start_frame"], result["event_end_frame"])
+    assert expected is not None and interval_iou(found, expected) >= 0.8, (found, expected)
+    activity = result["event_activity"].astype(np.float32)
+    assert event_mass_in_boxes(activity, indices, truth, **sizes) >= 0.7
+    assert result["event_confidence"] > 0.5 and not result["event_diffuse"]
+    # frame t holds the change from sampled frame t-1 to t: no object moves in it when that pair ends before the
+    # motion starts or starts after it ended
+    outside = [t for t in range(1, len(indices)) if indices[t] <= expected[0] or indices[t - 1] >= expected[1]]
+    assert activity[outside].max() < 0.38  # frames with no object motion stay off
+
+
+def test_camera_motion_alone_is_not_an_event(golden):
+    object_scores = [golden[n][0]["event_score"] for n in OBJECT_VIDEOS]
+    for name in CAMERA_ONLY:
+        result = golden[name][0]
+        assert result["event_confidence"] < 0.5 or result["event_diffuse"], name
+        assert active_share(result) < 0.005, name  # camera-only false activation
+        assert result["event_score"] < 0.5 * min(object_scores), name  # a top-fraction filter ranks them below
+
+
+def test_static_clip_has_no_event(golden):
+    result = golden["static"][0]
+    assert result["event_activity"].astype(np.float32).max() < 0.05 and not result["event_active"].any()
+    assert result["event_start_frame"] is None and result["event_end_frame"] is None
+    assert result["event_confidence"] == 0.0 and not np.any(result["event_phase"])
+
+
+def test_maps_align_with_the_sampled_frames_and_phase_is_a_cumulative_share(golden):
+    for name, (result, _, _) in golden.items():
+        t = len(result["frame_indices"])
+        assert result["event_activity"].shape == result["event_active"].shape == (t, 16, 28), name
+        assert result["event_activity"].dtype == np.float16 and result["event_active"].dtype == np.uint8
+        phase = result["event_phase"].astype(np.float32)
+        assert phase.shape == (t,) and np.all(np.diff(phase) >= 0)
+        assert phase[-1] == 1.0 or not np.any(phase)
+        assert set(np.unique(result["event_active"])) <= {0, 1}
+        assert not np.any(result["event_activity"][0]) and not np.any(result["event_active"][0])
+
+
+def clip_batch(frames: np.ndarray, flow: np.ndarray, homographies: np.ndarray | None = None) -> dict:
+    t = len(frames)
+    return {
+        "clip_id": object_array(["c"]),
+        "frames": object_array([frames]),
+        "flow": object_array([flow]),
+        "global_homography": object_array(
+            [np.tile(np.eye(3), (max(t - 1, 0), 1, 1)) if homographies is None else homographies]
+        ),
+        "frame_indices": object_array([np.arange(t) * 4]),
+        "frame_pts": object_array([np.arange(t) * 4 / 30.0]),
+    }
+
+
+def annotate_one(frames: np.ndarray, flow: np.ndarray, **cfg) -> dict:
+    out = EventAnnotator(EventConfig(**cfg))(clip_batch(frames, flow))
+    return {k: v[0] for k, v in out.items()}
+
+
+def assert_no_event(out: dict, t: int) -> None:
+    assert out["events_error"] is None
+    for name in ("event_activity", "event_active", "event_phase"):
+        assert np.isfinite(out[name].astype(np.float32)).all() and not np.any(out[name]), name
+    assert out["event_activity"].shape[0] == t and out["event_phase"].shape == (t,)
+    assert out["event_confidence"] == 0.0 and out["event_score"] == 0.0 and not out["event_diffuse"]
+    assert out["event_start_frame"] is None and out["event_end_frame"] is None
+
+
+@pytest.mark.parametrize("frame_change", [False, True])
+def test_black_still_and_one_frame_clips_give_zero_activity(frame_change):
+    black = np.zeros((8, 64, 64, 3), np.uint8)
+    assert_no_event(annotate_one(black, np.zeros((7, 2, 64, 64), np.float32), frame_change=frame_change), 8)
+    one = annotate_one(black[:1], np.zeros((0, 2, 64, 64), np.float32), frame_change=frame_change)
+    assert_no_event(one, 1)
+    assert one["event_activity"].shape == (1, 4, 4)
+
+
+def test_non_finite_flow_never_reaches_the_maps():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    flow = np.zeros((5, 2, 64, 64), np.float32)
+    flow[2, :, 10:20, 10:20] = np.nan
+    flow[3, 0, 30:40, 30:40] = np.inf
+    homographies = np.tile(np.eye(3), (5, 1, 1))
+    homographies[1] = np.nan
+    out = EventAnnotator(EventConfig())(clip_batch(frames, flow, homographies))
+    assert out["events_error"][0] is None
+    for name in ("event_activity", "event_phase"):
+        assert np.isfinite(out[name][0].astype(np.float32)).all()
+    assert np.isfinite([out[k][0] for k in ("event_score", "event_confidence", "event_entropy", "event_gini")]).all()
+
+
+def test_frame_change_sees_what_flow_misses():
+    """A patch lights up with no motion at all: only the optional frame-change signal can see it."""
+    frames = np.full((8, 64, 64, 3), 60, np.uint8)
+    frames[4:, 16:32, 32:48] = 200  # lit from frame 4 on
+    flow = np.zeros((7, 2, 64, 64), np.float32)
+    assert not annotate_one(frames, flow)["event_active"].any()
+    lit = annotate_one(frames, flow, frame_change=True)
+    on = lit["event_active"][4].astype(bool)
+    near = np.zeros((4, 4), bool)
+    near[0:3, 1:4] = True  # the lit cell (1, 2) and its 3x3 neighbourhood, which the smoothing spreads it over
+    assert on[1, 2] and not on[~near].any()
+    assert not lit["event_active"][:4].any()  # nothing before the light comes on
+
+
+def test_a_grid_that_does_not_divide_the_frames_is_an_error_not_a_crash():
+    out = annotate_one(np.zeros((4, 60, 60, 3), np.uint8), np.zeros((3, 2, 60, 60), np.float32))
+    assert out["events_error"].startswith("bad_event_grid") and out["event_activity"] is None
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["events.on=0.3", "events.off=0.7", "events.top_fraction=0", "events.top_fraction=1.5", "events.cell=0"],
+)
+def test_bad_event_settings_fail_up_front(override):
+    with pytest.raises(ConfigError, match="events"):
+        load_config(None, [override])
+
+
+def test_frames_must_sit_on_the_event_grid():
+    with pytest.raises(ConfigError, match="events.cell"):
+        load_config(None, ["frames.width=264", "noise.factor=8"])
+    assert load_config(None, ["frames.width=264", "events.enabled=false", "noise.factor=8"]).frames.width == 264
