@@ -33,6 +33,7 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/noise_warp.py
 	$(PY) bench/flow.py
 	$(PY) bench/camera.py
+	$(PY) bench/events.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,133 @@
+"""Benchmark: event pseudo-targets (EVD) against the sample corpus's object truth, and the stage's cost on CPU.
+
+Every single-shot sample video is annotated as one clip. Reported per configuration:
+- temporal IoU of the main active window with the true motion window (clipped to the sampled frames), and the
+  share of activity mass inside the true object boxes, for the videos with moving objects (goals: >= 0.8, >= 0.7);
+- camera-only false activation: the share of (frame, cell) positions switched on, over every video whose camera
+  moves with nothing else moving, and how many of those clips look confident (confidence >= 0.5, not diffuse);
+- the event-score margin: the weakest object clip's score over the strongest camera-only clip's;
+- seconds per clip of the events stage, and as a ratio to the flow stage measured in the same run.
+Configurations: the golden one (448x256, 28 frames at 8 fps, the whole 16:9 frame), the default preset
+(256x256 cover crop, 16 frames), and ablations without the camera's epipolar geometry and with frame change.
+
+    python bench/events.py [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curation.decode import probe_video  # noqa: E402
+from curation.metrics import event_mass_in_boxes, interval_iou, true_event_window  # noqa: E402
+from curation.sampling import decode_size  # noqa: E402
+from pipelines.annotate import annotate_file, annotators_for  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
+from pipelines.samples import generate_corpus, load_truth  # noqa: E402
+
+GOLDEN = ["frames.width=448", "frames.height=256", "frames.num_frames=28"]
+CONFIGS = {
+    "golden 448x256x28": GOLDEN,
+    "default 256x256x16": [],
+    "golden, no camera epipolar": [*GOLDEN, "events.use_camera=false"],
+    "golden, + frame change": [*GOLDEN, "events.frame_change=true"],
+}
+
+
+def single_shot_videos(cache: Path) -> list[Path]:
+    generate_corpus(cache)
+    videos = []
+    for p in sorted(cache.iterdir()):
+        if p.suffix in (".json", ".npz") or p.name == "corpus.json":
+            continue
+        if len(load_truth(p)["shots"]) == 1:
+            videos.append(p)
+    return videos
+
+
+def evaluate(videos: list[Path], overrides: list[str]) -> dict:
+    cfg = load_config(None, overrides)
+    frame_size = (cfg.frames.width, cfg.frames.height)
+    objects, camera_only, per_video = [], [], {}
+    active_cells = total_cells = 0
+    for video in videos:
+        truth = load_truth(video)
+        out = annotate_file(str(video), cfg)
+        info = probe_video(str(video))
+        indices = out["frame_indices"]
+        row = {
+            "score": round(out["event_score"], 5),
+            "confidence": round(out["event_confidence"], 3),
+            "entropy": round(out["event_entropy"], 3),
+            "diffuse": out["event_diffuse"],
+            "window": [out["event_start_frame"], out["event_end_frame"]],
+            "active_share": round(float(out["event_active"].mean()), 5),
+        }
+        expected = true_event_window(truth, int(indices[0]), int(indices[-1]))
+        if expected is not None:
+            found = (out["event_start_frame"], out["event_end_frame"]) if out["event_start_frame"] is not None else None
+            sizes = (info.width, info.height), decode_size(info.width, info.height, cfg.frames), frame_size
+            activity = out["event_activity"].astype(np.float32)
+            row.update(
+                true_window=list(expected),
+                iou=round(interval_iou(found, expected), 3),
+                mass_in_boxes=round(event_mass_in_boxes(activity, indices, truth, *sizes), 3),
+            )
+            objects.append(row)
+        elif truth.get("camera", {}).get("motion", "static") != "static":
+            camera_only.append(row)
+            active_cells += int(out["event_active"].sum())
+            total_cells += out["event_active"].size
+        per_video[video.stem] = row
+    seconds = annotators_for(cfg).seconds
+    strongest_camera = max((r["score"] for r in camera_only), default=0.0)
+    return {
+        "overrides": overrides,
+        "iou_min": min(r["iou"] for r in objects),
+        "mass_in_boxes_min": min(r["mass_in_boxes"] for r in objects),
+        "camera_only_false_activation": round(active_cells / max(total_cells, 1), 5),
+        "camera_only_confident": sum(r["confidence"] >= 0.5 and not r["diffuse"] for r in camera_only),
+        "camera_only_clips": len(camera_only),
+        "score_margin": round(min(r["score"] for r in objects) / max(strongest_camera, 1e-9), 2),
+        "events_s_per_clip": round(seconds["events"] / len(videos), 4),
+        "events_vs_flow": round(seconds["events"] / max(seconds["flow"], 1e-9), 2),
+        "videos": per_video,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache" / "corpus_all")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    videos = single_shot_videos(args.cache)
+    results = {}
+    for label, overrides in CONFIGS.items():
+        r = results[label] = evaluate(videos, overrides)
+        print(
+            f"{label:28s} IoU min {r['iou_min']:.3f}  mass in boxes min {r['mass_in_boxes_min']:.3f}  "
+            f"camera-only false activation {r['camera_only_false_activation']:.4%} "
+            f"(confident {r['camera_only_confident']}/{r['camera_only_clips']})  score margin {r['score_margin']}x  "
+            f"events {r['events_s_per_clip']:.3f} s/clip = {r['events_vs_flow']}x flow"
+        )
+    golden = results["golden 448x256x28"]["videos"]
+    print("\nper video, golden configuration:")
+    for name, v in golden.items():
+        extra = f"  IoU {v['iou']:.3f} in-box {v['mass_in_boxes']:.3f}" if "iou" in v else ""
+        print(
+            f"  {name:13s} score {v['score']:.4f} conf {v['confidence']:.2f} entropy {v['entropy']:.2f} "
+            f"diffuse {str(v['diffuse']):5s} active {v['active_share']:.4f} window {v['window']}{extra}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
