@@ -89,3 +89,15 @@ def test_query_command_outputs(smoke_run, tmp_path, capsys):
     assert query_main([str(smoke_run), "--name", "nope"]) == 2
     assert query_main([str(smoke_run), "DELETE FROM clips"]) == 2
     assert query_main([str(Path("/nonexistent"))]) == 2
+
+
+def test_the_shards_view_leaves_out_every_tensor_and_ranks_events(smoke_run):
+    from curation.schema import SHARD_TENSORS
+
+    con = connect(smoke_run)
+    columns = {row[0] for row in con.sql("DESCRIBE shards").fetchall()}
+    assert not columns & set(SHARD_TENSORS) and {f"{t}_shape" for t in ("frames", "event_activity")} <= columns
+    scores = [row["event_score"] for row in run_query(con, load_named("event_clips")).to_pylist()]
+    assert (
+        scores == sorted(scores, reverse=True) and len(scores) == con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
+    )
