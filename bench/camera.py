@@ -30,14 +30,7 @@ MOUSE_OF = {"right": "→", "left": "←", "up": "↑", "down": "↓", "none": "
 
 
 def camera_videos(cache: Path) -> list[Path]:
-    generate_corpus(cache)
-    videos = []
-    for p in sorted(cache.iterdir()):
-        if p.suffix in (".json", ".npz") or p.name == "corpus.json":
-            continue
-        if load_truth(p).get("camera"):
-            videos.append(p)
-    return videos
+    return [p for p in generate_corpus(cache) if load_truth(p).get("camera")]
 
 
 def evaluate(videos: list[Path], fov: float, num_frames: int) -> dict:

@@ -42,14 +42,7 @@ CONFIGS = {
 
 
 def single_shot_videos(cache: Path) -> list[Path]:
-    generate_corpus(cache)
-    videos = []
-    for p in sorted(cache.iterdir()):
-        if p.suffix in (".json", ".npz") or p.name == "corpus.json":
-            continue
-        if len(load_truth(p)["shots"]) == 1:
-            videos.append(p)
-    return videos
+    return [p for p in generate_corpus(cache) if len(load_truth(p)["shots"]) == 1]
 
 
 def evaluate(videos: list[Path], overrides: list[str]) -> dict:

@@ -14,7 +14,7 @@ from curation.metrics import event_mass_in_boxes, interval_iou, true_event_windo
 from curation.sampling import decode_size
 from pipelines.annotate import annotate_file
 from pipelines.config import ConfigError, load_config
-from pipelines.samples import load_truth
+from pipelines.samples import get_spec, load_truth
 
 # Wide frames keep the whole 16:9 corpus frame (cover-cropping to a square would cut the objects off), and 28
 # frames at 8 fps span the objects' rest-move-rest story.
@@ -23,17 +23,13 @@ OBJECT_VIDEOS = ("objects", "pan_objects")
 CAMERA_ONLY = ("pan_right", "pan_left", "tilt_up", "zoom_in", "forward", "backward", "strafe_right")
 
 
-def video_path(corpus: Path, name: str) -> Path:
-    return next(p for p in corpus.iterdir() if p.stem == name and p.suffix not in (".json", ".npz"))
-
-
 @pytest.fixture(scope="module")
 def golden(corpus_dir: Path) -> dict[str, tuple[dict, dict, dict]]:
     """name -> (annotation, truth, sizes) for the object, camera-only and static videos."""
     cfg = load_config(None, GOLDEN)
     out = {}
     for name in (*OBJECT_VIDEOS, *CAMERA_ONLY, "static"):
-        path = video_path(corpus_dir, name)
+        path = get_spec(name).video_path(corpus_dir)
         info = probe_video(str(path))
         sizes = {
             "source_size": (info.width, info.height),
@@ -176,3 +172,15 @@ def test_frames_must_sit_on_the_event_grid():
     with pytest.raises(ConfigError, match="events.cell"):
         load_config(None, ["frames.width=264", "noise.factor=8"])
     assert load_config(None, ["frames.width=264", "events.enabled=false", "noise.factor=8"]).frames.width == 264
+
+
+def test_change_everywhere_is_diffuse_not_an_event():
+    """Incoherent motion over the whole frame (what a camera the model cannot explain leaves behind)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    noise = rng.normal(0, 3, (7, 2, 64, 64)).astype(np.float32)
+    flow = np.stack([[cv2.GaussianBlur(pair[c], (0, 0), 3) * 4 for c in range(2)] for pair in noise])
+    out = annotate_one(frames, flow)
+    assert out["event_diffuse"] and out["event_entropy"] >= 0.9 and out["event_confidence"] < 0.3
