@@ -1,7 +1,8 @@
 """Benchmark: event pseudo-targets (EVD) against the sample corpus's object truth, and the stage's cost on CPU.
 
 Every single-shot sample video is annotated as one clip. Reported per configuration:
-- temporal IoU of the main active window with the true motion window (clipped to the sampled frames), and the
+- temporal IoU of the main active window with the true motion window (clipped to the sampled frames and to the
+  steps where the object is inside the stored frame), and the
   share of activity mass inside the true object boxes, for the videos with moving objects (goals: >= 0.8, >= 0.7);
 - camera-only false activation: the share of (frame, cell) positions switched on, over every video whose camera
   moves with nothing else moving, and how many of those clips look confident (confidence >= 0.5, not diffuse);
@@ -63,10 +64,10 @@ def evaluate(videos: list[Path], overrides: list[str]) -> dict:
             "window": [out["event_start_frame"], out["event_end_frame"]],
             "active_share": round(float(out["event_active"].mean()), 5),
         }
-        expected = true_event_window(truth, int(indices[0]), int(indices[-1]))
+        sizes = (info.width, info.height), decode_size(info.width, info.height, cfg.frames), frame_size
+        expected = true_event_window(truth, int(indices[0]), int(indices[-1]), sizes)
         if expected is not None:
             found = (out["event_start_frame"], out["event_end_frame"]) if out["event_start_frame"] is not None else None
-            sizes = (info.width, info.height), decode_size(info.width, info.height, cfg.frames), frame_size
             activity = out["event_activity"].astype(np.float32)
             row.update(
                 true_window=list(expected),

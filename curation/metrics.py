@@ -81,16 +81,24 @@ def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_
     return float((activity * cover).sum()) / total if total > 0 else 0.0
 
 
-def true_event_window(truth: dict, first_frame: int, last_frame: int) -> tuple[int, int] | None:
+def true_event_window(
+    truth: dict, first_frame: int, last_frame: int, sizes: tuple[tuple[int, int], ...] | None = None
+) -> tuple[int, int] | None:
     """The span [start, end) of source frames in which any object of a sample video's truth moves, clipped to
-    the sampled frames [first_frame, last_frame]; None when nothing moves there."""
-    spans = [
-        (max(e["start"], first_frame), min(e["end"], last_frame))
-        for obj in truth.get("objects", [])
-        for e in obj["events"]
-    ]
-    spans = [(a, b) for a, b in spans if b > a]
-    return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+    the sampled frames [first_frame, last_frame]; None when nothing moves there. With `sizes` (source, decoded
+    and stored frame sizes, as for `box_to_frame`) only motion while the object overlaps the stored frame counts
+    (a crop can cut an object off for part of its motion)."""
+    steps = set()
+    for obj in truth.get("objects", []):
+        for event in obj["events"]:
+            for t in range(max(event["start"], first_frame), min(event["end"], last_frame)):
+                if sizes is None or any(_overlaps(box_to_frame(obj["boxes"][i], *sizes), sizes[2]) for i in (t, t + 1)):
+                    steps.add(t)
+    return (min(steps), max(steps) + 1) if steps else None
+
+
+def _overlaps(box: tuple[float, float, float, float], frame_size: tuple[int, int]) -> bool:
+    return box[0] < frame_size[0] and box[1] < frame_size[1] and box[2] > 0 and box[3] > 0
 
 
 def event_mass_in_boxes(

@@ -48,7 +48,7 @@ def active_share(result: dict) -> float:
 def test_active_window_and_activity_match_the_moving_objects(golden, name):
     result, truth, sizes = golden[name]
     indices = result["frame_indices"]
-    expected = true_event_window(truth, int(indices[0]), int(indices[-1]))
+    expected = true_event_window(truth, int(indices[0]), int(indices[-1]), tuple(sizes.values()))
     found = (result["event_start_frame"], result["event_end_frame"])
     assert expected is not None and interval_iou(found, expected) >= 0.8, (found, expected)
     activity = result["event_activity"].astype(np.float32)
