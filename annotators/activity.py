@@ -21,6 +21,7 @@ latent-change targets, which difference consecutive frames).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import cv2
@@ -33,6 +34,14 @@ TOP_CELLS_SHARE = 0.1  # confidence looks at how much of a frame's activity its 
 EDGE_MARGIN = 0.03  # share of the short side next to the border where a moving camera's flow is not trusted
 PEAK_MIN = 0.3  # EVD's delta: a frame whose strongest cell is weaker than this carries no confident event
 MIN_EVENT_FRAMES = 3  # an event seen in fewer frames than this gets proportionally less confidence
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) float64 pixel-centre coordinates, shared read-only by every pair of a clip (and of the next)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs
 
 
 def safe_homography(hom: np.ndarray) -> np.ndarray:
@@ -57,8 +66,7 @@ def fundamental_from_step(relative_pose: np.ndarray, k: np.ndarray) -> np.ndarra
 
 def epipolar_distance(flow: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
     """(h, w) pixel distance of each point's flow endpoint to its epipolar line in the next frame."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ys, xs = pixel_grid(*flow.shape[:2])
     p1 = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
     lines = p1 @ fundamental.T  # l = F p1, one line (a, b, c) per point
     x2, y2 = xs + flow[..., 0], ys + flow[..., 1]
@@ -80,7 +88,7 @@ def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.nd
     if fundamental is not None:
         residual = np.minimum(residual, epipolar_distance(flow, fundamental))
     margin = EDGE_MARGIN * min(h, w)
-    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = pixel_grid(h, w)
     x1, y1 = xs + camera[..., 0], ys + camera[..., 1]
     inside = (x1 >= margin) & (x1 <= w - 1 - margin) & (y1 >= margin) & (y1 <= h - 1 - margin)
     moved = np.abs(camera).max(axis=-1) > 0.25  # a still camera keeps its borders: objects may enter there
@@ -90,7 +98,7 @@ def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.nd
 def splat_max(values: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Each value at its own pixel and at the pixel its flow lands on (nearest), keeping the larger."""
     h, w = values.shape
-    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = pixel_grid(h, w)
     flow = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0)
     tx = np.rint(xs + flow[..., 0]).astype(np.int64)
     ty = np.rint(ys + flow[..., 1]).astype(np.int64)
@@ -314,6 +322,7 @@ class EventStats:
     gini: float
     active_share: float  # mass-weighted mean share of active cells per frame
     window: tuple[int, int] | None  # (first, last) active frame, inclusive, in sampled-frame indices
+    frame_mass: np.ndarray  # (T,) gated activity (soft x binary) per frame, what `phase` accumulates
 
 
 def event_stats(activity: np.ndarray, active: np.ndarray, change: np.ndarray) -> EventStats:
@@ -328,7 +337,7 @@ def event_stats(activity: np.ndarray, active: np.ndarray, change: np.ndarray) ->
     mass = gated.reshape(len(gated), -1).sum(axis=1)
     total = float(mass.sum())
     if total <= 0.0:
-        return EventStats(score, 0.0, 0.0, 0.0, 0.0, None)
+        return EventStats(score, 0.0, 0.0, 0.0, 0.0, None, mass)
     weights = mass / total
     confidence = sum(
         w * (concentration(frame) if frame.max() >= PEAK_MIN else 0.0)
@@ -343,4 +352,4 @@ def event_stats(activity: np.ndarray, active: np.ndarray, change: np.ndarray) ->
         confidence *= min(1.0, (window[1] - window[0] + 1) / MIN_EVENT_FRAMES)
     else:
         confidence = 0.0
-    return EventStats(score, float(confidence), float(entropy), float(gini_), share, window)
+    return EventStats(score, float(confidence), float(entropy), float(gini_), share, window, mass)

@@ -98,11 +98,11 @@ def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int
         return None
     c2w = np.asarray(c2w, np.float64)
     own = [act.fundamental_from_step(np.linalg.inv(c2w[t]) @ c2w[t + 1], np.asarray(k)) for t in range(n_pairs)]
-    out: list[np.ndarray | None] = []
-    for t in range(n_pairs):
-        near = [s for s in sorted(range(n_pairs), key=lambda s: abs(s - t)) if abs(s - t) <= BORROW_STEPS]
-        out.append(next((own[s] for s in near if own[s] is not None), None))
-    return out
+    offsets = [0] + [d * sign for d in range(1, BORROW_STEPS + 1) for sign in (-1, 1)]  # nearest first
+    return [
+        next((own[t + d] for d in offsets if 0 <= t + d < n_pairs and own[t + d] is not None), None)
+        for t in range(n_pairs)
+    ]
 
 
 class EventAnnotator:
@@ -165,19 +165,19 @@ class EventAnnotator:
             change = np.zeros((0, *grid), np.float32)
             activity, active = np.zeros((1, *grid), np.float32), np.zeros((1, *grid), np.uint8)
         stats = act.event_stats(activity, active, change)
-        mass = (activity * active).reshape(n_frames, -1).sum(axis=1)
+        # no activity gives entropy and active share 0: never diffuse
         diffuse = stats.entropy >= cfg.diffuse_entropy or stats.active_share >= cfg.diffuse_share
         window = stats.window
         indices = np.asarray(frame_indices, np.int64)
         return {
             "event_activity": activity.astype(np.float16),
             "event_active": active,
-            "event_phase": act.phase(mass).astype(np.float16),
+            "event_phase": act.phase(stats.frame_mass).astype(np.float16),
             "event_score": stats.score,
             "event_confidence": stats.confidence,
             "event_entropy": stats.entropy,
             "event_gini": stats.gini,
-            "event_diffuse": bool(diffuse and mass.sum() > 0),
+            "event_diffuse": bool(diffuse),
             # Frame `first` holds the change from sampled frame first-1: the window opens at that frame.
             "event_start_frame": int(indices[max(window[0] - 1, 0)]) if window else None,
             "event_end_frame": int(indices[window[1]]) if window else None,

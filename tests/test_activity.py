@@ -564,7 +564,8 @@ def test_chain_still_clip_is_empty(grid: tuple[int, int]):
     for arr in (change, activity):
         assert np.isfinite(arr).all() and (arr == 0).all()
     assert not active.any()
-    assert stats == act.EventStats(0.0, 0.0, 0.0, 0.0, 0.0, None)
+    summary = (stats.score, stats.confidence, stats.entropy, stats.gini, stats.active_share, stats.window)
+    assert summary == (0.0, 0.0, 0.0, 0.0, 0.0, None) and not stats.frame_mass.any()
 
 
 @pytest.mark.parametrize("grid", [(4, 4), GRID])
@@ -591,7 +592,8 @@ def test_empty_clip_stats():
     activity, active = act.activity_maps(np.zeros((0, 4, 4), np.float32), np.zeros(0), act.ActivityParams())
     assert activity.shape == (1, 4, 4) and not activity.any() and not active.any()
     stats = act.event_stats(activity, active, np.zeros((0, 4, 4), np.float32))
-    assert stats == act.EventStats(0.0, 0.0, 0.0, 0.0, 0.0, None)
+    summary = (stats.score, stats.confidence, stats.entropy, stats.gini, stats.active_share, stats.window)
+    assert summary == (0.0, 0.0, 0.0, 0.0, 0.0, None) and not stats.frame_mass.any()
 
 
 # ---------------------------------------------------------------- activity maps and event stats directly
