@@ -3,7 +3,8 @@
 Each entry names the class and the `RunConfig` section that configures it. Classes are imported on demand so
 that importing this package stays light (torch and OpenCV load only where an annotator is built). Order matters:
 an annotator may read the columns of the ones before it (motion, warped noise and camera read `flow`;
-events reads `flow`, `global_homography` and the camera's trajectory).
+events reads `flow`, `global_homography` and the camera's trajectory). Quality, aesthetics and captions read only
+the frames; the last two are model-backed and run on batches of clips.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ ANNOTATORS: dict[str, tuple[str, str]] = {
     "warped_noise": ("annotators.warped_noise:WarpedNoiser", "noise"),
     "camera": ("annotators.camera:CameraEstimator", "camera"),
     "events": ("annotators.events:EventAnnotator", "events"),
+    "quality": ("annotators.quality:QualityScorer", "quality"),
+    "aesthetics": ("annotators.aesthetics:AestheticScorer", "aesthetics"),
+    "captions": ("annotators.captions:Captioner", "captions"),
 }
 
 

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.models import resolve_device
 
 BACKENDS = ("dis", "farneback", "raft_small", "raft_large")
 DIS_PRESETS = {
@@ -103,15 +104,6 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     out[..., 0] *= width / w
     out[..., 1] *= height / h
     return out
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; explicit values pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_raft_weights(model: Any, path: str, arch: str) -> None:

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from annotators.base import AnnotatorError, Batch, per_clip
-from annotators.flow import resolve_device
+from annotators.models import resolve_device
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

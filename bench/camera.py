@@ -30,7 +30,8 @@ MOUSE_OF = {"right": "→", "left": "←", "up": "↑", "down": "↓", "none": "
 
 
 def camera_videos(cache: Path) -> list[Path]:
-    return [p for p in generate_corpus(cache) if load_truth(p).get("camera")]
+    # near-duplicates (truth "duplicate_of") would count their source's camera motion twice
+    return [p for p in generate_corpus(cache) if (t := load_truth(p)).get("camera") and "duplicate_of" not in t]
 
 
 def evaluate(videos: list[Path], fov: float, num_frames: int) -> dict:

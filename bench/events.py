@@ -43,7 +43,8 @@ CONFIGS = {
 
 
 def single_shot_videos(cache: Path) -> list[Path]:
-    return [p for p in generate_corpus(cache) if len(load_truth(p)["shots"]) == 1]
+    # near-duplicates (truth "duplicate_of") would count their source twice
+    return [p for p in generate_corpus(cache) if len((t := load_truth(p))["shots"]) == 1 and "duplicate_of" not in t]
 
 
 def evaluate(videos: list[Path], overrides: list[str]) -> dict:

@@ -3,7 +3,7 @@
 Tables (one Parquet file set each under RUN_DIR/<table>/):
 - videos:   one row per input file, probe results or the error that stopped it.
 - scenes:   one row per detected shot, before any clip filtering.
-- clips:    one row per clip that made it into the shards (later issues add score columns).
+- clips:    one row per curated clip: every score, the QCM summary, the caption; the curated set itself.
 - rejected: one row per dropped clip or failed input, with the stage and a stable snake_case reason.
 
 Shards hold one row per curated clip: the clip's scalar columns plus tensors. A tensor `X` is stored as three
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quality, appearance and dedup columns, clip_embedding tensor
 
 VIDEOS = pa.schema(
     [
@@ -81,6 +81,27 @@ EVENTS = [
     ("event_end_frame", pa.int64()),
 ]
 
+# Classical quality (annotators.quality), always computed, averaged over a few stored frames.
+QUALITY = [
+    ("sharpness", pa.float64()),  # variance of the Laplacian of luma (0-255 scale) at the stored size
+    ("brightness", pa.float64()),  # mean luma, 0..1
+    ("contrast", pa.float64()),  # RMS contrast: std of luma, 0..1
+    ("colorfulness", pa.float64()),  # Hasler-Suesstrunk, 0 for grey
+    ("clipped_dark", pa.float64()),  # share of pixels with luma <= 4
+    ("clipped_bright", pa.float64()),  # share of pixels with luma >= 251
+]
+KEY_FRAME_HASHES = pa.list_(pa.string())  # 64-bit DCT perceptual hashes (16 hex digits) of key frames; null: flat
+
+# Model-backed appearance annotations; null with backend/model "none" when no weights are configured.
+APPEARANCE = [
+    ("aesthetic_score", pa.float64()),  # LAION-style MLP on open_clip image embeddings, mean over frames (~1-10)
+    ("aesthetic_backend", pa.string()),  # "open_clip:<arch>+<head>" or "none"
+    ("caption", pa.string()),
+    ("caption_model", pa.string()),  # model id or "none"
+    ("caption_prompt_version", pa.string()),
+    ("caption_truncated", pa.bool_()),  # generation hit captions.max_new_tokens before the end of sequence
+]
+
 CLIPS = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -102,12 +123,15 @@ CLIPS = pa.schema(
         *CAMERA,
         ("qcm_segments", QCM_SEGMENTS),
         *EVENTS,
+        *QUALITY,
+        ("key_frame_hashes", KEY_FRAME_HASHES),
+        *APPEARANCE,
     ]
 )
 
 REJECTED = pa.schema(
     [
-        ("stage", pa.string()),  # ingest | scenes | clips | an annotator's name | events (the clip filter)
+        ("stage", pa.string()),  # ingest | scenes | clips | an annotator's name | filters | dedup | events
         ("source_uri", pa.string()),
         ("video_id", pa.string()),
         ("clip_id", pa.string()),  # null for whole-input failures
@@ -137,6 +161,8 @@ SHARD_META = pa.schema(
         ("noise_warper_version", pa.string()),  # annotators.noise_warp.WARPER_VERSION
         *CAMERA,
         *EVENTS,
+        *QUALITY,
+        *APPEARANCE,
     ]
 )
 
@@ -148,7 +174,8 @@ SHARD_META = pa.schema(
 # the QCM token of each step; camera_intrinsics (3, 3) float32, the pinhole K (from camera.fov_x_deg) on the
 # flow grid (= the stored frames unless flow.short_side is set); event_activity (T, gh, gw) float16 in [0, 1],
 # soft; event_active (T, gh, gw) uint8, after hysteresis; event_phase (T,) float16 (frame t of the event maps
-# holds the change from frame t-1 to t).
+# holds the change from frame t-1 to t); clip_embedding (D,) float16, the unit-norm mean of the open_clip image
+# embeddings of a few frames (only when aesthetics.model_path is set).
 SHARD_TENSORS = (
     "frames",
     "flow",
@@ -160,6 +187,7 @@ SHARD_TENSORS = (
     "event_activity",
     "event_active",
     "event_phase",
+    "clip_embedding",
 )
 UNCOMPRESSED_TENSORS = frozenset({"warped_noise"})  # Gaussian noise does not compress; don't pay to try
 

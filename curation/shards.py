@@ -159,25 +159,21 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def selected(row: dict[str, Any], selection: dict[str, Any] | None) -> bool:
-    """Whether a shard row passes the run's event filter (the manifest's `events.selection`; None keeps all).
-    Rows without an event score are never filtered."""
-    if not selection or row.get("event_score") is None:
-        return True
-    if selection.get("drop_diffuse") and row.get("event_diffuse"):
-        return False
-    return row["event_score"] >= selection.get("min_event_score", 0.0)
+def curated_clip_ids(run_dir: str | Path) -> set[str]:
+    """The clip ids of the run's `clips` table: the curated set. Shard rows of clips that a global stage dropped
+    afterwards (score filters, dedup, the event filter; listed in `rejected`) stay in the files but are not in it."""
+    paths = sorted((Path(run_dir) / "clips").glob("*.parquet"))
+    return {cid for p in paths for cid in pq.read_table(p, columns=["clip_id"]).column("clip_id").to_pylist()}
 
 
 def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one dict per curated clip, in manifest order: scalars as Python values, tensors as numpy arrays.
 
-    `columns` limits what is read; naming a tensor reads its dtype and shape columns too. Rows the run's event
-    filter excluded (see `selected`) are skipped.
+    `columns` limits what is read; naming a tensor reads its dtype and shape columns too. Shard rows of clips that
+    are not in the `clips` table (dropped by a filter or dedup after their shards were written) are skipped.
     """
     manifest = read_manifest(run_dir)
-    selection = manifest.get("events", {}).get("selection")
-    rule_columns = {"event_score", "event_diffuse"} if selection else set()
+    curated = curated_clip_ids(run_dir)
     for shard in manifest["shards"]:
         pf = pq.ParquetFile(Path(run_dir) / "shards" / shard["name"])
         names = pf.schema_arrow.names
@@ -185,13 +181,28 @@ def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Ite
         wanted, extra = None, set()
         if columns is not None:
             layout = {f"{t}_{part}" for t in set(columns) & set(tensors) for part in ("dtype", "shape")}
-            extra = (rule_columns & set(names)) - set(columns)  # read to apply the filter, not returned
+            extra = {"clip_id"} - set(columns)  # read to select curated rows, not returned
             wanted = [n for n in names if n in columns or n in layout or n in extra]
         # One row group at a time: memory stays at a few clips whatever the shard size.
         for group in range(pf.num_row_groups):
             for row in pf.read_row_group(group, columns=wanted).to_pylist():
-                if selected(row, selection):
+                if row["clip_id"] in curated:
                     yield {k: v for k, v in _decode_row(row, tensors).items() if k not in extra}
+
+
+def read_tensor_column(run_dir: str | Path, shard_names: Sequence[str], name: str) -> dict[str, np.ndarray]:
+    """{clip_id: tensor `name`} over the named shards, reading only that tensor's columns; shards without the
+    tensor, and rows where it is null, contribute nothing."""
+    out: dict[str, np.ndarray] = {}
+    wanted = ["clip_id", name, f"{name}_dtype", f"{name}_shape"]
+    for shard in shard_names:
+        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        if name not in pf.schema_arrow.names:
+            continue
+        for row in pf.read(columns=wanted).to_pylist():
+            if row[name] is not None:
+                out[row["clip_id"]] = decode_tensor(row, name)
+    return out
 
 
 def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:

@@ -28,7 +28,8 @@ class ClipRejected(Exception):
 
 
 def enabled_annotators(cfg: RunConfig) -> list[str]:
-    """Names of the annotators this configuration runs, in registry order."""
+    """Names of the annotators this configuration runs, in registry order. Quality always runs; aesthetics and
+    captions always run too, and record backend "none" with null columns when no weights are configured."""
     names = []
     if cfg.flow.backend != "none":
         names += ["flow", "motion"]
@@ -38,34 +39,69 @@ def enabled_annotators(cfg: RunConfig) -> list[str]:
             names.append("camera")
         if cfg.events.enabled:
             names.append("events")
-    return names
+    return [*names, "quality", "aesthetics", "captions"]
+
+
+def model_annotators(cfg: RunConfig) -> dict[str, str]:
+    """The model-backed annotators this configuration loads weights for, with their configured device."""
+    models = {}
+    if cfg.flow.backend.startswith("raft"):
+        models["flow"] = cfg.flow.device
+    if cfg.aesthetics.model_path:
+        models["aesthetics"] = cfg.aesthetics.device
+    if cfg.captions.model_path:
+        models["captions"] = cfg.captions.device
+    return models
 
 
 class ClipAnnotators:
-    """The enabled annotators, constructed once; call with one clip's frames to get its annotation columns."""
+    """The enabled annotators, constructed once (models load here); call with clips to get their columns."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.annotators = [annotator_class(n)(getattr(cfg, ANNOTATORS[n][1])) for n in enabled_annotators(cfg)]
         self.seconds: dict[str, float] = defaultdict(float)  # cumulative per annotator, for the run report
 
     def __call__(self, clip: dict[str, Any]) -> dict[str, Any]:
-        """`clip`: clip_id, frames (T, H, W, 3) uint8, frame_pts, frame_indices, source_size and decoded_size
+        """One clip's annotation columns; raises ClipRejected when an annotator gives up on it."""
+        (result,) = self.annotate([clip])
+        if isinstance(result, ClipRejected):
+            raise result
+        return result
+
+    def annotate(self, clips: list[dict[str, Any]]) -> list[dict[str, Any] | ClipRejected]:
+        """Annotate a batch of clips together (model annotators batch across them); one result per clip, in order:
+        its columns, or the ClipRejected of the first annotator that gave up on it (later ones skip that clip).
+
+        A clip: clip_id, frames (T, H, W, 3) uint8, frame_pts, frame_indices, source_size and decoded_size
         ((width, height) of the source video and of the frames before the crop/pad to the stored size)."""
-        batch = {name: object_array([value]) for name, value in clip.items()}
-        batch["frame_pts"] = object_array([np.asarray(clip["frame_pts"], dtype=np.float64)])
-        produced: dict[str, Any] = {}
+        results: list[dict[str, Any] | ClipRejected] = [{} for _ in clips]
+        batch = {name: object_array([clip[name] for clip in clips]) for name in clips[0]} if clips else {}
+        if clips:
+            batch["frame_pts"] = object_array([np.asarray(c["frame_pts"], dtype=np.float64) for c in clips])
+        active = list(range(len(clips)))  # positions in `clips` of the rows still in `batch`
         for annotator in self.annotators:
+            if not active:
+                break
             started = time.perf_counter()
             out = annotator(batch)
             self.seconds[annotator.name] += time.perf_counter() - started
-            error = out.get(f"{annotator.name}_error", [None])[0]
-            if error:
-                raise ClipRejected(annotator.name, error)
+            errors = out.get(f"{annotator.name}_error", [None] * len(active))
             for column in annotator.output_columns:
                 batch[column] = out[column]
-                if not column.endswith("_error"):
-                    produced[column] = out[column][0]
-        return produced
+            survivors = []
+            for row, index in enumerate(active):
+                if errors[row]:
+                    results[index] = ClipRejected(annotator.name, errors[row])
+                    continue
+                survivors.append(row)
+                produced = results[index]
+                for column in annotator.output_columns:
+                    if not column.endswith("_error"):
+                        produced[column] = out[column][row]
+            if len(survivors) < len(active):
+                batch = {name: values[survivors] for name, values in batch.items()}
+                active = [active[row] for row in survivors]
+        return results
 
 
 _CACHE: dict[str, ClipAnnotators] = {}
@@ -73,7 +109,7 @@ _CACHE: dict[str, ClipAnnotators] = {}
 
 def annotators_for(cfg: RunConfig) -> ClipAnnotators:
     """This process's annotators for `cfg` (Ray reuses worker processes across tasks, so models load once)."""
-    key = cfg.content_hash()
+    key = cfg.work_hash()
     if key not in _CACHE:
         _CACHE[key] = ClipAnnotators(cfg)
     return _CACHE[key]
@@ -105,4 +141,12 @@ def annotate_file(path: str, cfg: RunConfig, start_frame: int = 0, end_frame: in
     return {**clip, **annotators_for(cfg)(clip)}
 
 
-__all__ = ["AnnotatorError", "ClipAnnotators", "ClipRejected", "annotate_file", "annotators_for", "enabled_annotators"]
+__all__ = [
+    "AnnotatorError",
+    "ClipAnnotators",
+    "ClipRejected",
+    "annotate_file",
+    "annotators_for",
+    "enabled_annotators",
+    "model_annotators",
+]

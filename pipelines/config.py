@@ -16,17 +16,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from annotators.aesthetics import AestheticsConfig
 from annotators.camera import CameraConfig
+from annotators.captions import CaptionConfig
 from annotators.events import EventConfig
 from annotators.flow import FlowConfig
 from annotators.motion import MotionConfig
+from annotators.quality import QualityConfig
 from annotators.warped_noise import NoiseConfig
+from curation.dedup import DedupConfig
+from curation.filters import FilterConfig
 from curation.ingest import IngestConfig
 from curation.sampling import FramesConfig
 from curation.scenes import SceneConfig
 from curation.shards import ShardConfig
 
 MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.flow rejects such frames too)
+
+
+FINALIZE_ONLY = ("filters", "dedup")  # config sections used only by the driver's global selection
 
 
 class ConfigError(ValueError):
@@ -41,10 +49,13 @@ class RuntimeConfig:
     object_store_mb: int = 0  # 0 = Ray's default (30% of RAM)
     ray_address: str = ""  # empty = start a local Ray; also settable with --ray-address or RAY_ADDRESS
     progress_every_s: float = 10.0  # how often the driver logs a progress line
+    clip_batch: int = 4  # clips of a video annotated together (model annotators batch across them)
 
     def __post_init__(self) -> None:
         if self.num_cpus < 0 or self.object_store_mb < 0:
             raise ConfigError("runtime.num_cpus and runtime.object_store_mb must be >= 0")
+        if self.clip_batch < 1:
+            raise ConfigError("runtime.clip_batch must be >= 1")
         if self.progress_every_s <= 0:
             raise ConfigError("runtime.progress_every_s must be > 0")
 
@@ -61,11 +72,17 @@ class RunConfig:
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     events: EventConfig = dataclasses.field(default_factory=EventConfig)
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
+    aesthetics: AestheticsConfig = dataclasses.field(default_factory=AestheticsConfig)
+    captions: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
+    filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
-        """Checks that span sections: what the annotators need from the stored frames."""
+        """Checks that span sections: what the annotators need from the stored frames, what filters need."""
+        self._check_filters()
         fc = self.frames
         if self.flow.backend == "none":
             return
@@ -89,8 +106,28 @@ class RunConfig:
                 "so the event maps sit on the token grid"
             )
 
+    def _check_filters(self) -> None:
+        """A threshold on a score this configuration never computes would silently keep every clip."""
+        needs = {
+            "aesthetic_score": (bool(self.aesthetics.head_path), "aesthetics.head_path"),
+            "motion_": (self.flow.backend != "none", "flow.backend other than none"),
+            "camera_": (self.flow.backend != "none" and self.camera.enabled, "camera.enabled and a flow backend"),
+            "event_": (self.flow.backend != "none" and self.events.enabled, "events.enabled and a flow backend"),
+            "qcm_": (self.flow.backend != "none" and self.camera.enabled, "camera.enabled and a flow backend"),
+        }
+        for column in sorted(self.filters.columns):
+            for prefix, (available, requirement) in needs.items():
+                if column.startswith(prefix) and not available:
+                    raise ConfigError(f"filters on {column} need {requirement}: that score is not computed")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def work_hash(self) -> str:
+        """Hash of the settings the per-video work depends on: a run directory is tied to it. Sections applied only
+        when the run is finalized (`FINALIZE_ONLY`) may change between runs of the same directory: rerunning with new
+        thresholds re-selects clips from the recorded scores without recomputing them."""
+        return self.content_hash(exclude=("runtime", *FINALIZE_ONLY))
 
     def content_hash(self, exclude: tuple[str, ...] = ("runtime",)) -> str:
         """Hash of the settings that change outputs (runtime knobs excluded), recorded in manifests."""
@@ -161,6 +198,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return build(hint, value, prefix=f"{key}.")
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        _, value_type = typing.get_args(hint)
+        return {str(k): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be a list, got {value!r}")

@@ -3,8 +3,10 @@
 Two datasets run one after the other, because content de-duplication of inputs is a global decision:
 1. ingest: probe every pending input (cheap, I/O bound);
 2. scenes -> clips: per video, detect shots, then decode each clip's frames, annotate them (flow, motion scores,
-   warped noise) and write its shards. Flow runs where the frames were decoded: frames are decoded once per clip.
-Rows carry only `source_uri` and `key`; decoded frames never travel between operators.
+   warped noise, camera, events, quality, aesthetics, captions) and write its shards. Every annotator runs where
+   the frames were decoded: frames are decoded once per clip.
+Rows carry only `source_uri` and `key`; decoded frames never travel between operators. Near-duplicate removal and
+score filters are global decisions made afterwards on the driver (`pipelines.finalize.curate`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import ray
 
+from pipelines.annotate import model_annotators
 from pipelines.config import RunConfig
 from pipelines.steps import ClipsStep, Row, make_clips_fn, make_ingest_fn, make_scenes_fn
 
@@ -36,10 +39,13 @@ def run_video_steps(rows: list[Row], cfg: RunConfig, run_dir: Path, steps: tuple
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
     if "scenes" in steps:
         ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 low-res decode + PySceneDetect
-    if "clips" in steps and cfg.flow.backend.startswith("raft"):
-        gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.flow.device != "cpu" else 0
-        # A RAFT model loads once per actor: one actor per GPU (or per 2 CPUs without one) decodes, runs flow,
-        # scores, warps noise and writes shards (1:1). An actor that dies is restarted once, its task retried once.
+    if "clips" in steps and (models := model_annotators(cfg)):
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if set(models.values()) != {"cpu"} else 0
+        # Models (RAFT, open_clip, the captioner) load once per actor: one actor per GPU (or per 2 CPUs without one)
+        # decodes, runs flow, scores, captions and writes shards (1:1 per video). Inside, clips are annotated
+        # runtime.clip_batch at a time and each model runs its own batch size (flow.batch_size frame pairs,
+        # aesthetics.batch_size images, captions.batch_size clips). An actor that dies is restarted once, its task
+        # retried once.
         ds = ds.map(
             ClipsStep,
             fn_constructor_args=(cfg, run_dir),

@@ -8,16 +8,26 @@ tables and the manifest are identical however the work was scheduled or interrup
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from annotators.events import EventConfig
+from curation.dedup import DedupConfig, find_duplicates
+from curation.filters import FilterConfig, apply_filters
 from curation.schema import VIDEOS
-from curation.shards import ShardFile, write_manifest
+from curation.shards import ShardFile, read_tensor_column, write_manifest
 from curation.tables import write_run_table
 from pipelines.steps import WorkDir, rejected_row
+
+if TYPE_CHECKING:
+    from pipelines.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -95,11 +105,78 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 
 
+def drop_clips(data: Collected, stage: str, dropped: list[tuple[dict, str, str]]) -> None:
+    """Move clips from `clips` to `rejected` (stage, reason, detail). Their shard rows stay; readers select the
+    curated set by the `clips` table."""
+    gone = {id(c) for c, _, _ in dropped}
+    data.clips = [c for c in data.clips if id(c) not in gone]
+    for clip, reason, detail in dropped:
+        data.rejected.append(rejected_row(stage, clip, reason, detail, (clip["start_frame"], clip["end_frame"])))
+
+
+def filter_scores(data: Collected, cfg: FilterConfig) -> dict[str, Any] | None:
+    """`[filters]` thresholds over the run's clips (stage `filters`); None when no threshold is set."""
+    if not cfg.columns:
+        return None
+    kept, dropped = apply_filters(data.clips, cfg)
+    drop_clips(data, "filters", dropped)
+    by_reason = Counter(reason for _, reason, _ in dropped)
+    return {"min": cfg.min, "max": cfg.max, "kept": len(kept), "excluded": len(dropped), "by_reason": by_reason}
+
+
+def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Global near-duplicate removal (stage `dedup`, reason `duplicate`, the kept clip in the detail): key-frame
+    hashes, plus the `clip_embedding` tensors in the shards when they exist. None when dedup is off."""
+    if not cfg.enabled:
+        return None
+    clips = data.clips
+    embeddings = None
+    if cfg.use_embeddings:
+        stored = read_tensor_column(run_dir, sorted({c["shard"] for c in clips}), "clip_embedding")
+        if stored:
+            dim = len(next(iter(stored.values())))
+            embeddings = np.full((len(clips), dim), np.nan, dtype=np.float32)
+            for i, clip in enumerate(clips):
+                if clip["clip_id"] in stored:
+                    embeddings[i] = stored[clip["clip_id"]]
+    found = find_duplicates(clips, embeddings, cfg)
+    dropped = []
+    for dup in found:
+        kept = clips[dup.kept]
+        span = f"{kept['source_uri']} frames {kept['start_frame']}-{kept['end_frame']}"
+        dropped.append((clips[dup.dropped], "duplicate", f"{kept['clip_id']} ({span}); {dup.evidence}"))
+    drop_clips(data, "dedup", dropped)
+    return {
+        "hash_distance": cfg.hash_distance,
+        "embedding_similarity": cfg.embedding_similarity if embeddings is not None else None,
+        "embedding_dim": embeddings.shape[1] if embeddings is not None else None,
+        "groups": len({d.kept for d in found}),
+        "excluded": len(found),
+    }
+
+
+def curate(data: Collected, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """The run's global clip selection, in order: score thresholds, near-duplicate removal (among the clips that
+    pass the thresholds, so a group never loses its keeper to a later filter), then EVD's relative event filter.
+    Returns what each did, for the manifest's `curation` block."""
+    out: dict[str, Any] = {"clips_before": len(data.clips)}
+    for name, summary in (
+        ("filters", filter_scores(data, cfg.filters)),
+        ("dedup", remove_duplicates(data, cfg.dedup, run_dir)),
+        ("events", select_events(data, cfg.events)),
+    ):
+        if summary is not None:
+            out[name] = summary
+            logger.info("%s: kept %d clips, excluded %d (see `rejected`)", name, len(data.clips), summary["excluded"])
+    out["clips_after"] = len(data.clips)
+    return out
+
+
 def select_events(data: Collected, cfg: EventConfig) -> dict[str, Any] | None:
     """EVD's clip filter, over the whole run: drop diffuse clips (`drop_diffuse`), then keep the top
     `top_fraction` of the rest by event_score (ties at the cutoff are kept). Dropped clips leave the `clips`
-    table for `rejected` (stage `events`) with the reason; their shard rows stay, and readers skip them using
-    the returned rule, which goes into the manifest. None when the filter is off."""
+    table for `rejected` (stage `events`) with the reason. Returns the rule for the manifest; None when the
+    filter is off."""
     if not cfg.enabled or (cfg.top_fraction >= 1.0 and not cfg.drop_diffuse):
         return None
     scored = [c for c in data.clips if c.get("event_score") is not None]
@@ -121,11 +198,7 @@ def select_events(data: Collected, cfg: EventConfig) -> dict[str, Any] | None:
                 f"{cfg.top_fraction:.0%} of {pool} clips (events.top_fraction)"
             )
             dropped.append((clip, "low_event_score", detail))
-    gone = {id(c) for c, _, _ in dropped}
-    data.clips = [c for c in data.clips if id(c) not in gone]
-    for clip, reason, detail in dropped:
-        span = (clip["start_frame"], clip["end_frame"])
-        data.rejected.append(rejected_row("events", clip, reason, detail, span))
+    drop_clips(data, "events", dropped)
     return {
         "min_event_score": min_score,
         "drop_diffuse": cfg.drop_diffuse,

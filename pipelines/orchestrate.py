@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import RunConfig
-from pipelines.finalize import Collected, collect, remove_stale_temp_files, select_events, write_tables
+from pipelines.finalize import Collected, collect, curate, remove_stale_temp_files, write_tables
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir, flow_grid, tensor_columns
@@ -89,7 +89,44 @@ def manifest_extra(cfg: RunConfig) -> dict:
             "hysteresis": {"on": ec.on, "off": ec.off},
             "score_units": "frame diagonals per second, camera-compensated",
         }
+    if "clip_embedding" in columns:
+        tensors["clip_embedding"] = {"dtype": "float16", "shape": ["D"], "layout": "unit-norm mean image embedding"}
+    extra["appearance"] = appearance_block(cfg)
     return extra
+
+
+def appearance_block(cfg: RunConfig) -> dict:
+    """Which appearance models produced the run's scores and captions ("none" when no weights were configured)."""
+    ac, cc = cfg.aesthetics, cfg.captions
+    return {
+        "quality": dataclasses.asdict(cfg.quality),
+        "aesthetics": {
+            "model_path": ac.model_path or "none",
+            "model_name": ac.model_name if ac.model_path else None,
+            "head_path": ac.head_path or "none",
+            "num_frames": ac.num_frames,
+        },
+        "captions": {
+            "model_path": cc.model_path or "none",
+            "prompt": cc.prompt if cc.model_path else None,
+            "prompt_version": cc.resolved_prompt_version if cc.model_path else None,
+            "num_frames": cc.num_frames,
+            "max_new_tokens": cc.max_new_tokens,
+        },
+    }
+
+
+def announce_missing_models(cfg: RunConfig) -> None:
+    """Say once, on the driver, which model-backed columns stay null because no weights are configured."""
+    if not cfg.aesthetics.model_path:
+        logger.warning(
+            "aesthetics: no weights configured (aesthetics.model_path, aesthetics.head_path): aesthetic_score stays "
+            "null with aesthetic_backend 'none', and dedup uses key-frame hashes only"
+        )
+    elif not cfg.aesthetics.head_path:
+        logger.warning("aesthetics: no aesthetics.head_path: clip embeddings only, aesthetic_score stays null")
+    if not cfg.captions.model_path:
+        logger.warning("captions: no model configured (captions.model_path): caption stays null, caption_model 'none'")
 
 
 def run_stages(
@@ -105,6 +142,8 @@ def run_stages(
 
     steps = STEPS_OF[stage]
     work, wall, attempted = WorkDir(run_dir), {}, ()
+    if "clips" in steps:
+        announce_missing_models(cfg)
     init_ray(cfg.runtime, ray_address)
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
@@ -147,13 +186,11 @@ def _finish(
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)
     extra = manifest_extra(cfg)
-    if (selection := select_events(data, cfg.events)) is not None:
-        extra["events"]["selection"] = selection
-        logger.info(
-            "event filter: kept %d clips, excluded %d (see `rejected`, stage events)",
-            selection["kept"],
-            selection["excluded"],
-        )
+    extra["curation"] = curate(data, cfg, run_dir)
+    if "clip_embedding" in extra["tensors"] and extra["curation"].get("dedup", {}).get("embedding_dim"):
+        extra["tensors"]["clip_embedding"]["shape"] = [extra["curation"]["dedup"]["embedding_dim"]]
+    if "events" in extra["curation"]:
+        extra["events"]["selection"] = extra["curation"]["events"]
     write_tables(run_dir, data, cfg.content_hash(), with_manifest="clips" in STEPS_OF[stage], extra=extra)
     crashed = sum(1 for r in data.rejected if r["reason"] == "worker_crashed")
     incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed

@@ -16,7 +16,7 @@ from pathlib import Path
 from curation.ids import uri_key
 from curation.ingest import InputError, discover_inputs
 from curation.tables import atomic_write_json, read_json
-from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.config import FINALIZE_ONLY, ConfigError, RunConfig, load_config
 from pipelines.report import inputs_hash
 
 logger = logging.getLogger("pipelines.run")
@@ -84,18 +84,20 @@ def resolve_inputs(specs: list[str] | None, run_dir: Path, cfg: RunConfig) -> tu
 
 
 def check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory belongs to one output-affecting config: mixing two would make resume inexact."""
+    """A run directory belongs to one config of its per-video work: mixing two would make resume inexact. The
+    finalize-only sections (filters, dedup) may change: the rerun re-selects clips from the recorded scores."""
     path = run_dir / "_work" / "config.json"
     if path.exists():
         previous = read_json(path)
-        if previous["hash"] != cfg.content_hash():
-            changed = [k for k, v in cfg.to_dict().items() if k != "runtime" and previous["config"].get(k) != v]
+        if previous["hash"] != cfg.work_hash():
+            fixed = [k for k in cfg.to_dict() if k not in ("runtime", *FINALIZE_ONLY)]
+            changed = [k for k in fixed if previous["config"].get(k) != cfg.to_dict()[k]]
             raise UsageError(
                 f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
                 "use a new --output or the same settings"
             )
     else:
-        atomic_write_json({"hash": cfg.content_hash(), "config": cfg.to_dict()}, path)
+        atomic_write_json({"hash": cfg.work_hash(), "config": cfg.to_dict()}, path)
 
 
 def already_complete(run_dir: Path, stage: str, inputs: list[dict], cfg: RunConfig) -> bool:

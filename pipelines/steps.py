@@ -195,8 +195,7 @@ class ClipsStep:
     """Step `clips` as a callable class for Ray actors: builds the annotators (loads models) once per actor."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
-        if enabled_annotators(cfg):
-            annotators_for(cfg)
+        annotators_for(cfg)
         self.clips = make_clips_fn(cfg, run_dir)
 
     def __call__(self, row: Row) -> Row:
@@ -204,14 +203,16 @@ class ClipsStep:
 
 
 class ClipWriter:
-    """Streams one video's frames once, emitting each clip (annotated) as soon as its last frame arrives.
+    """Streams one video's frames once, annotating clips in batches of `runtime.clip_batch` as their last frames
+    arrive, and writes each annotated clip's shard row.
 
-    Memory: the frames of about one clip, plus its annotations.
+    Memory: the frames of about `clip_batch` clips, plus their annotations.
     """
 
     def __init__(self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict) -> None:
         self.video, self.cfg, self.record = video, cfg, record
-        self.annotators = annotators_for(cfg) if enabled_annotators(cfg) else None
+        self.annotators = annotators_for(cfg)
+        self.pending: list[tuple[dict, dict, dict]] = []  # (span, clip metadata, clip) awaiting annotation
         tensors = ["frames"] + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
         self.writer = ShardWriter(shard_dir, video["video_id"], tensors, cfg.shards)
 
@@ -220,20 +221,20 @@ class ClipWriter:
         wanted = sorted({i for _, indices, _ in plans for i in indices})
         frames: dict[int, tuple[float, Any]] = {}
         queue = list(plans)
-        seconds_before = dict(self.annotators.seconds) if self.annotators else {}
+        seconds_before = dict(self.annotators.seconds)
         try:
             size = decode_size(info.width, info.height, self.cfg.frames)
             for index, pts, rgb in iter_frames(path, info, size=size, indices=wanted):
                 frames[index] = (pts, fit_to_target(rgb, self.cfg.frames))
                 while queue and queue[0][1][-1] <= index:
                     self._emit(queue.pop(0), frames)
+            self._flush()
             self.record["shards"] = [vars(f) for f in self.writer.close()]
         except BaseException:
             self.writer.abort()
             raise
-        if self.annotators:
-            seconds = self.annotators.seconds
-            self.record["annotator_seconds"] = {k: v - seconds_before.get(k, 0.0) for k, v in seconds.items()}
+        seconds = self.annotators.seconds
+        self.record["annotator_seconds"] = {k: v - seconds_before.get(k, 0.0) for k, v in seconds.items()}
         for span, _, _ in queue:  # frames never arrived: the file ended early
             self._reject(span, "clips", "decode_failed", "file ended before the clip's frames")
 
@@ -250,12 +251,12 @@ class ClipWriter:
                 detail = f"{len(missing)} of {len(indices)} frames could not be decoded (first: {missing[0]})"
                 self._reject(span, "clips", "decode_failed", detail)
             else:
-                self._emit_complete(span, indices, stride, frames)
+                self._queue(span, indices, stride, frames)
         finally:
             for i in [i for i in frames if i <= indices[-1]]:  # clips are disjoint and ordered: no longer needed
                 del frames[i]
 
-    def _emit_complete(self, span: dict, indices: list[int], stride: int, frames: dict) -> None:
+    def _queue(self, span: dict, indices: list[int], stride: int, frames: dict) -> None:
         video = self.video
         cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
         meta = {
@@ -270,22 +271,41 @@ class ClipWriter:
             "fps": video["fps"],
             "frame_indices": list(indices),
             "frame_pts": [frames[i][0] for i in indices],
+            "frame_stride": stride,
         }
-        stack = np.stack([frames[i][1] for i in indices])
         clip = {
             "clip_id": cid,
-            "frames": stack,
+            "frames": np.stack([frames[i][1] for i in indices]),
             "frame_pts": meta["frame_pts"],
             "frame_indices": np.asarray(indices),
             "source_size": (video["width"], video["height"]),
             "decoded_size": decode_size(video["width"], video["height"], self.cfg.frames),
         }
-        try:
-            scalars, tensors = self._annotate(clip)
-        except ClipRejected as e:
-            self._reject(span, e.stage, e.reason, e.detail)
+        self.pending.append((span, meta, clip))
+        if len(self.pending) >= self.cfg.runtime.clip_batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Annotate the pending clips together and write each one's shard row (in clip order)."""
+        pending, self.pending = self.pending, []
+        if not pending:
             return
-        row = {**meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}, **encode_tensor("frames", stack)}
+        results = self.annotators.annotate([clip for _, _, clip in pending])
+        for (span, meta, clip), result in zip(pending, results, strict=True):
+            try:
+                if isinstance(result, ClipRejected):
+                    raise result
+                scalars, tensors = self._split(result)
+            except ClipRejected as e:
+                self._reject(span, e.stage, e.reason, e.detail)
+                continue
+            self._write(meta, clip["frames"], scalars, tensors)
+
+    def _write(self, meta: dict, stack: np.ndarray, scalars: dict, tensors: dict[str, np.ndarray]) -> None:
+        video = self.video
+        shard_meta = {k: v for k, v in meta.items() if k != "frame_stride"}
+        row = {**shard_meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}}
+        row.update(encode_tensor("frames", stack))
         for name, array in tensors.items():
             row.update(encode_tensor(name, array))
         shard, shard_row = self.writer.add(row)
@@ -295,19 +315,15 @@ class ClipWriter:
                 **{k: v for k, v in scalars.items() if k in CLIPS.names},
                 "width": video["width"],
                 "height": video["height"],
-                "num_frames": len(indices),
-                "frame_stride": stride,
+                "num_frames": len(meta["frame_indices"]),
                 "shard": shard,
                 "shard_row": shard_row,
             }
         )
 
-    def _annotate(self, clip: dict[str, Any]) -> tuple[dict, dict[str, np.ndarray]]:
-        """Scalar columns (shard and clips table) and shard tensors of one clip; raises ClipRejected when an
-        annotator gives up on it."""
-        if self.annotators is None:
-            return {}, {}
-        out = self.annotators(clip)
+    def _split(self, out: dict[str, Any]) -> tuple[dict, dict[str, np.ndarray]]:
+        """Scalar columns (shard and clips table) and shard tensors of one annotated clip; raises ClipRejected when
+        a tensor is not finite."""
         tensors = {name: _finite_tensor(name, out[name], dtype) for name, dtype in tensor_columns(self.cfg).items()}
         scalars_names = set(SHARD_META.names) | set(CLIPS.names)
         scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in scalars_names}
@@ -326,6 +342,8 @@ def tensor_columns(cfg: RunConfig) -> dict[str, str]:
         columns.update(camera_c2w="float32", camera_tokens="int16", camera_intrinsics="float32")
     if "events" in names:
         columns.update(event_activity="float16", event_active="uint8", event_phase="float16")
+    if cfg.aesthetics.model_path:
+        columns["clip_embedding"] = "float16"
     return columns
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.samples import SPECS, generate_corpus, load_flow, load_truth, spec_names
+from pipelines.samples import SPECS, generate_corpus, get_spec, load_flow, load_truth, spec_names
+from pipelines.samples.copies import build_copy, crop_box, transform_frame
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_VIDEOS = ["pan_right", "tilt_up", "pan_left", "zoom_in", "forward", "backward", "strafe_right"]
@@ -314,3 +316,121 @@ def test_cli(corpus: Path, tmp_path: Path) -> None:
     # Another process, same seed: the very same bytes.
     assert (tmp_path / "static.mkv").read_bytes() == (corpus / "static.mkv").read_bytes()
     assert (tmp_path / "static.json").read_bytes() == (corpus / "static.json").read_bytes()
+
+
+# --- near-duplicates (kind "copy") -----------------------------------------------------------------------------
+
+# The registry before the copies were added: their order (and so the corpus index) must not change.
+ORIGINALS = [
+    "cuts",
+    "fade",
+    "pan_right",
+    "tilt_up",
+    "pan_left",
+    "forward",
+    "backward",
+    "strafe_right",
+    "zoom_in",
+    "objects",
+    "pan_objects",
+    "static",
+    "dark",
+    "blurry",
+    "portrait",
+    "odd_size",
+]
+COPIES = {
+    "objects_reencoded": "objects",
+    "pan_right_small": "pan_right",
+    "cuts_cropped": "cuts",
+    "sharp_twin": "blurry",
+}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return 10 * np.log10(255**2 / max(mse, 1e-12))
+
+
+def test_copies_are_appended_after_the_originals() -> None:
+    assert spec_names() == [*ORIGINALS, *COPIES]
+    for name, source in COPIES.items():
+        spec = get_spec(name)
+        assert spec.kind == "copy" and spec.params["of"] == source
+        assert "duplicate" in spec.tags and "camera" not in spec.tags
+    assert all(get_spec(name).kind != "copy" for name in ORIGINALS)
+
+
+@pytest.mark.parametrize("name", ["objects_reencoded", "pan_right_small", "cuts_cropped"])
+def test_copy_frames_match_the_transformed_source(decode: Callable[[str], Decoded], name: str) -> None:
+    truth, frames = decode(name)
+    _, source = decode(truth["duplicate_of"])
+    transform = truth["copy_transform"]
+    box, size = tuple(transform["crop_box"]), tuple(transform["size"])
+    n = len(frames)
+    for i in range(0, n, n // 4):
+        same = psnr(frames[i], transform_frame(source[i], box, size))
+        other = psnr(frames[i], transform_frame(source[(i + n // 2) % n], box, size))
+        assert same > 30 and other < same - 10, (i, same, other)  # the same frame, not just the same scene
+
+
+def test_sharp_twin_differs_from_blurry_only_by_the_blur(decode: Callable[[str], Decoded]) -> None:
+    truth, sharp = decode("sharp_twin")
+    _, blurry = decode("blurry")
+    sigma = get_spec("blurry").params["blur_sigma"]
+    assert truth["twin_of"] == "blurry" and truth["copy_transform"]["overrides"] == {"blur_sigma": 0}
+    for i in range(0, len(sharp), 15):
+        reblurred = cv2.GaussianBlur(sharp[i].astype(np.float32), (0, 0), sigma)
+        assert psnr(reblurred, blurry[i]) > 35 > psnr(sharp[i], blurry[i]) + 5
+
+    def sharpness(frames: list[np.ndarray]) -> float:
+        return float(np.median([cv2.Laplacian(gray(f), cv2.CV_32F).var() for f in frames]))
+
+    assert sharpness(sharp) > 20 * sharpness(blurry)
+
+
+def test_copy_truth(corpus: Path) -> None:
+    for name, source in COPIES.items():
+        truth, src = load_truth(corpus / f"{name}.json"), load_truth(corpus / f"{source}.json")
+        assert truth["duplicate_of"] == source and ("twin_of" in truth) == (name == "sharp_twin")
+        assert [truth[k] for k in ("cuts", "fades", "shots", "n_frames", "fps")] == [
+            src[k] for k in ("cuts", "fades", "shots", "n_frames", "fps")
+        ]
+        transform = truth["copy_transform"]
+        assert transform["size"] == [truth["width"], truth["height"]] and transform["encoder"] == truth["encoder"]
+        src_size = [src["width"], src["height"]]
+        same_geometry = transform["crop_box"] == [0, 0, *src_size] and transform["size"] == src_size
+        assert same_geometry == (name in ("objects_reencoded", "sharp_twin"))
+        if same_geometry:  # camera, objects and flow carry over unchanged
+            assert truth["camera"] == src["camera"] and truth["objects"] == src["objects"]
+            flow, src_flow = load_flow(corpus / truth["file"]), load_flow(corpus / src["file"])
+            assert (flow is None and src_flow is None) or np.array_equal(flow, src_flow)
+        else:
+            assert truth["objects"] == [] and "camera" not in truth and "flow" not in truth
+    assert load_truth(corpus / "objects_reencoded.json")["codec"] == "vp9"
+    assert load_truth(corpus / "cuts_cropped.json")["copy_transform"]["crop_box"] == [14, 8, 466, 262]
+    assert crop_box(480, 270, 0.03) == (14, 8, 466, 262)
+    for name in ORIGINALS:  # the originals' truth gained nothing
+        truth = load_truth(corpus / f"{name}.json")
+        assert not {"duplicate_of", "copy_transform", "twin_of"} & set(truth)
+
+
+def test_bad_copy_specs_are_refused() -> None:
+    copy = get_spec("pan_right_small")
+    with pytest.raises(ValueError, match="n_frames and fps"):
+        build_copy(dataclasses.replace(copy, n_frames=copy.n_frames - 1), 0)
+    with pytest.raises(ValueError, match="n_frames and fps"):
+        build_copy(dataclasses.replace(copy, fps=25), 0)
+    with pytest.raises(ValueError, match="original video"):
+        build_copy(dataclasses.replace(copy, params={"of": "sharp_twin"}, fps=25, n_frames=60), 0)
+    with pytest.raises(ValueError, match="crop"):
+        build_copy(dataclasses.replace(copy, params={"of": "pan_right", "crop": 0.5}), 0)
+    with pytest.raises(KeyError):
+        build_copy(dataclasses.replace(copy, params={"of": "no_such_video"}), 0)
+
+
+def test_copies_regenerate_identically_and_leave_their_sources_alone(corpus: Path, tmp_path: Path) -> None:
+    paths = generate_corpus(tmp_path, only=["sharp_twin", "blurry"])
+    assert [p.name for p in paths] == ["sharp_twin.webm", "blurry.webm"]
+    for name in ("sharp_twin.webm", "sharp_twin.json", "blurry.webm", "blurry.json"):
+        assert (tmp_path / name).read_bytes() == (corpus / name).read_bytes(), name

@@ -2,7 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation.shards import ShardConfig, ShardWriter, encode_tensor, iter_clips, write_manifest
+from curation.shards import ShardConfig, ShardWriter, encode_tensor, iter_clips, read_tensor_column, write_manifest
+from curation.tables import write_run_table
 
 
 def make_row(i: int, frames: np.ndarray) -> dict:
@@ -22,6 +23,12 @@ def make_row(i: int, frames: np.ndarray) -> dict:
     }
 
 
+def finish(run_dir, files, clip_ids) -> None:
+    """What finalize writes: the manifest and the `clips` table (the curated set iter_clips reads)."""
+    write_manifest(run_dir, files, "hash", {})
+    write_run_table(run_dir, "clips", [{"clip_id": c} for c in clip_ids])
+
+
 def test_writer_chunks_renames_and_roundtrips(tmp_path):
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 255, (4, 8, 12, 3), dtype=np.uint8) for _ in range(7)]
@@ -34,7 +41,7 @@ def test_writer_chunks_renames_and_roundtrips(tmp_path):
     assert locations[4] == ("vid-0001.parquet", 1)
     assert not list((tmp_path / "shards").glob(".*"))  # no temporary files left
     assert pq.ParquetFile(tmp_path / "shards" / "vid-0000.parquet").metadata.row_group(0).num_rows == 2
-    write_manifest(tmp_path, files, "hash", {})
+    finish(tmp_path, files, [f"c{i:03d}" for i in range(7)])
     got = list(iter_clips(tmp_path))
     assert [r["clip_id"] for r in got] == [f"c{i:03d}" for i in range(7)]
     for row, frames in zip(got, clips, strict=True):
@@ -46,11 +53,35 @@ def test_writer_chunks_renames_and_roundtrips(tmp_path):
 def test_iter_clips_column_selection(tmp_path):
     writer = ShardWriter(tmp_path / "shards", "vid", ["frames"], ShardConfig())
     writer.add(make_row(0, np.zeros((4, 2, 2, 3), np.uint8)))
-    write_manifest(tmp_path, writer.close(), "hash", {})
+    finish(tmp_path, writer.close(), ["c000"])
     (row,) = iter_clips(tmp_path, columns=["clip_id"])
     assert set(row) == {"clip_id"}
     (row,) = iter_clips(tmp_path, columns=["clip_id", "frames"])
     assert row["frames"].shape == (4, 2, 2, 3)
+    (row,) = iter_clips(tmp_path, columns=["frames"])  # clip_id is read to select rows, not returned
+    assert set(row) == {"frames"}
+
+
+def test_iter_clips_skips_rows_missing_from_clips_table(tmp_path):
+    """A clip a global stage dropped after its shard row was written (filter, dedup) is not streamed."""
+    writer = ShardWriter(tmp_path / "shards", "vid", ["frames"], ShardConfig())
+    for i in range(3):
+        writer.add(make_row(i, np.full((4, 2, 2, 3), i, np.uint8)))
+    finish(tmp_path, writer.close(), ["c000", "c002"])
+    assert [r["clip_id"] for r in iter_clips(tmp_path)] == ["c000", "c002"]
+    assert [r["frames"][0, 0, 0, 0] for r in iter_clips(tmp_path, columns=["frames"])] == [0, 2]
+
+
+def test_read_tensor_column(tmp_path):
+    writer = ShardWriter(tmp_path / "shards", "vid", ["frames", "clip_embedding"], ShardConfig())
+    emb = np.arange(4, dtype=np.float16)
+    writer.add({**make_row(0, np.zeros((4, 2, 2, 3), np.uint8)), **encode_tensor("clip_embedding", emb)})
+    writer.add(make_row(1, np.zeros((4, 2, 2, 3), np.uint8)))  # no embedding: null
+    files = writer.close()
+    got = read_tensor_column(tmp_path, [f.name for f in files], "clip_embedding")
+    assert list(got) == ["c000"] and got["c000"].dtype == np.float16
+    np.testing.assert_array_equal(got["c000"], emb)
+    assert read_tensor_column(tmp_path, [f.name for f in files], "warped_noise") == {}
 
 
 def test_aborted_writer_leaves_nothing(tmp_path):

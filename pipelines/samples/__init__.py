@@ -10,8 +10,11 @@ float16 array; ``np.load`` or ``load_flow`` read it), and the directory gets ``c
 registered video present there for this version and seed (``{"generator_version", "seed", "videos": [{"name",
 "file", "stem", "truth", "codec", "container", "fps", "n_frames", "width", "height", "tags"}]}``).
 Videos (see ``specs.SPECS``): cuts, fade, pan_right, tilt_up, pan_left (AV1: decord cannot read it), forward,
-backward (same world as forward), strafe_right, zoom_in, objects, static, dark, blurry, portrait, odd_size
-(333x187 MJPEG in AVI: odd sizes survive there and both PyAV and decord decode it).
+backward (same world as forward), strafe_right, zoom_in, objects, pan_objects, static, dark, blurry, portrait,
+odd_size (333x187 MJPEG in AVI: odd sizes survive there and both PyAV and decord decode it), then the
+near-duplicates (kind ``copy``, tagged ``duplicate``, never ``camera``): objects_reencoded (objects as VP9 in
+WebM), pan_right_small (pan_right at 320x180), cuts_cropped (cuts with 3% cut from each side, 452x254 MPEG-4 in
+AVI) and sharp_twin (blurry rendered without its blur: same scene and camera path, VP9 in WebM).
 
 Truth JSON schema::
 
@@ -29,8 +32,9 @@ Truth JSON schema::
                    "boxes": [[x0, y0, x1, y1], ...],  # per frame, pixels, end exclusive, integers
                    "moving": [false, ...],   # per frame: the box changes between frame t and t+1
                    "events": [{"start": 30, "end": 75}]}],  # maximal runs of moving == true, [start, end)
-      "camera": {                           # every single-shot video (`objects`: a static camera); not in
-                                            # `cuts` / `fade`, whose shots are unrelated scenes
+      "camera": {                           # every single-shot original (`objects`: a static camera) and the
+                                            # copies that keep its geometry; not in `cuts` / `fade`, whose
+                                            # shots are unrelated scenes, nor in cropped / resized copies
         "fov_x_deg": 60.0, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],  # K of frame 0
         "c2w": [4x4 per frame],             # camera-to-world, OpenCV axes; frame 0 = identity
         "motion": "yaw_right" | "yaw_left" | "pitch_up" | "pitch_down" | "forward" | "backward" | "right" |
@@ -46,6 +50,16 @@ Truth JSON schema::
                "dtype": "float16", "convention": "..."}  # pan/tilt/pan_left/zoom (analytic homography),
                                             # forward/backward/strafe (per-plane homographies, front-most plane
                                             # with alpha >= 0.5 wins), objects (displacement on object pixels)
+      # Copies only (kind "copy"): rendered from the source's spec (its name, hence its random stream) with
+      # `overrides` applied to its params, centre-cropped, resized, then encoded with the copy's own encoder.
+      # cuts / fades / shots (and brightness_gain) are the source's; camera, objects and flow are kept only when
+      # crop_box is the whole frame and size the source's size, otherwise objects is [] and the others are absent.
+      "duplicate_of": "pan_right",          # the source video's name
+      "copy_transform": {"crop": 0.03,      # fraction of width / height cut from EACH side (centre crop)
+                         "crop_box": [14, 8, 466, 262],  # the crop in source pixels, [x0, y0, x1, y1), rounded
+                         "size": [452, 254],              # output [width, height] (INTER_AREA when shrinking)
+                         "encoder": "mpeg4", "overrides": {"blur_sigma": 0}},  # source params replaced
+      "twin_of": "blurry"                   # sharp_twin only: same content as the source, only the blur differs
     }
 
 Conventions: OpenCV camera axes (x right, y down, z forward), pixel centres at integer coordinates, principal

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .copies import build_copy
 from .layers import build_layers
 from .model import Rendered, VideoSpec
 from .objects import build_objects, build_pan_objects
@@ -21,6 +22,7 @@ BUILDERS: dict[str, Builder] = {
     "pan_objects": build_pan_objects,
     "cuts": build_cuts,
     "fade": build_fade,
+    "copy": build_copy,
 }
 
 _CAM = ("camera",)
@@ -190,6 +192,49 @@ SPECS: tuple[VideoSpec, ...] = (
         (*_CAM, "odd_size"),
         {"yaw": -0.3, "motion": "yaw_left", "mouse": "left"},
         pix_fmt="yuvj420p",
+    ),
+    # Near-duplicates (kind "copy", see copies.py), appended so the older videos keep their registry order. None
+    # is tagged "camera": they repeat videos that are already there.
+    VideoSpec(
+        "objects_reencoded",
+        "copy",
+        "libvpx-vp9",
+        "webm",
+        30,
+        480,
+        270,
+        120,
+        ("duplicate", "reencoded"),
+        {"of": "objects"},
+    ),
+    VideoSpec(
+        "pan_right_small", "copy", "libx264", "mp4", 30, 320, 180, 90, ("duplicate", "resized"), {"of": "pan_right"}
+    ),
+    # 3% cut from each side of 480x270 leaves exactly 452x254, stored as is.
+    VideoSpec(
+        "cuts_cropped",
+        "copy",
+        "mpeg4",
+        "avi",
+        30,
+        452,
+        254,
+        170,
+        ("duplicate", "cropped"),
+        {"of": "cuts", "crop": 0.03},
+    ),
+    # blurry without its blur: same scene and camera path (blur draws no random numbers), so only sharpness differs.
+    VideoSpec(
+        "sharp_twin",
+        "copy",
+        "libvpx-vp9",
+        "webm",
+        25,
+        320,
+        180,
+        60,
+        ("duplicate", "sharp_twin"),
+        {"of": "blurry", "overrides": {"blur_sigma": 0}, "twin": True},
     ),
 )
 

@@ -1,0 +1,122 @@
+"""What every model-backed annotator shares: device choice, local-weights checks, and batched inference that
+survives running out of memory.
+
+There is no model hub at run time: weights always come from a local path (or a pre-populated cache). A missing
+or unreadable path is a `ModelLoadError` whose message names the config key, raised before any clip is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from annotators.base import AnnotatorError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ModelLoadError(ValueError):
+    """Model weights are missing, unreadable or do not fit the configured architecture (message names the key)."""
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; explicit values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str, key: str) -> None:
+    """Config validation of a `device` setting."""
+    if not DEVICE_RE.match(device):
+        raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def require_path(path: str, key: str, *, kind: str = "any") -> Path:
+    """`path` as a Path, or ModelLoadError naming `key` when it does not exist (kind: any | file | dir)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"{key}: {p} does not exist (weights are read from local paths only, never downloaded)")
+    if kind == "file" and not p.is_file():
+        raise ModelLoadError(f"{key}: {p} is not a file")
+    if kind == "dir" and not p.is_dir():
+        raise ModelLoadError(f"{key}: {p} is not a folder")
+    return p
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA/host out-of-memory failure (recoverable by running a smaller batch)."""
+    if isinstance(error, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _release_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def run_in_chunks(
+    fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], batch_size: int, what: str
+) -> list[R | AnnotatorError]:
+    """`fn` over `items` in chunks of at most `batch_size`, one result per item, in order.
+
+    When a chunk runs out of memory it is split in half and retried (the GPU cache emptied first), so one
+    oversized batch slows the run down instead of failing it. An item that runs out of memory on its own gets an
+    `AnnotatorError("out_of_memory", ...)` in its place; other exceptions propagate.
+    """
+    results: list[R | AnnotatorError] = []
+    pending = [list(items[i : i + batch_size]) for i in range(0, len(items), max(1, batch_size))]
+    while pending:
+        chunk = pending.pop(0)
+        try:
+            out = list(fn(chunk))
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            _release_memory()
+            if len(chunk) == 1:
+                results.append(AnnotatorError("out_of_memory", f"{what} ran out of memory on a single clip: {e}"))
+                continue
+            half = len(chunk) // 2
+            logger.warning("%s: out of memory on a batch of %d, retrying in halves", what, len(chunk))
+            pending[:0] = [chunk[:half], chunk[half:]]
+            continue
+        if len(out) != len(chunk):
+            raise RuntimeError(f"{what} returned {len(out)} results for {len(chunk)} inputs")
+        results.extend(out)
+    return results
+
+
+def torch_dtype(name: str, device: str) -> Any:
+    """`auto` -> float16 on CUDA, float32 on CPU; else the named torch dtype (float32 | float16 | bfloat16)."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")

@@ -1,0 +1,82 @@
+"""Score thresholds from config: `[filters.min]` and `[filters.max]` tables keyed by a numeric `clips` column.
+
+    [filters.min]
+    sharpness = 20.0
+    aesthetic_score = 4.5
+    [filters.max]
+    clipped_dark = 0.5
+
+or on the command line `--set filters.min.sharpness=20`. A clip below a minimum (above a maximum) leaves `clips`
+for `rejected` (stage `filters`, reason `low_<column>` / `high_<column>`, the value and the rule in the detail);
+every score is kept in the shards and in `rejected`'s clip id, so thresholds can be re-tuned in DuckDB without
+recomputing. A clip whose score is null (the scorer did not run) is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from curation.schema import CLIPS
+
+# Columns of `clips` a threshold can apply to: numeric scores, not ids, positions or bookkeeping.
+_NOT_SCORES = {"scene_index", "start_frame", "end_frame", "shard_row", "event_start_frame", "event_end_frame"}
+FILTERABLE = tuple(
+    f.name for f in CLIPS if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in _NOT_SCORES
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterConfig:
+    """Per-column thresholds: keep a clip when min <= value <= max."""
+
+    min: dict[str, float] = dataclasses.field(default_factory=dict)
+    max: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for bound in ("min", "max"):
+            for column, value in getattr(self, bound).items():
+                if column not in FILTERABLE:
+                    raise ValueError(
+                        f"filters.{bound}.{column}: not a score column of `clips` (filterable: {', '.join(FILTERABLE)})"
+                    )
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise ValueError(f"filters.{bound}.{column} must be a finite number, got {value!r}")
+        for column in set(self.min) & set(self.max):
+            if self.min[column] > self.max[column]:
+                raise ValueError(f"filters: min {column}={self.min[column]} exceeds max {column}={self.max[column]}")
+
+    @property
+    def columns(self) -> set[str]:
+        return set(self.min) | set(self.max)
+
+
+def violation(clip: Mapping[str, Any], cfg: FilterConfig) -> tuple[str, str] | None:
+    """(reason, detail) of the first rule `clip` breaks, in column order, or None when it passes every rule."""
+    for column in FILTERABLE:
+        value = clip.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if column in cfg.min and value < cfg.min[column]:
+            return f"low_{column}", f"{column} {value:.4g} < filters.min.{column}={cfg.min[column]:g}"
+        if column in cfg.max and value > cfg.max[column]:
+            return f"high_{column}", f"{column} {value:.4g} > filters.max.{column}={cfg.max[column]:g}"
+    return None
+
+
+def apply_filters(
+    clips: Sequence[Mapping[str, Any]], cfg: FilterConfig
+) -> tuple[list[Mapping[str, Any]], list[tuple[Mapping[str, Any], str, str]]]:
+    """Split `clips` into (kept, [(clip, reason, detail)])."""
+    kept, dropped = [], []
+    for clip in clips:
+        broken = violation(clip, cfg)
+        if broken is None:
+            kept.append(clip)
+        else:
+            dropped.append((clip, *broken))
+    return kept, dropped
