@@ -120,3 +120,37 @@ def torch_dtype(name: str, device: str) -> Any:
 
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def check_weight_files(path: Path, key: str) -> list[Path]:
+    """Read the headers of every weights and JSON file at `path` (a file or a folder, not recursive) without
+    loading tensors: a cheap check, run once on the driver before any work, that catches missing, truncated and
+    garbage files with a message naming `key`. Returns the weights files found."""
+    import json
+    import zipfile
+
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    weights = []
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(file), framework="numpy") as handle:
+                    handle.keys()
+                weights.append(file)
+            elif file.suffix in (".bin", ".pt", ".pth"):
+                if not zipfile.is_zipfile(file):  # torch.save writes zip archives since torch 1.6
+                    raise ValueError("not a torch checkpoint (zip) archive")
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"corrupt member {bad}")
+                weights.append(file)
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+        except Exception as e:  # any parse failure of any kind is the same finding: this file is unusable
+            raise ModelLoadError(f"{key}: {file} is unreadable ({type(e).__name__}: {e})") from e
+    if not weights:
+        raise ModelLoadError(f"{key}: no weights file (.safetensors, .bin, .pt, .pth) in {path}")
+    return weights

@@ -54,6 +54,25 @@ def model_annotators(cfg: RunConfig) -> dict[str, str]:
     return models
 
 
+def preflight_models(cfg: RunConfig) -> None:
+    """Cheap checks of every configured weights path on the driver, before any video is touched: config files parse
+    and weights files have readable headers (nothing is loaded). Raises ModelLoadError naming the config key."""
+    from pathlib import Path
+
+    from annotators.models import check_weight_files
+
+    if cfg.aesthetics.model_path:
+        check_weight_files(Path(cfg.aesthetics.model_path), "aesthetics.model_path")
+    if cfg.aesthetics.head_path:
+        check_weight_files(Path(cfg.aesthetics.head_path), "aesthetics.head_path")
+    if cfg.captions.model_path:
+        from annotators.captions import resolve_model_folder
+
+        check_weight_files(resolve_model_folder(cfg.captions.model_path), "captions.model_path")
+    if cfg.flow.backend.startswith("raft"):
+        check_weight_files(Path(cfg.flow.weights), "flow.weights")
+
+
 class ClipAnnotators:
     """The enabled annotators, constructed once (models load here); call with clips to get their columns."""
 
@@ -149,4 +168,5 @@ __all__ = [
     "annotators_for",
     "enabled_annotators",
     "model_annotators",
+    "preflight_models",
 ]

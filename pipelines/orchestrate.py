@@ -24,15 +24,22 @@ STEPS_OF = {"all": ("ingest", "scenes", "clips"), "ingest": ("ingest",), "scenes
 
 
 def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> None:
-    """Drain the DAG's output, logging a progress line every `every_s` seconds."""
+    """Drain the DAG's output, logging a progress line every `every_s` seconds. Raises ModelLoadError when the
+    clips step could not load its models (no video is marked done then: a rerun after the fix resumes)."""
     started = last = time.perf_counter()
-    for done, _ in enumerate(rows, start=1):
+    model_error = None
+    for done, row in enumerate(rows, start=1):
+        model_error = model_error or row.get("model_error")
         now = time.perf_counter()
         if now - last >= every_s or done == total:
             rate = done / max(now - started, 1e-9)
             eta = (total - done) / rate if rate else float("inf")
             logger.info("%s: %d/%d videos done (%.0f s elapsed, ~%.0f s left)", label, done, total, now - started, eta)
             last = now
+    if model_error:
+        from annotators.models import ModelLoadError
+
+        raise ModelLoadError(f"{model_error} (no clip was processed; fix it and rerun the same command)")
 
 
 def manifest_extra(cfg: RunConfig) -> dict:

@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from annotators.models import ModelLoadError
 from curation.ids import uri_key
 from curation.ingest import InputError, discover_inputs
 from curation.tables import atomic_write_json, read_json
+from pipelines.annotate import preflight_models
 from pipelines.config import FINALIZE_ONLY, ConfigError, RunConfig, load_config
 from pipelines.report import inputs_hash
 
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = prepare_run_dir(args.output)
         inputs, ignored = resolve_inputs(args.input, run_dir, cfg)
         check_config_matches(run_dir, cfg)
-    except (ConfigError, UsageError) as e:
+        preflight_models(cfg)
+    except (ConfigError, UsageError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if already_complete(run_dir, args.stage, inputs, cfg):
@@ -132,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pipelines.orchestrate import run_stages
 
-    run_stages(run_dir, args.stage, inputs, ignored, cfg, args.ray_address, started=time.time())
+    try:
+        run_stages(run_dir, args.stage, inputs, ignored, cfg, args.ray_address, started=time.time())
+    except ModelLoadError as e:  # weights that pass the preflight but fail to load in the workers
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

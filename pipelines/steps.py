@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from annotators.models import ModelLoadError
 from curation.decode import DecodeError, VideoInfo, iter_frames
 from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
@@ -192,13 +193,24 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
 
 
 class ClipsStep:
-    """Step `clips` as a callable class for Ray actors: builds the annotators (loads models) once per actor."""
+    """Step `clips` as a callable class for Ray actors: builds the annotators (loads models) once per actor.
+
+    Weights that fail to load fail every video the same way, so the actor records nothing: each row comes back
+    with `model_error` and no resume record, the driver stops the run with that message, and a rerun after the fix
+    resumes where the run stood.
+    """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
-        annotators_for(cfg)
+        self.model_error = None
+        try:
+            annotators_for(cfg)
+        except ModelLoadError as e:
+            self.model_error = str(e)
         self.clips = make_clips_fn(cfg, run_dir)
 
     def __call__(self, row: Row) -> Row:
+        if self.model_error:
+            return {**row, "clips_done": False, "model_error": self.model_error}
         return self.clips(row)
 
 

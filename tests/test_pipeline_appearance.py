@@ -176,3 +176,38 @@ def test_tiny_models_run_through_the_pipeline(tiny_models: dict[str, Path], corp
     assert manifest["tensors"]["clip_embedding"]["shape"] == [16]
     assert manifest["curation"]["dedup"]["embedding_dim"] == 16
     assert manifest["appearance"]["captions"]["prompt_version"] == "test-v1"
+
+
+def test_corrupt_weights_stop_the_run_up_front(tiny_models: dict[str, Path], corpus_dir: Path, tmp_path, capsys):
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_models["clip"], folder)
+    (folder / "open_clip_model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    args = ["--input", str(corpus_dir / "objects.mp4"), "--output", str(tmp_path / "run")]
+    assert run_pipeline(*args, "--set", f"aesthetics.model_path={folder}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "aesthetics.model_path" in err and "unreadable" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "_work" / "ingest").exists()  # nothing was started
+
+
+def test_weights_that_fail_in_the_workers_stop_the_run_and_resume(
+    tiny_models: dict[str, Path], corpus_dir: Path, tmp_path, capsys, ray_local
+):
+    """Readable files of the wrong model: the preflight passes, loading fails in the actor; the run stops with the
+    loader's message and records no video as done, so the rerun after the fix processes everything."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_models["clip"], folder)
+    save_file({"unrelated": np.zeros(3, np.float32)}, str(folder / "open_clip_model.safetensors"))
+    args = ["--input", str(corpus_dir / "objects.mp4"), "--output", str(tmp_path / "run")]
+    args += ["--set", f"aesthetics.model_path={folder}", "--set", "aesthetics.device=cpu"]
+    assert run_pipeline(*args) == 2
+    err = capsys.readouterr().err
+    assert "aesthetics.model_path: cannot load open_clip model" in err and "rerun" in err
+    assert not list((tmp_path / "run" / "_work").glob("clips/*.json"))
+    shutil.copy(tiny_models["clip"] / "open_clip_model.safetensors", folder / "open_clip_model.safetensors")
+    assert run_pipeline(*args) == 0
+    clips = table(tmp_path / "run", "clips")
+    assert clips and all(c["aesthetic_backend"] == "none" for c in clips)  # no head: embeddings only
+    rows = list(iter_clips(tmp_path / "run", columns=["clip_embedding"]))
+    assert len(rows) == len(clips) and all(r["clip_embedding"].shape == (16,) for r in rows)
