@@ -18,13 +18,14 @@ CREATE OR REPLACE VIEW rejected AS
 SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', union_by_name = true);
 
 -- One row per curated clip in the shards, metadata only: tensor bytes are left out, their shapes kept.
--- (shard, shard_row) locates the clip's tensors for random access. Rows the event filter excluded
--- (events.top_fraction / events.drop_diffuse; listed in `rejected`) stay in the files but not in this view.
+-- (shard, shard_row) locates the clip's tensors for random access. Rows a global stage dropped after they were
+-- written (score filters, dedup, the event filter; listed in `rejected`) stay in the files but not in this view.
 CREATE OR REPLACE VIEW shards AS
 SELECT * FROM (
     SELECT
         COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'camera_c2w',
                                     'camera_tokens', 'camera_intrinsics', 'event_activity', 'event_active', 'event_phase',
+                                    'clip_embedding',
                                     'filename', 'file_row_number')
                           AND NOT ends_with(c, '_dtype')),
         parse_filename(filename) AS shard,

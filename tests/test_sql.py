@@ -101,3 +101,15 @@ def test_the_shards_view_leaves_out_every_tensor_and_ranks_events(smoke_run):
     assert (
         scores == sorted(scores, reverse=True) and len(scores) == con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
     )
+
+
+def test_duplicates_and_quality_summary_queries(smoke_run):
+    con = connect(smoke_run)
+    pairs = run_query(con, load_named("duplicates")).to_pylist()
+    dropped = con.sql("SELECT count(*) FROM rejected WHERE stage = 'dedup'").fetchall()[0][0]
+    assert len(pairs) == dropped > 0  # every dropped clip finds its kept clip among the curated ones
+    assert all(p["kept_clip_id"] != p["dropped_clip_id"] and "bits" in p["evidence"] for p in pairs)
+    summary = run_query(con, load_named("quality_summary")).to_pylist()
+    assert sum(r["clips"] for r in summary) == con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
+    sharpness = [r["sharpness"] for r in summary]
+    assert sharpness == sorted(sharpness) and all(r["captioned"] == 0 for r in summary)  # no captioner here
