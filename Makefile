@@ -34,6 +34,7 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/flow.py
 	$(PY) bench/camera.py
 	$(PY) bench/events.py
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) runs

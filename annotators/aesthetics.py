@@ -35,6 +35,7 @@ from annotators.models import (
     DTYPES,
     ModelLoadError,
     check_device,
+    read_state_dict,
     require_path,
     resolve_device,
     run_in_chunks,
@@ -342,25 +343,8 @@ def load_aesthetic_head(path: str, embed_dim: int, device: str = "cpu") -> torch
     import torch
 
     key = "aesthetics.head_path"
-    p = require_path(path, key, kind="file")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(p), device="cpu")
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip / safetensors header errors: not a weights file at all
-        raise ModelLoadError(f"{key}: cannot read {p} as a state dict: {e}") from e
-    if isinstance(state, dict):
-        for nested in ("state_dict", "model"):
-            if isinstance(state.get(nested), dict):
-                state = state[nested]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"{key}: {p} does not hold a state dict (a dict of tensors)")
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    p = Path(path)
+    state = read_state_dict(p, key)
     if set(state) != HEAD_KEYS:
         missing, unexpected = sorted(HEAD_KEYS - set(state)), sorted(set(state) - HEAD_KEYS)
         raise ModelLoadError(

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorError, Batch, error_text, object_array
-from annotators.models import resolve_device
+from annotators.models import read_state_dict, resolve_device
 
 BACKENDS = ("dis", "farneback", "raft_small", "raft_large")
 DIS_PRESETS = {
@@ -112,26 +112,13 @@ def load_raft_weights(model: Any, path: str, arch: str) -> None:
     Accepts a raw state_dict or a checkpoint dict holding it under `state_dict` or `model`; a DataParallel
     `module.` prefix is stripped.
     """
-    import torch
 
     if not os.path.isfile(path):
         raise ValueError(
             f"flow.weights: RAFT weights file not found: {path} (set flow.weights to a local torchvision RAFT "
             "state_dict)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors: the file is not a torch checkpoint at all
-        raise ValueError(f"flow.weights: cannot read {path} as a torch state_dict: {exc}") from exc
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"flow.weights: {path} does not hold a state_dict (a dict of tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path, "flow.weights")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

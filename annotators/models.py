@@ -154,3 +154,32 @@ def check_weight_files(path: Path, key: str) -> list[Path]:
     if not weights:
         raise ModelLoadError(f"{key}: no weights file (.safetensors, .bin, .pt, .pth) in {path}")
     return weights
+
+
+def read_state_dict(path: str | Path, key: str) -> dict[str, Any]:
+    """A local weights file as a dict of tensors on the CPU: `.safetensors`, or a torch checkpoint read with
+    `weights_only=True` (never arbitrary pickles). A dict nested under `state_dict` / `model` is unwrapped and a
+    DataParallel `module.` prefix stripped. ModelLoadError naming `key` when the file is missing or unreadable, or
+    holds something other than tensors."""
+    import torch
+
+    p = require_path(str(path), key, kind="file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip / safetensors header errors: not a weights file at all
+        raise ModelLoadError(f"{key}: cannot read {p} as a state dict: {e}") from e
+    if isinstance(state, dict):
+        for nested in ("state_dict", "model"):
+            if isinstance(state.get(nested), dict):
+                state = state[nested]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{key}: {p} does not hold a state dict (a dict of tensors)")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state

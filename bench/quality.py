@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curation.decode import iter_frames, probe_video  # noqa: E402
-from curation.dedup import DedupConfig, connected_groups, find_duplicates  # noqa: E402
+from curation.dedup import DedupConfig, connected_groups, find_duplicates, hash_pairs, parse_hashes  # noqa: E402
 from curation.sampling import decode_size, sample_indices  # noqa: E402
 from pipelines.annotate import annotate_file, annotators_for  # noqa: E402
 from pipelines.config import load_config, preset_path  # noqa: E402
@@ -89,6 +89,21 @@ def pair_scores(clips: list[dict], cfg: DedupConfig) -> dict:
     }
 
 
+def distance_margin(clips: list[dict]) -> dict:
+    """The separation the threshold sits in: the largest key-frame hash distance of a true duplicate pair and the
+    smallest of a distinct pair (bits of 64)."""
+    values, valid = parse_hashes([c["key_frame_hashes"] for c in clips])
+    true_d, other_d = [], []
+    for i, j, d in hash_pairs(values, valid, max_distance=64.0, min_frames=1):
+        same = clips[i]["source"] == clips[j]["source"] and clips[i]["shot"] == clips[j]["shot"]
+        (true_d if same else other_d).append(d)
+    return {
+        "max_duplicate_distance": round(max(true_d), 2) if true_d else None,
+        "min_distinct_distance": round(min(other_d), 2) if other_d else None,
+        "mean_distinct_distance": round(sum(other_d) / len(other_d), 2) if other_d else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", choices=["default", "smoke"])
@@ -102,6 +117,7 @@ def main() -> None:
         "quality_s_per_clip": round(seconds["quality_s"] / len(clips), 5),
         "decode_s_per_clip": round(seconds["decode_s"] / len(clips), 5),
         "quality_vs_decode": round(seconds["quality_s"] / seconds["decode_s"], 3),
+        "hash_distances": distance_margin(clips),
         "dedup": {str(d): pair_scores(clips, DedupConfig(hash_distance=d)) for d in (6.0, 10.0, 14.0)},
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
