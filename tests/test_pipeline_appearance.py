@@ -56,7 +56,11 @@ def test_dedup_removes_the_corpus_copies(smoke_run: Path):
     for row in dropped:
         kept_id = row["detail"].split(" ", 1)[0]
         assert kept_id in clips, row["detail"]  # the keeper is curated
-        assert family(row["source_uri"]) == family(clips[kept_id]["source_uri"]), row["detail"]
+        kept = clips[kept_id]
+        assert family(row["source_uri"]) == family(kept["source_uri"]), row["detail"]
+        # Copies keep the source's timing: a true pair overlaps in time (different shots of `cuts` never pair).
+        start = max(kept["start_frame"], row["start_frame"])
+        assert start < min(kept["end_frame"], row["end_frame"]), row["detail"]
         kept_of[Path(row["source_uri"]).stem] = Path(clips[kept_id]["source_uri"]).stem
     by_family = defaultdict(list)
     for clip in clips.values():
