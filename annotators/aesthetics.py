@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.base import AnnotatorError, Batch, error_text, object_array, spread_indices
 from annotators.models import (
     DTYPES,
     ModelLoadError,
@@ -96,20 +96,6 @@ class AestheticsConfig:
 
 
 # ----------------------------------------------------------------------------------------------- pure functions
-
-
-def pick_frames(num_stored: int, k: int) -> np.ndarray:
-    """Indices of `min(k, num_stored)` evenly spaced frames (ascending, unique; first and last when k >= 2, the
-    middle one when k == 1)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if num_stored <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if k == 1 or num_stored == 1:
-        return np.array([(num_stored - 1) // 2], dtype=np.int64)
-    k = min(k, num_stored)
-    # floor(x + 0.5) rather than np.round: banker's rounding can map two positions 1 apart onto one index
-    return np.floor(np.linspace(0, num_stored - 1, k) + 0.5).astype(np.int64)
 
 
 def _target_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -466,7 +452,7 @@ class AestheticScorer:
             raise AnnotatorError("bad_frames", f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
         clip = self.clip
         assert clip is not None
-        picked = frames[pick_frames(frames.shape[0], self.cfg.num_frames)]
+        picked = frames[spread_indices(frames.shape[0], self.cfg.num_frames)]
         x = preprocess(
             picked,
             clip.image_size,

@@ -36,6 +36,19 @@ class Annotator(Protocol):
     def __call__(self, batch: Batch) -> Batch: ...
 
 
+def spread_indices(total: int, k: int) -> np.ndarray:
+    """Indices of `min(k, total)` evenly spaced frames of `total`: ascending and unique, first and last included
+    when k >= 2, the middle one when k == 1; empty when total is 0."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if total < 1:
+        return np.zeros(0, dtype=np.int64)
+    if k == 1 or total == 1:
+        return np.array([(total - 1) // 2], dtype=np.int64)
+    # floor(x + 0.5) rather than np.round: banker's rounding can map two positions 1 apart onto one index
+    return np.floor(np.linspace(0, total - 1, min(k, total)) + 0.5).astype(np.int64)
+
+
 def object_array(items: list[Any]) -> np.ndarray:
     """A 1-D object array of per-clip values (ndarrays or None) without numpy trying to stack them."""
     out = np.empty(len(items), dtype=object)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, error_text, object_array
+from annotators.base import AnnotatorError, Batch, error_text, object_array, spread_indices
 from annotators.models import (
     DTYPES,
     ModelLoadError,
@@ -93,21 +93,6 @@ class CaptionConfig:
     def resolved_prompt_version(self) -> str:
         """The `caption_prompt_version` value: the configured one, else derived from the prompt text."""
         return self.prompt_version or "p-" + hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()[:8]
-
-
-def pick_frames(num_stored: int, k: int) -> list[int]:
-    """Up to `k` evenly spaced, unique, increasing frame indices in [0, num_stored), first and last included.
-
-    k = 1 picks the middle frame (the most representative single frame); k >= num_stored picks every frame.
-    """
-    if num_stored < 1 or k < 1:
-        raise ValueError(f"pick_frames needs num_stored >= 1 and k >= 1, got {num_stored}, {k}")
-    if k == 1:
-        return [(num_stored - 1) // 2]
-    if k >= num_stored:
-        return list(range(num_stored))
-    # floor(x + 0.5) rather than np.round: banker's rounding could map two neighbours to the same index.
-    return sorted({int(np.floor(x + 0.5)) for x in np.linspace(0, num_stored - 1, k)})
 
 
 def resolve_model_folder(model_path: str) -> Path:
@@ -246,7 +231,7 @@ def clip_images(frames: Any, num_frames: int) -> list[Any]:
     if min(frames.shape[1:3]) < 1:
         raise AnnotatorError("bad_frames", f"empty frames of shape {frames.shape[1:3]}")
     # PIL rather than raw arrays: image processors guess the channel axis of arrays, and guess wrong for 3-px rows.
-    return [Image.fromarray(np.ascontiguousarray(frames[i])) for i in pick_frames(frames.shape[0], num_frames)]
+    return [Image.fromarray(np.ascontiguousarray(frames[i])) for i in spread_indices(frames.shape[0], num_frames)]
 
 
 class Captioner:

@@ -19,7 +19,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, per_clip
+from annotators.base import AnnotatorError, Batch, per_clip, spread_indices
 
 HASH_SIZE = 32  # the grey thumbnail a perceptual hash is computed from
 HASH_BITS = 8  # low-frequency DCT block kept: 8 x 8 = 64 bits
@@ -39,16 +39,6 @@ class QualityConfig:
             raise ValueError("quality.num_frames must be >= 1")
         if self.hash_frames < 1:
             raise ValueError("quality.hash_frames must be >= 1")
-
-
-def spread_indices(total: int, k: int) -> np.ndarray:
-    """`min(k, total)` unique indices evenly spread over [0, total), including both ends when k >= 2 (k = 1: the
-    middle)."""
-    if total < 1:
-        return np.zeros(0, dtype=np.int64)
-    if k == 1:
-        return np.array([(total - 1) // 2])
-    return np.unique(np.linspace(0, total - 1, min(k, total)).round().astype(np.int64))
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

@@ -24,9 +24,9 @@ from annotators.aesthetics import (  # noqa: E402
     AestheticScorer,
     load_aesthetic_head,
     load_clip_model,
-    pick_frames,
     preprocess,
 )
+from annotators.base import spread_indices as pick_frames  # noqa: E402
 from annotators.models import ModelLoadError  # noqa: E402
 
 F = torch.nn.functional

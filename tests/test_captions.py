@@ -18,7 +18,6 @@ from annotators.captions import (
     CaptionConfig,
     Captioner,
     build_prompt,
-    pick_frames,
     resolve_model_folder,
 )
 from annotators.models import ModelLoadError
@@ -140,26 +139,6 @@ def captions_of(captioner: Captioner, batch: dict[str, np.ndarray]) -> list:
 
 
 # --- pure helpers and config --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("num_stored", "k", "expected"),
-    [(1, 4, [0]), (3, 4, [0, 1, 2]), (4, 4, [0, 1, 2, 3]), (10, 4, [0, 3, 6, 9]), (9, 3, [0, 4, 8]), (7, 1, [3])],
-)
-def test_pick_frames(num_stored: int, k: int, expected: list[int]) -> None:
-    assert pick_frames(num_stored, k) == expected
-
-
-def test_pick_frames_unique_and_spans() -> None:
-    for n in range(1, 40):
-        for k in range(1, 12):
-            idx = pick_frames(n, k)
-            assert idx == sorted(set(idx)) and len(idx) == min(n, k)
-            assert all(0 <= i < n for i in idx)
-            if k > 1:
-                assert idx[0] == 0 and idx[-1] == n - 1
-    with pytest.raises(ValueError):
-        pick_frames(0, 4)
 
 
 def test_prompt_version() -> None:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from annotators.base import object_array
+from annotators.base import object_array, spread_indices
 from annotators.quality import (
     QualityConfig,
     QualityScorer,
@@ -18,7 +18,6 @@ from annotators.quality import (
     frame_scores,
     perceptual_hash,
     sharpness,
-    spread_indices,
 )
 from pipelines.annotate import annotate_file
 from pipelines.config import load_config
@@ -37,11 +36,21 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def test_spread_indices():
-    assert spread_indices(16, 4).tolist() == [0, 5, 10, 15]
-    assert spread_indices(3, 8).tolist() == [0, 1, 2]
-    assert spread_indices(9, 1).tolist() == [4]
-    assert spread_indices(0, 3).tolist() == []
+@pytest.mark.parametrize(
+    ("total", "k", "expected"),
+    [(16, 4, [0, 5, 10, 15]), (3, 8, [0, 1, 2]), (9, 1, [4]), (0, 3, []), (1, 4, [0]), (10, 4, [0, 3, 6, 9])],
+)
+def test_spread_indices(total: int, k: int, expected: list[int]):
+    assert spread_indices(total, k).tolist() == expected
+
+
+def test_spread_indices_unique_and_spanning():
+    for n in range(1, 40):
+        for k in range(1, 12):
+            idx = spread_indices(n, k).tolist()
+            assert idx == sorted(set(idx)) and len(idx) == min(n, k) and all(0 <= i < n for i in idx)
+            if k > 1:
+                assert idx[0] == 0 and idx[-1] == n - 1
 
 
 def test_sharpness_falls_with_blur():
@@ -107,7 +116,7 @@ def test_flat_frames_have_no_hash():
 def test_clip_quality_and_scorer_batch():
     frames = np.stack([texture(i) for i in range(6)])
     out = clip_quality(frames, QualityConfig(num_frames=3, hash_frames=3))
-    expected = np.mean([frame_scores(frames[i])["sharpness"] for i in (0, 2, 5)])  # linspace(0, 5, 3) rounds 2.5 to 2
+    expected = np.mean([frame_scores(frames[i])["sharpness"] for i in (0, 3, 5)])  # 2.5 rounds half up
     assert out["sharpness"] == pytest.approx(expected)
     assert len(out["key_frame_hashes"]) == 3 and all(len(h) == 16 for h in out["key_frame_hashes"])
     scorer = QualityScorer(QualityConfig())
