@@ -24,7 +24,19 @@ import pyarrow as pa
 from curation.schema import CLIPS
 
 # Columns of `clips` a threshold can apply to: numeric scores, not ids, positions or bookkeeping.
-_NOT_SCORES = {"scene_index", "start_frame", "end_frame", "shard_row", "event_start_frame", "event_end_frame"}
+_NOT_SCORES = {
+    "scene_index",
+    "start_frame",
+    "end_frame",
+    "start_s",
+    "end_s",
+    "num_frames",
+    "frame_stride",
+    "shard_row",
+    "qcm_token",  # a category, not a magnitude
+    "event_start_frame",
+    "event_end_frame",
+}
 FILTERABLE = tuple(
     f.name for f in CLIPS if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in _NOT_SCORES
 )

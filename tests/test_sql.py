@@ -113,3 +113,32 @@ def test_duplicates_and_quality_summary_queries(smoke_run):
     assert sum(r["clips"] for r in summary) == con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
     sharpness = [r["sharpness"] for r in summary]
     assert sharpness == sorted(sharpness) and all(r["captioned"] == 0 for r in summary)  # no captioner here
+
+
+def test_score_histograms_cover_every_filterable_score(smoke_run):
+    import re
+
+    from curation.filters import FILTERABLE
+
+    sql = load_named("score_histograms")
+    listed = re.search(r"c IN \((.*?)\)\)", sql, re.S).group(1)
+    assert tuple(re.findall(r"'(\w+)'", listed)) == FILTERABLE  # the SQL follows the schema's score columns
+    con = connect(smoke_run)
+    rows = run_query(con, sql).to_pylist()
+    per_score = {}
+    for r in rows:
+        per_score[r["score"]] = per_score.get(r["score"], 0) + r["clips"]
+        assert 0 <= r["bin"] < 20 and r["bin_start"] <= r["bin_end"]
+    n = con.sql("SELECT count(sharpness), count(event_score) FROM clips").fetchall()[0]
+    assert per_score["sharpness"] == n[0] and per_score["event_score"] == n[1] > 0
+    assert "aesthetic_score" not in per_score  # not computed without weights: no made-up bins
+
+
+def test_clips_per_source_accounts_for_every_drop(smoke_run):
+    con = connect(smoke_run)
+    rows = {r["source_uri"]: r for r in run_query(con, load_named("clips_per_source")).to_pylist()}
+    in_videos = con.sql("SELECT count(*) FROM rejected WHERE source_uri IN (SELECT source_uri FROM videos)")
+    assert sum(r["rejected"] for r in rows.values()) == in_videos.fetchall()[0][0]
+    copy = next(r for uri, r in rows.items() if uri.endswith("cuts_cropped.avi"))
+    assert copy["clips"] == 0 and copy["yield"] == 0 and copy["dropped"].startswith("dedup/duplicate: ")
+    assert all(0 <= r["yield"] <= 1.0001 for r in rows.values() if r["yield"] is not None)
