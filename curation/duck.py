@@ -1,11 +1,16 @@
-"""DuckDB over a run directory: views from `sql/views.sql`, named queries from `sql/<name>.sql`, read-only."""
+"""DuckDB over one or more run directories: views from `sql/views.sql`, named queries from `sql/<name>.sql`,
+read-only."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from curation.schema import SCHEMA_VERSION
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Only statements that read: a query over a run must never change files (COPY, EXPORT, ATTACH, SET, ...).
@@ -16,19 +21,42 @@ class QueryError(ValueError):
     """A query that cannot run: unknown name, a statement that writes, or a DuckDB error."""
 
 
-def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB connection with the run's views (`videos`, `scenes`, `clips`, `rejected`, `shards`)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "videos").is_dir():
-        raise QueryError(f"{run_dir} is not a run directory (no videos/ table); run pipelines.run first")
+def connect(run_dirs: str | Path | Sequence[str | Path]) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB connection with the views `videos`, `scenes`, `clips`, `rejected` and `shards` over one run
+    directory or several (each view's `run` column says which). QueryError for a directory that is not a finished
+    run of this schema version."""
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
+    if not dirs:
+        raise QueryError("no run directory given")
+    for run_dir in dirs:
+        check_run_dir(run_dir)
     con = duckdb.connect(":memory:")
-    con.execute("SET VARIABLE run_dir = $dir", {"dir": str(run_dir.resolve())})
-    has_shards = any((run_dir / "shards").glob("*.parquet"))
+    resolved = [str(d.resolve()) for d in dirs]
+    with_shards = [str(d.resolve()) for d in dirs if any((d / "shards").glob("*.parquet"))]
+    con.execute("SET VARIABLE run_dirs = $dirs", {"dirs": resolved})
+    con.execute("SET VARIABLE shard_dirs = $dirs", {"dirs": with_shards})
     for statement in _statements((SQL_DIR / "views.sql").read_text()):
-        if "VIEW shards" in statement and not has_shards:
+        if "VIEW shards" in statement and not with_shards:
             continue  # no shard files yet (ingest-only run): DuckDB cannot bind a view over an empty glob
         con.execute(statement)
     return con
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory the views can read: its tables exist and its schema version is this code's."""
+    if not (run_dir / "videos").is_dir():
+        raise QueryError(f"{run_dir} is not a run directory (no videos/ table); run pipelines.run first")
+    missing = [t for t in ("scenes", "clips", "rejected") if not any((run_dir / t).glob("*.parquet"))]
+    if missing:
+        raise QueryError(f"{run_dir} has no {', '.join(missing)} table: the run has not finished (rerun it)")
+    run_json = run_dir / "_run.json"
+    if run_json.exists():
+        version = json.loads(run_json.read_text()).get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise QueryError(
+                f"{run_dir} was written with schema version {version}; this code reads version {SCHEMA_VERSION} "
+                "(rerun the pipeline into a new --output to upgrade)"
+            )
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Query a run with DuckDB: `python -m curation.query RUN_DIR "SELECT ..."` or `--name clips_per_source`.
 
-Read-only; parameters are bound (`--param key=value`, referenced as `$key`), never pasted into the SQL.
+`--run OTHER_RUN` (repeatable) queries several runs at once: every view has a `run` column. Read-only;
+parameters are bound (`--param key=value`, referenced as `$key`), never pasted into the SQL.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from curation.duck import QueryError, connect, load_named, named_queries, run_qu
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m curation.query", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="run directory written by pipelines.run")
+    p.add_argument(
+        "--run", action="append", default=[], metavar="RUN_DIR", help="another run to query with it (repeatable)"
+    )
     p.add_argument("sql", nargs="?", help="ad-hoc SQL over the views videos, scenes, clips, rejected, shards")
     p.add_argument("--name", help=f"named query from sql/: {', '.join(named_queries())}")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="bind $KEY (repeatable)")
     p.add_argument("--format", choices=("table", "csv", "parquet"), default="table")
     p.add_argument("--out", help="output file (required for parquet; default stdout)")
     p.add_argument("--max-rows", type=int, default=100, help="rows shown in table format")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options may sit between the run directory and the SQL
 
 
 def _param_value(raw: str) -> object:
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         params[key] = _param_value(value)
     try:
-        con = connect(args.run_dir)
+        con = connect([args.run_dir, *args.run])
         table = run_query(con, load_named(args.name) if args.name else args.sql, params)
     except QueryError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,8 +10,9 @@ SELECT
     r.source_uri AS dropped_source_uri,
     r.start_frame AS dropped_start_frame,
     r.end_frame AS dropped_end_frame,
-    split_part(r.detail, '; ', 2) AS evidence
+    split_part(r.detail, '; ', 2) AS evidence,
+    r.run
 FROM rejected AS r
-JOIN clips AS k ON k.clip_id = split_part(r.detail, ' ', 1)
+JOIN clips AS k ON k.run = r.run AND k.clip_id = split_part(r.detail, ' ', 1)
 WHERE r.stage = 'dedup' AND r.reason = 'duplicate'
-ORDER BY kept_source_uri, kept_start_frame, dropped_source_uri;
+ORDER BY r.run, kept_source_uri, kept_start_frame, dropped_source_uri;

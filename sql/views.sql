@@ -1,21 +1,30 @@
--- Views over one run directory. Set the directory first:  SET VARIABLE run_dir = '/path/to/run';
--- (curation.duck.connect does this for you.)
+-- Views over one or more run directories. Set the directories first:
+--   SET VARIABLE run_dirs = ['/path/to/run', ...];   SET VARIABLE shard_dirs = [...];  (runs with shard files)
+-- (curation.duck.connect does this for you.) Every view has a `run` column: the run directory it came from.
 
 -- One row per input file: probe results, or the error that stopped it.
 CREATE OR REPLACE VIEW videos AS
-SELECT * FROM read_parquet(getvariable('run_dir') || '/videos/*.parquet', union_by_name = true);
+SELECT * EXCLUDE (filename), parse_dirpath(parse_dirpath(filename)) AS run
+FROM read_parquet(list_transform(getvariable('run_dirs'), lambda d: d || '/videos/*.parquet'),
+                  union_by_name = true, filename = true);
 
 -- One row per detected shot (before clip filtering); transition = start | cut | fade.
 CREATE OR REPLACE VIEW scenes AS
-SELECT * FROM read_parquet(getvariable('run_dir') || '/scenes/*.parquet', union_by_name = true);
+SELECT * EXCLUDE (filename), parse_dirpath(parse_dirpath(filename)) AS run
+FROM read_parquet(list_transform(getvariable('run_dirs'), lambda d: d || '/scenes/*.parquet'),
+                  union_by_name = true, filename = true);
 
 -- One row per curated clip, with its shard location.
 CREATE OR REPLACE VIEW clips AS
-SELECT * FROM read_parquet(getvariable('run_dir') || '/clips/*.parquet', union_by_name = true);
+SELECT * EXCLUDE (filename), parse_dirpath(parse_dirpath(filename)) AS run
+FROM read_parquet(list_transform(getvariable('run_dirs'), lambda d: d || '/clips/*.parquet'),
+                  union_by_name = true, filename = true);
 
 -- One row per dropped clip or failed input: stage, reason (snake_case), detail.
 CREATE OR REPLACE VIEW rejected AS
-SELECT * FROM read_parquet(getvariable('run_dir') || '/rejected/*.parquet', union_by_name = true);
+SELECT * EXCLUDE (filename), parse_dirpath(parse_dirpath(filename)) AS run
+FROM read_parquet(list_transform(getvariable('run_dirs'), lambda d: d || '/rejected/*.parquet'),
+                  union_by_name = true, filename = true);
 
 -- One row per curated clip in the shards, metadata only: tensor bytes are left out, their shapes kept.
 -- (shard, shard_row) locates the clip's tensors for random access. Rows a global stage dropped after they were
@@ -29,7 +38,8 @@ SELECT * FROM (
                                     'filename', 'file_row_number')
                           AND NOT ends_with(c, '_dtype')),
         parse_filename(filename) AS shard,
-        file_row_number AS shard_row
-    FROM read_parquet(getvariable('run_dir') || '/shards/*.parquet', union_by_name = true, filename = true,
-                      file_row_number = true)
-) WHERE clip_id IN (SELECT clip_id FROM clips);
+        file_row_number AS shard_row,
+        parse_dirpath(parse_dirpath(filename)) AS run
+    FROM read_parquet(list_transform(getvariable('shard_dirs'), lambda d: d || '/shards/*.parquet'),
+                      union_by_name = true, filename = true, file_row_number = true)
+) WHERE (run, clip_id) IN (SELECT (run, clip_id) FROM clips);

@@ -28,7 +28,7 @@ def test_views_agree_with_the_tables(smoke_run):
     assert n_clips == con.sql("SELECT count(*) FROM shards").fetchall()[0][0] > 0
     # Every clip's (shard, shard_row) locator points at its own row in the shards.
     mismatched = con.sql("""
-        SELECT count(*) FROM clips c JOIN shards s ON c.shard = s.shard AND c.shard_row = s.shard_row
+        SELECT count(*) FROM clips c JOIN shards s ON c.run = s.run AND c.shard = s.shard AND c.shard_row = s.shard_row
         WHERE c.clip_id <> s.clip_id
     """).fetchall()[0][0]
     assert mismatched == 0
@@ -142,3 +142,50 @@ def test_clips_per_source_accounts_for_every_drop(smoke_run):
     copy = next(r for uri, r in rows.items() if uri.endswith("cuts_cropped.avi"))
     assert copy["clips"] == 0 and copy["yield"] == 0 and copy["dropped"].startswith("dedup/duplicate: ")
     assert all(0 <= r["yield"] <= 1.0001 for r in rows.values() if r["yield"] is not None)
+
+
+@pytest.fixture
+def second_run(smoke_run, tmp_path):
+    """A copy of the smoke run under another directory: the same clips, a different `run`."""
+    import shutil
+
+    copy = tmp_path / "second"
+    shutil.copytree(smoke_run, copy, ignore=shutil.ignore_patterns("_work"))
+    return copy
+
+
+def test_views_over_several_runs(smoke_run, second_run, capsys):
+    one, both = connect(smoke_run), connect([smoke_run, second_run])
+    for view in ("videos", "scenes", "clips", "rejected", "shards"):
+        n = one.sql(f"SELECT count(*) FROM {view}").fetchall()[0][0]
+        per_run = both.sql(f"SELECT run, count(*) FROM {view} GROUP BY run ORDER BY run").fetchall()
+        assert [c for _, c in per_run] == [n, n] and {r for r, _ in per_run} == {
+            str(smoke_run.resolve()),
+            str(second_run.resolve()),
+        }, view
+    # Joins stay inside a run: the same clip ids in two runs do not pair across them.
+    assert len(run_query(both, load_named("duplicates"))) == 2 * len(run_query(one, load_named("duplicates")))
+    per_source = run_query(both, load_named("clips_per_source")).to_pylist()
+    assert sum(r["clips"] for r in per_source) == 2 * one.sql("SELECT count(*) FROM clips").fetchall()[0][0]
+    sql = "SELECT run, count(*) AS n FROM clips GROUP BY run"
+    assert query_main([str(smoke_run), "--run", str(second_run), sql, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.count("\n") == 3  # header + one line per run
+
+
+def test_unreadable_runs_are_clear_errors(second_run, capsys):
+    import json
+
+    run_json = second_run / "_run.json"
+    meta = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**meta, "schema_version": 1}))
+    with pytest.raises(QueryError, match="schema version 1"):
+        connect(second_run)
+    assert query_main([str(second_run), "--name", "clips_per_source"]) == 2
+    assert "schema version 1" in capsys.readouterr().err
+    run_json.write_text(json.dumps(meta))
+    for table in second_run.glob("clips/*.parquet"):
+        table.unlink()
+    with pytest.raises(QueryError, match="no clips table"):
+        connect(second_run)
+    with pytest.raises(QueryError, match="no run directory"):
+        connect([])
