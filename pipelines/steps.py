@@ -305,8 +305,6 @@ class ClipWriter:
         results = self.annotators.annotate([clip for _, _, clip in pending])
         for (span, meta, clip), result in zip(pending, results, strict=True):
             try:
-                if isinstance(result, ClipRejected):
-                    raise result
                 scalars, tensors = self._split(result)
             except ClipRejected as e:
                 self._reject(span, e.stage, e.reason, e.detail)
@@ -315,8 +313,7 @@ class ClipWriter:
 
     def _write(self, meta: dict, stack: np.ndarray, scalars: dict, tensors: dict[str, np.ndarray]) -> None:
         video = self.video
-        shard_meta = {k: v for k, v in meta.items() if k != "frame_stride"}
-        row = {**shard_meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}}
+        row = {**meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}}  # the writer keeps its columns
         row.update(encode_tensor("frames", stack))
         for name, array in tensors.items():
             row.update(encode_tensor(name, array))
@@ -333,9 +330,11 @@ class ClipWriter:
             }
         )
 
-    def _split(self, out: dict[str, Any]) -> tuple[dict, dict[str, np.ndarray]]:
+    def _split(self, out: dict[str, Any] | ClipRejected) -> tuple[dict, dict[str, np.ndarray]]:
         """Scalar columns (shard and clips table) and shard tensors of one annotated clip; raises ClipRejected when
-        a tensor is not finite."""
+        an annotator gave up on the clip or a tensor is not finite."""
+        if isinstance(out, ClipRejected):
+            raise out
         tensors = {name: _finite_tensor(name, out[name], dtype) for name, dtype in tensor_columns(self.cfg).items()}
         scalars_names = set(SHARD_META.names) | set(CLIPS.names)
         scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in scalars_names}
