@@ -7,12 +7,15 @@ parameters are bound (`--param key=value`, referenced as `$key`), never pasted i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from curation.duck import QueryError, connect, load_named, named_queries, run_query
+from curation.selection import SELECTION_QUERY, check_params, configured_params
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,20 +42,41 @@ def _param_value(raw: str) -> object:
     return raw
 
 
+def csv_ready(table: pa.Table) -> pa.Table:
+    """CSV has no lists or structs: nested columns become JSON text, binary columns hex."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
+        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            text = [None if v is None else v.hex() for v in table.column(i).to_pylist()]
+        else:
+            continue
+        table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    return table
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """`key=value` strings to bound parameters (numbers as numbers, the rest as text); QueryError when malformed."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise QueryError(f"--param expects key=value, got {item!r}")
+        params[key] = _param_value(value)
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if bool(args.sql) == bool(args.name):
         print("error: give either SQL or --name", file=sys.stderr)
         return 2
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --param expects key=value, got {item!r}", file=sys.stderr)
-            return 2
-        params[key] = _param_value(value)
+    runs = [args.run_dir, *args.run]
     try:
-        con = connect([args.run_dir, *args.run])
+        params = parse_params(args.param)
+        con = connect(runs)
+        if args.name == SELECTION_QUERY:  # unset selection parameters come from the runs' own config
+            params = check_params({**configured_params(runs, given=params), **params})
         table = run_query(con, load_named(args.name) if args.name else args.sql, params)
     except QueryError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -63,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         pq.write_table(table, args.out)
     elif args.format == "csv":
-        pacsv.write_csv(table, args.out or sys.stdout.buffer)
+        pacsv.write_csv(csv_ready(table), args.out or sys.stdout.buffer)
     else:
         print(table.to_pandas().to_string(max_rows=args.max_rows, index=False))
     return 0

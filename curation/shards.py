@@ -214,3 +214,35 @@ def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:
     if "frame_indices" in out:
         out["frame_indices"] = np.asarray(out["frame_indices"], dtype=np.int64)
     return out
+
+
+def read_rows(
+    run_dir: str | Path, refs: Sequence[tuple[str, int]], columns: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Random access by locator: the shard rows `(shard name, row index)` of one run, decoded like `iter_clips`
+    (tensors as numpy arrays), in the order of `refs`. Dropped clips' rows are readable too. Only the row groups that
+    hold a wanted row are read. IndexError for a row past the end of its shard."""
+    by_shard: dict[str, list[int]] = {}
+    for shard, row in refs:
+        by_shard.setdefault(shard, []).append(int(row))
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for shard, rows in by_shard.items():
+        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        names = pf.schema_arrow.names
+        tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
+        wanted = None
+        if columns is not None:
+            layout = {f"{t}_{part}" for t in set(columns) & set(tensors) for part in ("dtype", "shape")}
+            wanted = [n for n in names if n in columns or n in layout]
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        for row in sorted(set(rows)):
+            if not 0 <= row < starts[-1]:
+                raise IndexError(f"{shard} has {starts[-1]} rows; row {row} does not exist")
+        for group in range(pf.num_row_groups):
+            inside = [r for r in set(rows) if starts[group] <= r < starts[group + 1]]
+            if not inside:
+                continue
+            table = pf.read_row_group(group, columns=wanted)
+            for r in inside:
+                found[(shard, r)] = _decode_row(table.slice(r - starts[group], 1).to_pylist()[0], tensors)
+    return [found[(shard, int(row))] for shard, row in refs]

@@ -35,6 +35,7 @@ MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.f
 
 
 FINALIZE_ONLY = ("filters", "dedup")  # config sections used only by the driver's global selection
+FINALIZE_ONLY_KEYS = {"events": ("top_fraction", "drop_diffuse")}  # keys of other sections used only there too
 
 
 class ConfigError(ValueError):
@@ -124,15 +125,28 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def work_hash(self) -> str:
-        """Hash of the settings the per-video work depends on: a run directory is tied to it. Sections applied only
-        when the run is finalized (`FINALIZE_ONLY`) may change between runs of the same directory: rerunning with new
-        thresholds re-selects clips from the recorded scores without recomputing them."""
-        return self.content_hash(exclude=("runtime", *FINALIZE_ONLY))
+        """Hash of `work_settings`: a run directory is tied to it. The selection settings may change between runs of
+        the same directory: rerunning with new thresholds re-selects clips from the recorded scores without
+        recomputing them."""
+        return _hash(work_settings(self.to_dict()))
 
     def content_hash(self, exclude: tuple[str, ...] = ("runtime",)) -> str:
         """Hash of the settings that change outputs (runtime knobs excluded), recorded in manifests."""
-        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return _hash({k: v for k, v in self.to_dict().items() if k not in exclude})
+
+
+def work_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved config (`RunConfig.to_dict()`) that the per-video work depends on: everything but
+    the runtime and what only the run's final selection reads (`FINALIZE_ONLY`, `FINALIZE_ONLY_KEYS`)."""
+    data = {k: v for k, v in config.items() if k not in ("runtime", *FINALIZE_ONLY)}
+    for section, keys in FINALIZE_ONLY_KEYS.items():
+        if section in data:
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+    return data
+
+
+def _hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def preset_path(name: str) -> Path:

@@ -18,7 +18,7 @@ from curation.ids import uri_key
 from curation.ingest import InputError, discover_inputs
 from curation.tables import atomic_write_json, read_json
 from pipelines.annotate import preflight_models
-from pipelines.config import FINALIZE_ONLY, ConfigError, RunConfig, load_config
+from pipelines.config import ConfigError, RunConfig, load_config, work_settings
 from pipelines.report import inputs_hash
 
 logger = logging.getLogger("pipelines.run")
@@ -92,12 +92,15 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
     if path.exists():
         previous = read_json(path)
         if previous["hash"] != cfg.work_hash():
-            fixed = [k for k in cfg.to_dict() if k not in ("runtime", *FINALIZE_ONLY)]
-            changed = [k for k in fixed if previous["config"].get(k) != cfg.to_dict()[k]]
-            raise UsageError(
-                f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
-                "use a new --output or the same settings"
-            )
+            before, now = work_settings(previous["config"]), work_settings(cfg.to_dict())
+            changed = [k for k in now if before.get(k) != now[k]]
+            if changed:
+                raise UsageError(
+                    f"{run_dir} was made with a different config (sections changed: {', '.join(changed)}); "
+                    "use a new --output or the same settings"
+                )
+            # Same work settings under an older hashing rule: adopt the current hash.
+            atomic_write_json({"hash": cfg.work_hash(), "config": cfg.to_dict()}, path)
     else:
         atomic_write_json({"hash": cfg.work_hash(), "config": cfg.to_dict()}, path)
 

@@ -1,14 +1,12 @@
--- Histogram of every score column of `clips` (the columns `[filters.min]` / `[filters.max]` can threshold):
+-- Histogram of every score column of `clips` (the `score_columns` variable: what `[filters.min]` / `[filters.max]`
+-- can threshold):
 -- 20 equal-width bins between the score's min and max over the curated clips. Scores that were not computed
 -- (all null, e.g. aesthetic_score without weights) have no rows. Look here before choosing a threshold.
 WITH scores AS (
     UNPIVOT (
         SELECT
             clip_id,
-            COLUMNS(lambda c: c IN ('fps', 'width', 'height', 'motion_mean', 'motion_p90', 'motion_residual',
-                                    'camera_confidence', 'event_score', 'event_confidence', 'event_entropy',
-                                    'event_gini', 'sharpness', 'brightness', 'contrast', 'colorfulness',
-                                    'clipped_dark', 'clipped_bright', 'aesthetic_score'))::DOUBLE
+            COLUMNS(lambda c: list_contains(getvariable('score_columns'), c))::DOUBLE
         FROM clips
     ) ON COLUMNS(* EXCLUDE (clip_id)) INTO NAME score VALUE value
 ),

@@ -20,20 +20,24 @@ CREATE OR REPLACE VIEW clips AS SELECT * FROM run_table('clips');
 -- One row per dropped clip or failed input: stage, reason (snake_case), detail.
 CREATE OR REPLACE VIEW rejected AS SELECT * FROM run_table('rejected');
 
--- One row per curated clip in the shards, metadata only: tensor bytes are left out, their shapes kept.
--- (shard, shard_row) locates the clip's tensors for random access. Rows a global stage dropped after they were
--- written (score filters, dedup, the event filter; listed in `rejected`) stay in the files but not in this view.
+-- One row per row of the shard files, metadata only: tensor bytes are left out, their shapes kept. This includes
+-- the rows of clips a global stage dropped after they were written (score filters, dedup, the event filter; listed
+-- in `rejected` with their reason): every score of every candidate clip, for re-tuning thresholds in SQL.
+-- (run, shard, shard_row) locates a clip's tensors for random access.
+CREATE OR REPLACE VIEW shard_rows AS
+SELECT
+    COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'camera_c2w',
+                                'camera_tokens', 'camera_intrinsics', 'event_activity', 'event_active', 'event_phase',
+                                'clip_embedding',
+                                'filename', 'file_row_number')
+                      AND NOT ends_with(c, '_dtype')),
+    parse_filename(filename) AS shard,
+    file_row_number AS shard_row,
+    parse_dirpath(parse_dirpath(filename)) AS run
+FROM read_parquet(list_transform(getvariable('shard_dirs'), lambda d: d || '/shards/*.parquet'),
+                  union_by_name = true, filename = true, file_row_number = true);
+
+-- The curated clips' shard rows: `shard_rows` restricted to the `clips` table, which is what iter_clips and
+-- training read.
 CREATE OR REPLACE VIEW shards AS
-SELECT * FROM (
-    SELECT
-        COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'camera_c2w',
-                                    'camera_tokens', 'camera_intrinsics', 'event_activity', 'event_active', 'event_phase',
-                                    'clip_embedding',
-                                    'filename', 'file_row_number')
-                          AND NOT ends_with(c, '_dtype')),
-        parse_filename(filename) AS shard,
-        file_row_number AS shard_row,
-        parse_dirpath(parse_dirpath(filename)) AS run
-    FROM read_parquet(list_transform(getvariable('shard_dirs'), lambda d: d || '/shards/*.parquet'),
-                      union_by_name = true, filename = true, file_row_number = true)
-) WHERE (run, clip_id) IN (SELECT (run, clip_id) FROM clips);
+SELECT * FROM shard_rows WHERE (run, clip_id) IN (SELECT (run, clip_id) FROM clips);

@@ -1,0 +1,267 @@
+"""Curated snapshots: a training selection frozen as shard/row references, with its lineage.
+
+    python -m curation.snapshot create runs/a [--run runs/b] --out snapshots/v1 [--param min_scores='{"sharpness": 20}']
+    python -m curation.snapshot verify snapshots/v1 [--checksums]
+
+A snapshot directory holds `clips.parquet` (one row per selected clip: `run_id, run, shard, shard_row, clip_id` and
+every metadata column of the shard row, in training order) and `snapshot.json`: the selection SQL and its sha256,
+the bound parameters, and each source run's id, config hash, manifest digest and the size and sha256 of every shard
+file it references. `snapshot_id` hashes all of that except the creation time, so the same selection over the same
+runs always gets the same id: a training job records it to name exactly the data it used. Snapshots are immutable;
+`iter_snapshot` streams the clips and refuses when a referenced shard changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.duck import QueryError, load_named
+from curation.schema import SCHEMA_VERSION
+from curation.selection import SELECTION_QUERY, select_training_set
+from curation.shards import MANIFEST, read_rows
+from curation.tables import atomic_write_json, atomic_write_parquet, read_json
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "snapshot.json"
+CLIPS_FILE = "clips.parquet"
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotError(QueryError):
+    """A snapshot that cannot be written or read: an existing target, a changed or missing source shard."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A snapshot directory's record (`snapshot.json`) and where it lives."""
+
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.record["snapshot_id"]
+
+    @property
+    def num_clips(self) -> int:
+        return self.record["clips"]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run_lineage(run_dir: Path, shards: Sequence[str], selected: int) -> dict[str, Any]:
+    """What identifies a source run and the exact shard files the snapshot reads from it."""
+    run = read_json(run_dir / "_run.json")
+    manifest_path = run_dir / "shards" / MANIFEST
+    manifest = read_json(manifest_path)
+    listed = {s["name"]: s for s in manifest["shards"]}
+    files = []
+    for name in sorted(shards):
+        path = run_dir / "shards" / name
+        files.append(
+            {"name": name, "rows": listed[name]["rows"], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        )
+    return {
+        "run_id": f"{run['config_hash']}-{run['inputs_hash']}",
+        "path": str(run_dir),
+        "config_hash": run["config_hash"],
+        "inputs_hash": run["inputs_hash"],
+        "schema_version": run["schema_version"],
+        "manifest_sha256": file_sha256(manifest_path),
+        "curated_clips": manifest.get("curation", {}).get("clips_after"),
+        "selected_clips": selected,
+        "shards": files,
+    }
+
+
+def create_snapshot(
+    run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, overrides: Mapping[str, Any] | None = None
+) -> Snapshot:
+    """Select the training set over `run_dirs` (parameters from their config, `overrides` replacing some) and
+    write it to `out_dir`, which must not exist yet (or be empty)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SnapshotError(f"{out} already exists: snapshots are immutable, choose a new --out")
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
+    table, params = select_training_set(dirs, overrides)
+    sql = load_named(SELECTION_QUERY)
+
+    by_path = {str(d.resolve()): d.resolve() for d in dirs}
+    runs_col = table.column("run").to_pylist() if table.num_rows else []
+    lineage = {}
+    for key, run_dir in by_path.items():
+        rows = [i for i, r in enumerate(runs_col) if r == key]
+        shards = sorted({table.column("shard")[i].as_py() for i in rows})
+        logger.info("snapshot: %s: %d clips from %d shards (hashing them)", run_dir, len(rows), len(shards))
+        lineage[key] = _run_lineage(run_dir, shards, len(rows))
+    run_ids = pa.array([lineage[r]["run_id"] for r in runs_col], pa.string())
+    table = table.add_column(0, "run_id", run_ids)
+
+    refs = [
+        (rid, shard, row, cid)
+        for rid, shard, row, cid in zip(
+            run_ids.to_pylist(),
+            table.column("shard").to_pylist(),
+            table.column("shard_row").to_pylist(),
+            table.column("clip_id").to_pylist(),
+            strict=True,
+        )
+    ]
+    identity = {
+        "format": SNAPSHOT_FORMAT,
+        "sql_sha256": hashlib.sha256(sql.encode()).hexdigest(),
+        "params": params,
+        "runs": [(r["run_id"], r["manifest_sha256"]) for r in lineage.values()],
+        "refs": refs,
+    }
+    record = {
+        "format": SNAPSHOT_FORMAT,
+        "snapshot_id": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "schema_version": SCHEMA_VERSION,
+        "clips": table.num_rows,
+        "clip_seconds": round(sum(e - s for s, e in zip(*_columns(table, "start_s", "end_s"), strict=True)), 3),
+        "clips_file": CLIPS_FILE,
+        "query": SELECTION_QUERY,
+        "sql": sql,
+        "sql_sha256": identity["sql_sha256"],
+        "params": params,
+        "runs": list(lineage.values()),
+    }
+    # Written into a temporary sibling and renamed: a reader never sees half a snapshot.
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_parquet(table, tmp / CLIPS_FILE)
+    atomic_write_json(record, tmp / SNAPSHOT_FILE)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return Snapshot(out, record)
+
+
+def _columns(table: pa.Table, *names: str) -> list[list[Any]]:
+    return [table.column(n).to_pylist() if table.num_rows else [] for n in names]
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    record_path = Path(path) / SNAPSHOT_FILE
+    if not record_path.exists():
+        raise SnapshotError(f"{path} is not a snapshot (no {SNAPSHOT_FILE}); write one with `curation.snapshot create`")
+    record = read_json(record_path)
+    if record.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{path}: snapshot format {record.get('format')}, this code reads {SNAPSHOT_FORMAT}")
+    return Snapshot(Path(path), record)
+
+
+def verify_snapshot(
+    snapshot: Snapshot, runs: Mapping[str, str | Path] | None = None, checksums: bool = False
+) -> dict[str, Path]:
+    """Check that every referenced shard file is still there with its recorded size (and sha256 with `checksums`);
+    returns {run_id: run directory}. `runs` relocates runs by id (a copy on another machine)."""
+    located = {}
+    for run in snapshot.record["runs"]:
+        run_dir = Path((runs or {}).get(run["run_id"], run["path"]))
+        for shard in run["shards"]:
+            path = run_dir / "shards" / shard["name"]
+            if not path.exists():
+                raise SnapshotError(f"snapshot {snapshot.snapshot_id}: {path} is missing (run {run['run_id']})")
+            if path.stat().st_size != shard["bytes"] or (checksums and file_sha256(path) != shard["sha256"]):
+                raise SnapshotError(
+                    f"snapshot {snapshot.snapshot_id}: {path} changed since the snapshot was taken "
+                    f"(recorded {shard['bytes']} bytes, sha256 {shard['sha256'][:12]}...)"
+                )
+        located[run["run_id"]] = run_dir
+    return located
+
+
+def iter_snapshot(
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    runs: Mapping[str, str | Path] | None = None,
+    checksums: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Yield the snapshot's clips in its order, decoded like `curation.shards.iter_clips` (tensors as numpy arrays).
+    Verifies the source shards first (`verify_snapshot`) and each row's clip id as it is read."""
+    snapshot = load_snapshot(path)
+    located = verify_snapshot(snapshot, runs, checksums)
+    refs = pq.read_table(Path(path) / CLIPS_FILE, columns=["run_id", "shard", "shard_row", "clip_id"]).to_pylist()
+    wanted = None if columns is None else sorted({*columns, "clip_id"})
+    start = 0
+    while start < len(refs):  # one read per run of consecutive rows from the same shard
+        end = start
+        while end < len(refs) and (refs[end]["run_id"], refs[end]["shard"]) == (
+            refs[start]["run_id"],
+            refs[start]["shard"],
+        ):
+            end += 1
+        group = refs[start:end]
+        rows = read_rows(located[group[0]["run_id"]], [(r["shard"], r["shard_row"]) for r in group], wanted)
+        for ref, row in zip(group, rows, strict=True):
+            if row["clip_id"] != ref["clip_id"]:
+                raise SnapshotError(
+                    f"{ref['shard']} row {ref['shard_row']} holds {row['clip_id']}, not {ref['clip_id']}"
+                )
+            yield row if columns is None or "clip_id" in columns else {k: v for k, v in row.items() if k != "clip_id"}
+        start = end
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m curation.snapshot", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="select the training set and write it as a snapshot")
+    create.add_argument("run_dir")
+    create.add_argument("--run", action="append", default=[], metavar="RUN_DIR", help="another source run")
+    create.add_argument("--out", required=True, help="the snapshot directory to write (must not exist)")
+    create.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="override a selection parameter"
+    )
+    verify = sub.add_parser("verify", help="check that a snapshot's source shards are unchanged")
+    verify.add_argument("snapshot")
+    verify.add_argument("--checksums", action="store_true", help="compare sha256 too (reads every shard)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from curation.query import parse_params
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "create":
+            snapshot = create_snapshot([args.run_dir, *args.run], args.out, parse_params(args.param))
+        else:
+            snapshot = load_snapshot(args.snapshot)
+            verify_snapshot(snapshot, checksums=args.checksums)
+    except QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    record = snapshot.record
+    print(f"snapshot {record['snapshot_id']}: {record['clips']} clips, {record['clip_seconds']} s, at {snapshot.path}")
+    print(f"  query {record['query']} (sha256 {record['sql_sha256'][:12]}), params {json.dumps(record['params'])}")
+    for run in record["runs"]:
+        print(f"  run {run['run_id']}: {run['selected_clips']} clips from {len(run['shards'])} shards ({run['path']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
