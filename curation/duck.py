@@ -24,7 +24,7 @@ class QueryError(ValueError):
 
 def connect(run_dirs: str | Path | Sequence[str | Path]) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB connection with the views `videos`, `scenes`, `clips`, `rejected`, `shard_rows` (every
-    shard row, dropped clips included) and `shards` (the curated clips' rows) over one run directory or several (each
+    shard row, dropped clips included), `shards` (the curated clips' rows) and `runs` (one row per run's _run.json) over one run directory or several (each
     view's `run` column says which). QueryError for a directory that is not a finished
     run of this schema version."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
@@ -37,11 +37,15 @@ def connect(run_dirs: str | Path | Sequence[str | Path]) -> duckdb.DuckDBPyConne
     with_shards = [str(d.resolve()) for d in dirs if any((d / "shards").glob("*.parquet"))]
     con.execute("SET VARIABLE run_dirs = $dirs", {"dirs": resolved})
     con.execute("SET VARIABLE shard_dirs = $dirs", {"dirs": with_shards})
+    run_jsons = [str(d.resolve() / "_run.json") for d in dirs if (d / "_run.json").exists()]
+    con.execute("SET VARIABLE run_json_files = $files", {"files": run_jsons})
     # The numeric scores `[filters]` can threshold, for the queries that go over every score.
     con.execute("SET VARIABLE score_columns = $names", {"names": list(FILTERABLE)})
     for statement in _statements((SQL_DIR / "views.sql").read_text()):
         if ("VIEW shards" in statement or "VIEW shard_rows" in statement) and not with_shards:
             continue  # no shard files yet (ingest-only run): DuckDB cannot bind a view over an empty glob
+        if "VIEW runs" in statement and not run_jsons:
+            continue
         con.execute(statement)
     return con
 

@@ -41,3 +41,22 @@ FROM read_parquet(list_transform(getvariable('shard_dirs'), lambda d: d || '/sha
 -- training read.
 CREATE OR REPLACE VIEW shards AS
 SELECT * FROM shard_rows WHERE (run, clip_id) IN (SELECT (run, clip_id) FROM clips);
+
+-- One row per run: how it ended, what it was made with and how long it took (from each run's `_run.json`).
+CREATE OR REPLACE VIEW runs AS
+SELECT
+    parse_dirpath(filename) AS run,
+    status,
+    stage,
+    schema_version,
+    config_hash,
+    inputs_hash,
+    config_hash || '-' || inputs_hash AS run_id,
+    inputs,
+    counts,
+    wall_seconds,
+    worker_seconds,
+    config,
+    versions,
+    make_timestamp((written_at * 1e6)::BIGINT) AS finished_at
+FROM read_json(getvariable('run_json_files'), union_by_name = true, filename = true);

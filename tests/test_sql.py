@@ -196,3 +196,28 @@ def test_unreadable_runs_are_clear_errors(second_run, capsys):
         connect(second_run)
     with pytest.raises(QueryError, match="no run directory"):
         connect([])
+
+
+def test_runs_view_has_one_row_per_run(smoke_run):
+    import json
+
+    run_json = json.loads((smoke_run / "_run.json").read_text())
+    con = connect(smoke_run)
+    (row,) = run_query(con, "SELECT run, run_id, status, schema_version, counts FROM runs").to_pylist()
+    assert row["run"] == str(smoke_run.resolve()) and row["status"] == "complete"
+    assert row["run_id"] == f"{run_json['config_hash']}-{run_json['inputs_hash']}"
+    assert row["counts"]["clips"] == con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
+
+
+def test_event_vs_motion_covers_every_scored_shard_row(smoke_run):
+    con = connect(smoke_run)
+    rows = run_query(con, load_named("event_vs_motion")).to_pylist()
+    scored = "SELECT count(*) FROM shard_rows WHERE event_score IS NOT NULL AND motion_mean IS NOT NULL"
+    assert len(rows) == con.sql(scored).fetchall()[0][0] > 0
+    curated = {r[0] for r in con.sql("SELECT clip_id FROM clips").fetchall()}
+    assert all(r["kept"] == (r["clip_id"] in curated) for r in rows)
+    assert all((r["dropped_by"] is None) == r["kept"] for r in rows)  # every dropped row says why
+    # Object motion on a still camera has the most event score per unit of motion; a pure pan the least.
+    ratio = {Path(r["source_uri"]).stem: r["ratio"] for r in rows if r["kept"] or r["dropped_by"] == "dedup/duplicate"}
+    assert max(ratio, key=ratio.get) in ("objects", "objects_reencoded")
+    assert ratio["pan_right"] < ratio["objects"] / 10
