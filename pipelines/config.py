@@ -220,8 +220,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        (item_type, _) = typing.get_args(hint)
-        return tuple(_coerce(item_type, v, key) for v in value)
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(t, v, key) for t, v in zip(args, value, strict=True))
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         for option in options:
