@@ -24,9 +24,9 @@ class QueryError(ValueError):
 
 def connect(run_dirs: str | Path | Sequence[str | Path]) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB connection with the views `videos`, `scenes`, `clips`, `rejected`, `shard_rows` (every
-    shard row, dropped clips included), `shards` (the curated clips' rows) and `runs` (one row per run's _run.json) over one run directory or several (each
-    view's `run` column says which). QueryError for a directory that is not a finished
-    run of this schema version."""
+    shard row, dropped clips included), `shards` (the curated clips' rows) and `runs` (one row per `_run.json`)
+    over one run directory or several (each view's `run` column says which). QueryError for a directory that is not
+    a finished run of this schema version."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
     if not dirs:
         raise QueryError("no run directory given")
