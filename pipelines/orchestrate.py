@@ -219,6 +219,14 @@ def _finish(
             "wall_seconds": wall,
         },
     )
+    if "clips" in STEPS_OF[stage]:
+        # The report only reads the run: if it fails the data are still complete, so log and carry on.
+        try:
+            from curation.report import write_report
+
+            logger.info("report: %s", write_report(run_dir))
+        except Exception:
+            logger.exception("could not write the HTML report; retry with: python -m curation.report %s", run_dir)
     table = summary_table(counts, dict(data.seconds), wall)
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
