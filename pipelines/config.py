@@ -156,7 +156,11 @@ def preset_path(name: str) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Load a TOML preset (default preset when None) and apply `section.key=value` overrides."""
-    path = Path(path) if path else preset_path("default")
+    return load_dataclass(RunConfig, Path(path) if path else preset_path("default"), overrides)
+
+
+def load_dataclass(cls: type, path: Path, overrides: typing.Sequence[str] = ()) -> Any:
+    """Build config dataclass `cls` from a TOML file plus `section.key=value` overrides; ConfigError names the key."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as e:
@@ -164,11 +168,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     for item in overrides:
-        _apply_override(data, item)
-    return build(RunConfig, data, prefix="")
+        apply_override(data, item)
+    return build(cls, data, prefix="")
 
 
-def _apply_override(data: dict[str, Any], item: str) -> None:
+def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
@@ -178,10 +182,10 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(section, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {section!r} is not a section")
-    node[leaf] = _parse_value(raw.strip())
+    node[leaf] = parse_value(raw.strip())
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """Parse a CLI value as a TOML literal (numbers, booleans, arrays); anything else stays a string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]

@@ -1,0 +1,467 @@
+"""Train the video DiT on curated shards.
+
+    python -m training.train --shards RUN_DIR|SNAPSHOT_DIR --out OUT_DIR [--config FILE] [--set k=v ...] [--resume]
+    torchrun --nproc_per_node=N -m training.train ...      # data parallel: gloo on CPU, NCCL on GPU
+
+OUT_DIR gets `config.json` (the resolved config), `lineage.json` (which data: the snapshot id, or the run id and
+manifest digest, and the clip count), `metrics.jsonl` (one JSON object per optimizer step: `step`, `loss` and every
+loss term, learning rate, gradient norm, seconds waiting for data and per step) and `checkpoints/step_NNNNNNN.pt`
+(model, EMA, optimizer, schedule, step, loader state and config, written atomically; `--resume` continues from the
+newest: same batches, same random draws, so the losses match an uninterrupted run).
+
+Randomness is stateless per step: every draw of the objective comes from a generator seeded by (seed, step, rank),
+so nothing but the loader's cursor has to be saved to resume exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training.config import ConfigError, OptimConfig, TrainConfig, load_train_config
+from training.data import make_loader
+from training.model import build_model
+from training.objective import compute_losses
+
+logger = logging.getLogger("training")
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+class UsageError(ValueError):
+    """A bad command line or output directory: exit status 2 before any work."""
+
+
+# -- data source and lineage --------------------------------------------------------------------------------------
+
+
+def resolve_source(path: str | Path) -> Path:
+    """A run directory, its `shards/` folder, or a snapshot directory, as the directory the loader reads."""
+    p = Path(path)
+    if p.name == "shards" and (p / "manifest.json").exists():
+        p = p.parent
+    if (p / "snapshot.json").exists() or (p / "shards" / "manifest.json").exists():
+        return p
+    raise UsageError(f"--shards {path}: neither a run directory (shards/manifest.json) nor a snapshot (snapshot.json)")
+
+
+def lineage(source: Path) -> dict[str, Any]:
+    """What data a training run used, precisely enough to find it again."""
+    from curation.snapshot import file_sha256, load_snapshot
+
+    if (source / "snapshot.json").exists():
+        snap = load_snapshot(source)
+        return {
+            "kind": "snapshot",
+            "path": str(source.resolve()),
+            "snapshot_id": snap.snapshot_id,
+            "clips": snap.num_clips,
+            "runs": [r["run_id"] for r in snap.record["runs"]],
+            "params": snap.record["params"],
+        }
+    run = json.loads((source / "_run.json").read_text()) if (source / "_run.json").exists() else {}
+    manifest = source / "shards" / "manifest.json"
+    curation = json.loads(manifest.read_text()).get("curation", {})
+    return {
+        "kind": "run",
+        "path": str(source.resolve()),
+        "run_id": f"{run.get('config_hash')}-{run.get('inputs_hash')}",
+        "manifest_sha256": file_sha256(manifest),
+        "clips": curation.get("clips_after"),
+    }
+
+
+# -- distributed --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) → a process group; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={name} but CUDA is not available")
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Data parallel: one all-reduce of all gradients (flattened), then the mean. Every rank starts from rank 0's
+    weights and applies the same averaged update, so the replicas stay identical (what DDP does, without its hooks,
+    which the objective's optional second forward pass would trip)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def broadcast_parameters(modules: list[torch.nn.Module]) -> None:
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+# -- optimisation -------------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the base learning rate before optimizer step `step` (0-based): linear warm-up over
+    `warmup_steps`, then constant or cosine down to `min_lr_ratio` at the last step."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - cfg.warmup_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: biases, norms, scalars (event alpha) and embedding tables are left alone."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim < 2 or "embed" in name or "norm" in name or name.endswith(".bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class EMA:
+    """Exponential moving average of trainable weights (kept in float32 next to them)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params, strict=True):
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, shadow: list[torch.Tensor]) -> None:
+        self.shadow = [s.to(self.shadow[0].device) for s in shadow]
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The objective's random draws for one step: a function of (seed, step, rank) only."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
+    return gen
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    return sorted((out / CHECKPOINTS).glob("step_*.pt"))
+
+
+def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Written to a temporary name, then renamed: a kill never leaves a half checkpoint as the newest."""
+    path = checkpoint_path(out, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in list_checkpoints(out)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which, do not start from scratch silently
+        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint: the resumed run writes them again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(f"{line}\n" for line in keep))
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def prepare_out_dir(out: Path, resume: bool, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (None = fresh start). A fresh start refuses a directory that already holds
+    checkpoints; a resume refuses another config (steps may grow)."""
+    found = list_checkpoints(out)
+    if not resume:
+        if found:
+            raise UsageError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
+        return None
+    if not found:
+        logger.warning("--resume: no checkpoint in %s yet; starting from step 0", out)
+        return None
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    if saved is not None:
+        as_json = json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=str))  # tuples -> lists, as saved
+        now = {k: v for k, v in as_json.items() if k != "steps"}
+        before = {k: v for k, v in saved.items() if k != "steps"}
+        if now != before:
+            changed = sorted(k for k in now if now[k] != before.get(k))
+            raise UsageError(f"--resume with a different config ({', '.join(changed)} changed); use a new --out")
+    return found[-1]
+
+
+def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run the training loop; returns a summary (steps, final loss, seconds, data-wait share)."""
+    out = Path(out)
+    source = resolve_source(shards)
+    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    world = init_distributed("cuda" if on_gpu else "cpu")
+    device = resolve_device(cfg.device, world.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    start_from = prepare_out_dir(out, resume, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data_cfg = dataclasses.replace(cfg.data, source=str(source), seed=cfg.data.seed or cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, text_encoder = build_model(cfg.model)
+    model, text_encoder = model.to(device), text_encoder.to(device)
+    probe = make_loader(data_cfg, world.rank, world.world, device)
+    grid = model.token_grid((1, probe.geo.channels, probe.geo.num_frames, *probe.geo.latent_size))
+    if probe.geo.token_grid is not None and tuple(probe.geo.token_grid) != tuple(grid):
+        probe.close()
+        probe = make_loader(dataclasses.replace(data_cfg, token_grid=grid), world.rank, world.world, device)
+    loader = probe
+    if world.main:
+        logger.info(
+            "data: %s, %d samples per rank per epoch, latents %s x %d frames, noise: %s",
+            source,
+            loader.num_samples,
+            loader.geo.latent_size,
+            loader.geo.num_frames,
+            loader.noise_source,
+        )
+
+    modules = [model, text_encoder]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if world.world > 1:
+        broadcast_parameters(modules)
+    optimizer = torch.optim.AdamW(param_groups(modules, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, cfg.steps))
+    ema = EMA(params, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    step = 0
+    if start_from is not None:
+        state = load_checkpoint(start_from)
+        model.load_state_dict(state["model"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        loader.load_state_dict(state["loader"])
+        step = state["step"]
+        if world.main:
+            logger.info("resumed from %s at step %d", start_from, step)
+    first_step = step
+
+    metrics_path = out / METRICS
+    if world.main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str))
+        (out / "lineage.json").write_text(json.dumps(lineage(source), indent=2, sort_keys=True))
+        _truncate_metrics(metrics_path, step)
+    batches = loader.batches()
+    started, wait_total, step_total, last = time.perf_counter(), 0.0, 0.0, {}
+    try:
+        with metrics_path.open("a") if world.main else contextlib.nullcontext() as metrics:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                t1 = time.perf_counter()
+                with _autocast(device, cfg.precision):
+                    loss, terms = compute_losses(
+                        model, text_encoder, batch, cfg.objective, step_generator(cfg.seed, step, world.rank, device)
+                    )
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss is {loss.item()} ({terms}); lower optim.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if world.world > 1:
+                    average_gradients(params, world.world)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")).item()
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(params)
+                step += 1
+                t2 = time.perf_counter()
+                terms = _mean_across_ranks(terms, world)
+                wait_total, step_total = wait_total + (t1 - t0), step_total + (t2 - t0)
+                last = {
+                    "step": step,
+                    **terms,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "data_wait_s": round(t1 - t0, 6),
+                    "step_s": round(t2 - t0, 6),
+                    "epoch": loader.epoch,
+                }
+                if metrics is not None:
+                    metrics.write(json.dumps(last) + "\n")
+                    metrics.flush()
+                if world.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    rate = step_total / max(1, step - first_step)
+                    logger.info(
+                        "step %d/%d  loss %.4f  lr %.2e  %.2f s/step  data wait %.0f%%  eta %.0f s",
+                        step,
+                        cfg.steps,
+                        terms["loss"],
+                        last["lr"],
+                        rate,
+                        100 * wait_total / max(step_total, 1e-9),
+                        rate * (cfg.steps - step),
+                    )
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    state = {
+                        "step": step,
+                        "model": model.state_dict(),
+                        "text_encoder": text_encoder.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "loader": loader.state_dict(),
+                        "latent_shape": [loader.geo.channels, loader.geo.num_frames, *loader.geo.latent_size],
+                        "config": cfg.to_dict(),
+                        "lineage": lineage(source) if world.main else None,
+                    }
+                    if world.main:
+                        save_checkpoint(out, step, state, cfg.keep_checkpoints)
+    finally:
+        loader.close()
+    summary = {
+        "steps": step,
+        "final": last,
+        "seconds": round(time.perf_counter() - started, 3),
+        "data_wait_share": round(wait_total / max(step_total, 1e-9), 4),
+        "loader": loader.stats.as_dict(),
+    }
+    if world.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _mean_across_ranks(terms: dict[str, float], world: Dist) -> dict[str, float]:
+    if world.world == 1:
+        return terms
+    keys = sorted(terms)
+    values = torch.tensor([float(terms[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return {k: float(v) / world.world for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def ema_weights_into(model: torch.nn.Module, text_encoder: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load a checkpoint's EMA weights (the ones to sample with) into freshly built modules."""
+    model.load_state_dict(state["model"])
+    text_encoder.load_state_dict(state["text_encoder"])
+    if state.get("ema") is None:
+        return
+    params = [p for m in (model, text_encoder) for p in m.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p, s in zip(params, state["ema"], strict=True):
+            p.copy_(s.to(p.dtype))
+
+
+def iter_metrics(out: str | Path) -> Iterator[dict[str, Any]]:
+    path = Path(out) / METRICS
+    for line in path.read_text().splitlines():
+        if line:
+            yield json.loads(line)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", required=True, help="a run directory (or its shards/ folder) or a snapshot directory")
+    p.add_argument("--out", required=True, help="output directory: checkpoints, metrics.jsonl, lineage.json")
+    p.add_argument("--config", help="TOML preset (default: training/configs/default.toml; debug.toml for CPU)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        summary = train(cfg, args.shards, args.out, resume=args.resume)
+    except (ConfigError, UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    final = summary["final"]
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']:.1f} s; loss {final.get('loss', float('nan')):.4f}; "
+        f"waiting for data {100 * summary['data_wait_share']:.1f}% of step time; out: {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
