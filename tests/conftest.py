@@ -52,3 +52,15 @@ def smoke_run(corpus_dir: Path, ray_local, tmp_path_factory: pytest.TempPathFact
     run_dir = tmp_path_factory.mktemp("run") / "smoke"
     assert run_pipeline("--stage=all", "--input", str(corpus_dir), "--output", str(run_dir)) == 0
     return run_dir
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse every socket connection: code under test that tries to download something fails loudly."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,8 @@ def inputs(b: int = 2, frames: int = 4, h: int = 8, w: int = 8, seed: int = 0) -
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args[1:]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+def _offline(no_network: None) -> None:
+    """Every test here runs with the network refused: weights come from local files only."""
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,7 @@ def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> P
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, do not start from scratch silently
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
 
