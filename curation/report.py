@@ -131,22 +131,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read(run_dir: Path, refs: list[tuple[str, int]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """read_rows, tolerant of null tensors: a failing batch is retried one column at a time, skipping the columns
-    that cannot be decoded (a null tensor has no dtype or shape)."""
-    try:
-        return read_rows(run_dir, refs, columns=list(columns))
-    except (TypeError, ValueError):
-        out: list[dict[str, Any]] = [{} for _ in refs]
-        for column in columns:
-            try:
-                for merged, row in zip(out, read_rows(run_dir, refs, columns=[column]), strict=True):
-                    merged.update(row)
-            except (TypeError, ValueError):
-                logger.warning("report: column %s of %d shard rows could not be decoded; left out", column, len(refs))
-        return out
-
-
 # --- html helpers -------------------------------------------------------------------------------------------------
 
 
@@ -339,7 +323,7 @@ def _thumbnails(run: _Run, refs: list[tuple[str, int]]) -> dict[tuple[str, int],
     out: dict[tuple[str, int], str] = {}
     for i in range(0, len(refs), 8):
         batch = refs[i : i + 8]
-        for ref, row in zip(batch, _read(run.run_dir, batch, ["frames"]), strict=True):
+        for ref, row in zip(batch, read_rows(run.run_dir, batch, ["frames"]), strict=True):
             frames = row.get("frames")
             if frames is not None and frames.ndim == 4 and frames.shape[0]:
                 out[ref] = visuals.to_data_uri(frames[frames.shape[0] // 2], "jpeg", max_side=THUMB_SIDE, quality=80)
@@ -460,7 +444,7 @@ def _strip(images: list[tuple[str, str]], cls: str = "") -> str:
 
 
 def _clip_block(run: _Run, why: str, ref: dict[str, Any]) -> str:
-    row = _read(run.run_dir, [(ref["shard"], int(ref["shard_row"]))], [*CLIP_SCALARS, *CLIP_TENSORS])[0]
+    row = read_rows(run.run_dir, [(ref["shard"], int(ref["shard_row"]))], [*CLIP_SCALARS, *CLIP_TENSORS])[0]
     name = Path(str(row.get("source_uri") or "")).name
     facts = [
         ("picked for", why),

@@ -209,8 +209,8 @@ def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:
     present = [t for t in tensors if t in row]
     layout = {f"{t}_{part}" for t in present for part in ("dtype", "shape")}
     out = {k: v for k, v in row.items() if k not in layout}
-    for t in present:
-        out[t] = decode_tensor(row, t)
+    for t in present:  # a null cell (the annotator had nothing for this clip) stays None
+        out[t] = decode_tensor(row, t) if row[t] is not None else None
     if "frame_indices" in out:
         out["frame_indices"] = np.asarray(out["frame_indices"], dtype=np.int64)
     return out

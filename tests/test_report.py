@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.report import _read, main, write_report
-from curation.shards import encode_tensor
+from curation.report import main, write_report
+from curation.shards import encode_tensor, read_rows
 from tests.conftest import run_pipeline
 
 SECTIONS = ("counts", "histograms", "galleries", "qcm", "clips", "timing")
@@ -95,13 +95,13 @@ def test_report_without_flow_leaves_those_parts_out(corpus_dir, tmp_path, ray_lo
 
 
 def test_null_tensors_are_left_out(tmp_path):
-    """A null tensor (no bytes, dtype or shape) cannot be decoded: the report reads the rest of the row."""
+    """A null tensor (no bytes, dtype or shape) reads as None: the report shows the rest of the row."""
     row = {"clip_id": "a", **encode_tensor("frames", np.zeros((2, 4, 4, 3), np.uint8))}
     row.update(flow=None, flow_dtype=None, flow_shape=None)
     (tmp_path / "shards").mkdir()
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "shards" / "s.parquet")
-    (got,) = _read(tmp_path, [("s.parquet", 0)], ["clip_id", "frames", "flow"])
-    assert got["clip_id"] == "a" and got["frames"].shape == (2, 4, 4, 3) and "flow" not in got
+    (got,) = read_rows(tmp_path, [("s.parquet", 0)], ["clip_id", "frames", "flow"])
+    assert got["clip_id"] == "a" and got["frames"].shape == (2, 4, 4, 3) and got["flow"] is None
 
 
 def find_browser() -> str | None:

@@ -3,13 +3,26 @@
     from training.data import DataConfig, make_loader
 
     cfg = DataConfig(source="runs/sample", batch_size=8)
-    # under torchrun every process builds its own loader with its rank:
+    loader = make_loader(cfg)  # one process; under torchrun every process passes its own rank:
     loader = make_loader(
-        cfg, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)), device="cuda:0"
+        cfg, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+        device=f"cuda:{os.environ['LOCAL_RANK']}",
     )
     for step, batch in enumerate(loader.batches()):   # endless; `for batch in loader` is one epoch
         ...
-        checkpoint["data"] = loader.state_dict()       # JSON-serialisable; loader.load_state_dict() resumes
+        checkpoint["data"] = loader.state_dict()       # JSON; `loader.load_state_dict(state)` resumes there
+
+A batch (a dict on `device`; B = batch_size, T frames, (h, w) = latent_size, C = latent_channels = 3):
+- `latents` (B, C, T, h, w) float32 in [-1, 1]: the frames area-resized (pixel space, no VAE);
+- `noise` (B, C, T, h, w) float32: the first C channels of the clip's warped noise (i.i.d. channels, so a subset
+  keeps the statistics). Only when every source run stores noise on the latent grid with >= C channels; else the
+  key is absent (never made up). `noise_source` (str) is "warped_noise" or "absent: <why>";
+- `camera_tokens` (B, T-1) int64 QCM tokens (absent when no run has them; a null row is all 0 = "none"),
+  `has_camera` (B,) bool;
+- `event_activity` (B, T', H', W') float32 pooled to `token_grid` (`pool_event_maps`; absent when no run has
+  events; a null row is zeros), `has_events` (B,) bool, `event_confidence` (B,) float32 (null -> 0);
+- `text`: list[str] (caption, else camera_text, else ""), `clip_id`: list[str].
+Tensors are collated in pinned memory and copied with `non_blocking=True` when `device` is CUDA.
 
 Sources: a run directory (the curated `clips` table selects shard rows, in manifest order) or a snapshot directory
 (`curation.snapshot`: its `clips.parquet` order, rows in several runs; the source shards are verified first).
@@ -33,6 +46,10 @@ Bad rows (null or malformed frames, null or malformed warped noise when noise is
 or event maps, a shard row that holds another clip than the selection says) are logged once per clip, counted in
 `stats.skipped` and replaced by another valid sample of the same batch (or, if the whole batch is bad, the next
 valid samples of the epoch), so batch shapes and the number of batches per rank never change.
+
+Memory: the decoded samples waiting to be emitted (at most about `shuffle_buffer` plus the row groups being
+decoded, `2 * num_workers` ahead) and `prefetch_batches` collated batches; shards are read one row group at a
+time, only the needed columns. `stats` counts samples, skipped rows and the seconds the consumer waited.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -105,8 +123,10 @@ class DataConfig:
                 "data.latent_channels must be 3: without a VAE the latent is the RGB frames "
                 f"(got {self.latent_channels})"
             )
+        if isinstance(self.source, os.PathLike):
+            object.__setattr__(self, "source", os.fspath(self.source))
         if not isinstance(self.source, str):
-            raise ValueError(f"data.source must be a path string, got {self.source!r}")
+            raise ValueError(f"data.source must be a path, got {self.source!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
