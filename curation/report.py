@@ -30,7 +30,7 @@ import numpy as np
 
 from annotators.qcm import KEYS, MOUSE
 from curation import visuals
-from curation.duck import QueryError, connect, load_named, run_query
+from curation.duck import QueryError, connect, load_named
 from curation.filters import FILTERABLE
 from curation.shards import read_manifest, read_rows
 from curation.tables import read_json
@@ -242,7 +242,7 @@ def _counts(run: _Run) -> str:
         funnel.append((f"after {stage}", left, note))
     funnel[-1] = (funnel[-1][0] + " = curated", curated, funnel[-1][2])
     table = _bar_table(((_e(k), v, _e(n)) for k, v, n in funnel), ("step", "count", "note"))
-    reasons = run_query(con, load_named("rejected_by_reason")).to_pylist()
+    reasons = _fetch(con, load_named("rejected_by_reason"))
     if reasons:
         body = "".join(
             f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['reason'])}</td><td class='num'>{r['n']:,}</td>"
