@@ -35,6 +35,7 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/camera.py
 	$(PY) bench/events.py
 	$(PY) bench/quality.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf $(VENV) runs
