@@ -160,11 +160,13 @@ def curate(data: Collected, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     pass the thresholds, so a group never loses its keeper to a later filter), then EVD's relative event filter.
     Returns what each did, for the manifest's `curation` block."""
     out: dict[str, Any] = {"clips_before": len(data.clips)}
-    for name, summary in (
-        ("filters", filter_scores(data, cfg.filters)),
-        ("dedup", remove_duplicates(data, cfg.dedup, run_dir)),
-        ("events", select_events(data, cfg.events)),
-    ):
+    stages = (  # called in turn: each sees what the previous one kept
+        ("filters", lambda: filter_scores(data, cfg.filters)),
+        ("dedup", lambda: remove_duplicates(data, cfg.dedup, run_dir)),
+        ("events", lambda: select_events(data, cfg.events)),
+    )
+    for name, stage in stages:
+        summary = stage()
         if summary is not None:
             out[name] = summary
             logger.info("%s: kept %d clips, excluded %d (see `rejected`)", name, len(data.clips), summary["excluded"])

@@ -748,7 +748,7 @@ class Loader:
         n, b, c = self.num_samples, self.cfg.batch_size, self.cursor
         return c + ((n - c) // b) * b if self.cfg.drop_last else n
 
-    def plan(self, epoch: int) -> _Plan:
+    def _epoch_plan(self, epoch: int) -> _Plan:
         if self._plan_cache is None or self._plan_cache.epoch != epoch:
             self._plan_cache = _plan(self.src, self.cfg, epoch, self.rank, self.world_size)
         return self._plan_cache
@@ -758,7 +758,7 @@ class Loader:
         that a resumed loader sees the same data and order. The same on every rank, so rank 0's copy serves all."""
         position = None
         if self.cursor < self.num_samples:
-            plan = self.plan(self.epoch)
+            plan = self._epoch_plan(self.epoch)
             stream = int(plan.order[self.cursor])
             unit = self.src.units[int(plan.stream_unit[stream])]
             shard = self.src.shards[unit.shard]
@@ -810,7 +810,7 @@ class Loader:
         """The rest of the current epoch (all of it from a fresh start), one batch at a time."""
         self._stop()
         epoch, end = self.epoch, self._epoch_end()
-        batches = self._batches(self.plan(epoch), self.cursor, end)
+        batches = self._batches(self._epoch_plan(epoch), self.cursor, end)
         producer = None
         if self.cfg.num_workers > 0:
             self._producer = producer = _Producer(batches, self.cfg.prefetch_batches)
