@@ -22,6 +22,15 @@ def clip_ids(run_dir: Path) -> set[str]:
     return {r[0] for r in rows}
 
 
+def rejections(run_dir: Path) -> str:
+    """The run's rejections other than dedup (what a mismatch usually comes from), for the failure message."""
+    rows = duckdb.sql(
+        f"SELECT stage, reason, source_uri, detail FROM read_parquet('{run_dir}/rejected/*.parquet') "
+        "WHERE stage <> 'dedup' ORDER BY ALL"
+    ).fetchall()
+    return repr(rows)
+
+
 def start_run(corpus_dir: Path, run_dir: Path, ray_tmp: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -67,7 +76,7 @@ def test_kill_9_then_rerun_gives_the_clean_clip_set(corpus_dir, smoke_run, tmp_p
     assert not (run_dir / "shards" / "manifest.json").exists()
 
     assert run_pipeline("--stage=all", "--input", str(corpus_dir), "--output", str(run_dir)) == 0
-    assert clip_ids(run_dir) == clip_ids(smoke_run)
+    assert clip_ids(run_dir) == clip_ids(smoke_run), rejections(run_dir) + " vs clean run: " + rejections(smoke_run)
     manifest = read_manifest(run_dir)
     assert manifest["curation"]["clips_after"] == len(clip_ids(run_dir))
     assert sorted(s["name"] for s in manifest["shards"]) == sorted(
