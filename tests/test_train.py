@@ -19,7 +19,7 @@ import torch
 from training.config import OptimConfig, load_train_config
 from training.sample import camera_token
 from training.sample import main as sample_main
-from training.train import iter_metrics, list_checkpoints, lr_factor
+from training.train import iter_metrics, list_checkpoints, load_checkpoint, lr_factor
 from training.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_debug_model_loss_falls(trained):
     run_json = json.loads((Path(lineage["path"]) / "_run.json").read_text())
     assert lineage["kind"] == "run" and lineage["run_id"] == f"{run_json['config_hash']}-{run_json['inputs_hash']}"
     assert [p.name for p in list_checkpoints(trained)] == ["step_0000030.pt", "step_0000060.pt"]
-    state = torch.load(list_checkpoints(trained)[-1], map_location="cpu", weights_only=True)
+    state = load_checkpoint(list_checkpoints(trained)[-1])
     assert {"model", "ema", "optimizer", "scheduler", "loader", "config", "step", "lineage"} <= set(state)
 
 
@@ -71,8 +71,8 @@ def test_resume_repeats_the_uninterrupted_run(smoke_run, tmp_path):
     for x, y in zip(a, b, strict=True):
         for key in ("loss", "fm", "act", "lr"):
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x["step"], key)
-    final_a = torch.load(list_checkpoints(full)[-1], map_location="cpu", weights_only=True)
-    final_b = torch.load(list_checkpoints(cut)[-1], map_location="cpu", weights_only=True)
+    final_a = load_checkpoint(list_checkpoints(full)[-1])
+    final_b = load_checkpoint(list_checkpoints(cut)[-1])
     for name, tensor in final_a["model"].items():
         torch.testing.assert_close(final_b["model"][name], tensor, rtol=1e-5, atol=1e-6)
     assert final_b["loader"] == final_a["loader"]
@@ -154,7 +154,7 @@ def test_two_torchrun_processes_train_data_parallel(smoke_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = list(iter_metrics(out))
     assert [m["step"] for m in metrics] == list(range(1, 7)) and all(np.isfinite(m["loss"]) for m in metrics)
-    state = torch.load(list_checkpoints(out)[-1], map_location="cpu", weights_only=True)
+    state = load_checkpoint(list_checkpoints(out)[-1])
     assert state["loader"]["world_size"] == 2
 
 
