@@ -151,7 +151,7 @@ def run_stages(
     work, wall, attempted = WorkDir(run_dir), {}, ()
     if "clips" in steps:
         announce_missing_models(cfg)
-    init_ray(cfg.runtime, ray_address)
+    cluster = init_ray(cfg.runtime, ray_address)
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
         logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
@@ -175,7 +175,7 @@ def run_stages(
         wall["+".join(video_steps)] = time.perf_counter() - t0
         attempted += video_steps
         data = collect(run_dir, inputs, attempted)
-    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started)
+    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster)
 
 
 def _finish(
@@ -187,6 +187,7 @@ def _finish(
     data: Collected,
     wall: dict[str, float],
     started: float,
+    cluster: dict | None = None,
 ) -> Collected:
     from curation.schema import SCHEMA_VERSION
 
@@ -217,6 +218,7 @@ def _finish(
             "counts": counts,
             "worker_seconds": dict(data.seconds),
             "wall_seconds": wall,
+            "ray": cluster or {},
         },
     )
     if "clips" in STEPS_OF[stage]:

@@ -20,6 +20,7 @@ from curation.tables import atomic_write_json, read_json
 from pipelines.annotate import preflight_models
 from pipelines.config import ConfigError, RunConfig, load_config, work_settings
 from pipelines.report import inputs_hash
+from pipelines.runtime import ClusterUnreachable, check_ray_address, resolve_address
 
 logger = logging.getLogger("pipelines.run")
 
@@ -125,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         cfg = load_config(args.config, args.overrides)
+        if address := resolve_address(cfg.runtime, args.ray_address):
+            check_ray_address(address)  # before any work: a dead address would otherwise block in ray.init
         run_dir = prepare_run_dir(args.output)
         inputs, ignored = resolve_inputs(args.input, run_dir, cfg)
         check_config_matches(run_dir, cfg)
         preflight_models(cfg)
-    except (ConfigError, UsageError, ModelLoadError) as e:
+    except (ConfigError, UsageError, ModelLoadError, ClusterUnreachable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if already_complete(run_dir, args.stage, inputs, cfg):
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_stages(run_dir, args.stage, inputs, ignored, cfg, args.ray_address, started=time.time())
-    except ModelLoadError as e:  # weights that pass the preflight but fail to load in the workers
+    except (ModelLoadError, ClusterUnreachable) as e:
+        # Weights that pass the preflight but fail to load in the workers; a cluster that is not Ray or went away.
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
