@@ -35,6 +35,7 @@ import numpy as np
 
 KEYS: tuple[str, ...] = ("none", "W", "S", "A", "D", "W+A", "W+D", "S+A", "S+D")
 MOUSE: tuple[str, ...] = ("none", "→", "←", "↑", "↓", "↑→", "↑←", "↓→", "↓←")
+NUM_TOKENS = len(KEYS) * len(MOUSE)  # 81: token = key_index * 9 + mouse_index
 N_TOKENS = len(KEYS) * len(MOUSE)
 _KEY_INDEX = {k: i for i, k in enumerate(KEYS)}
 _MOUSE_INDEX = {m: i for i, m in enumerate(MOUSE)}

@@ -51,6 +51,17 @@ def state_dict(module: Any) -> dict[str, Any]:
     return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
 
 
+def save_clip_folder(folder: Path, model: Any, model_cfg: dict[str, Any], preprocess: bool = True) -> Path:
+    """`model` saved in open_clip's hub layout (`open_clip_config.json` + safetensors weights) under `folder`."""
+    folder.mkdir(parents=True)
+    config: dict[str, Any] = {"model_cfg": model_cfg}
+    if preprocess:
+        config["preprocess_cfg"] = {"mean": list(MEAN), "std": list(STD)}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(state_dict(model), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
 def random_head(seed: int, dim: int = EMBED_DIM) -> Any:
     torch.manual_seed(seed)
     head = AestheticHead(dim)
@@ -70,11 +81,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The reference model and head in memory, and their saved copies: a hub-layout folder and a .pth head."""
     root = tmp_path_factory.mktemp("aesthetics")
     model, head = random_clip(0), random_head(1)
-    folder = root / "tiny-clip"
-    folder.mkdir()
-    config = {"model_cfg": tiny_model_cfg(), "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    save_file(state_dict(model), str(folder / "open_clip_model.safetensors"))
+    folder = save_clip_folder(root / "tiny-clip", model, tiny_model_cfg())
     head_path = root / "tiny-head.pth"
     torch.save(state_dict(head), head_path)
     return {"root": root, "folder": folder, "head_path": head_path, "model": model, "head": head}

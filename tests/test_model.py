@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from annotators.models import ModelLoadError
+from tests.test_aesthetics import save_clip_folder
 from training.model import (
     CAMERA_NULL,
     EVENT_NULL,
@@ -271,13 +270,7 @@ def tiny_clip_cfg() -> dict[str, Any]:
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     torch.manual_seed(0)
     model = open_clip.CLIP(**tiny_clip_cfg()).eval()
-    folder = tmp_path_factory.mktemp("text") / "tiny-clip"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_clip_cfg()}))
-    save_file(
-        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-        str(folder / "open_clip_model.safetensors"),
-    )
+    folder = save_clip_folder(tmp_path_factory.mktemp("text") / "tiny-clip", model, tiny_clip_cfg(), preprocess=False)
     return folder, model
 
 

@@ -4,7 +4,6 @@ open_clip / LLaVA models loaded through the pipeline's own loading code."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -130,17 +129,12 @@ def test_filter_on_a_score_that_is_never_computed_is_refused(tmp_path: Path, cap
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny random open_clip folder + LAION-layout head, and a tiny random LLaVA, saved like real weights."""
     torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
 
-    from tests.test_aesthetics import MEAN, STD, random_clip, random_head, state_dict, tiny_model_cfg
+    from tests.test_aesthetics import random_clip, random_head, save_clip_folder, state_dict, tiny_model_cfg
     from tests.test_captions import save_tiny_llava
 
     root = tmp_path_factory.mktemp("models")
-    clip_dir = root / "tiny-clip"
-    clip_dir.mkdir()
-    config = {"model_cfg": tiny_model_cfg(), "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}}
-    (clip_dir / "open_clip_config.json").write_text(json.dumps(config))
-    save_file(state_dict(random_clip(0)), str(clip_dir / "open_clip_model.safetensors"))
+    clip_dir = save_clip_folder(root / "tiny-clip", random_clip(0), tiny_model_cfg())
     head = root / "tiny-head.pth"
     torch.save(state_dict(random_head(1)), head)
     llava = save_tiny_llava(root / "tiny-llava")

@@ -77,13 +77,13 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from annotators.qcm import NUM_TOKENS
 from curation.shards import read_manifest
 from curation.snapshot import CLIPS_FILE, SNAPSHOT_FILE, load_snapshot, verify_snapshot
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-NUM_CAMERA_TOKENS = 81  # QCM: 9 keys x 9 mouse moves
 NOISE_KEY = "warped_noise"
 
 
@@ -583,8 +583,8 @@ class _Decoder:
             sample["noise"] = noise.permute(1, 0, 2, 3).contiguous()
         tokens = arrays.get("camera_tokens")
         if geo.camera:
-            if tokens is not None and (tokens.min(initial=0) < 0 or tokens.max(initial=0) >= NUM_CAMERA_TOKENS):
-                return _BadRow(clip_id, f"camera_tokens: outside 0..{NUM_CAMERA_TOKENS - 1}")
+            if tokens is not None and (tokens.min(initial=0) < 0 or tokens.max(initial=0) >= NUM_TOKENS):
+                return _BadRow(clip_id, f"camera_tokens: outside 0..{NUM_TOKENS - 1}")
             if tokens is not None and tokens.shape != (geo.num_frames - 1,):
                 return _BadRow(clip_id, f"camera_tokens: shape {tokens.shape}")
             sample["camera_tokens"] = (

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from annotators.qcm import NUM_TOKENS
 from training.text import TextConfig, TextEncoder, build_text_encoder
 
-NUM_CAMERA_TOKENS = 81  # QCM: 9 key states x 9 mouse states, token = key*9 + mouse, 0 = no motion
-CAMERA_START = NUM_CAMERA_TOKENS  # embedding row of frame 0 (no step leads to it)
-CAMERA_NULL_ROW = NUM_CAMERA_TOKENS + 1  # embedding row of "no camera information"
+CAMERA_START = NUM_TOKENS  # embedding row of frame 0 (no step leads to it)
+CAMERA_NULL_ROW = NUM_TOKENS + 1  # embedding row of "no camera information"
 CAMERA_NULL = -1  # value of a step in `camera_tokens` without a token (condition dropout / has_camera False)
 EVENT_NULL = -1.0  # value of an event-field entry without a field (event dropout / no pseudo-target)
 POS_EMBEDS = ("sincos", "learned")
@@ -242,7 +242,7 @@ class VideoDiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.text_proj = nn.Linear(self.text_dim, d)
         self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(d, d))
-        self.camera_embed = nn.Embedding(NUM_CAMERA_TOKENS + 2, d) if cfg.camera else None
+        self.camera_embed = nn.Embedding(NUM_TOKENS + 2, d) if cfg.camera else None
         self.event_in = nn.Linear(2, d, bias=False) if cfg.event_injection else None
         if cfg.event_injection and cfg.event_alpha is None:
             self.event_alpha = nn.Parameter(torch.zeros(()))

@@ -318,9 +318,10 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     first_step = step
 
     metrics_path = out / METRICS
+    data_lineage = lineage(source) if world.main else None  # hashes the manifest: once, not per checkpoint
     if world.main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str))
-        (out / "lineage.json").write_text(json.dumps(lineage(source), indent=2, sort_keys=True))
+        (out / "lineage.json").write_text(json.dumps(data_lineage, indent=2, sort_keys=True))
         _truncate_metrics(metrics_path, step)
     batches = loader.batches()
     started, wait_total, step_total, last = time.perf_counter(), 0.0, 0.0, {}
@@ -384,7 +385,7 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                         "loader": loader.state_dict(),
                         "latent_shape": [loader.geo.channels, loader.geo.num_frames, *loader.geo.latent_size],
                         "config": cfg.to_dict(),
-                        "lineage": lineage(source) if world.main else None,
+                        "lineage": data_lineage,
                     }
                     if world.main:
                         save_checkpoint(out, step, state, cfg.keep_checkpoints)
