@@ -8,6 +8,7 @@ or unreadable path is a `ModelLoadError` whose message names the config key, rai
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,13 +28,30 @@ class ModelLoadError(ValueError):
     """Model weights are missing, unreadable or do not fit the configured architecture (message names the key)."""
 
 
+_WARNED_CPU_FALLBACK: set[str] = set()
+
+
 def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; explicit values pass through."""
-    if device != "auto":
+    """`auto` -> `cuda` when torch sees a GPU, else `cpu`. A CUDA device asked for explicitly, or a GPU that Ray
+    assigned to this process (CUDA_VISIBLE_DEVICES), on a machine where torch has no CUDA falls back to `cpu` with
+    one warning per process: the work still gets done, just slower."""
+    if device == "cpu":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    assigned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if (device != "auto" or assigned) and device not in _WARNED_CPU_FALLBACK:
+        _WARNED_CPU_FALLBACK.add(device)
+        given = f"; this process was assigned GPU {assigned}" if assigned else ""
+        logger.warning(
+            "device %s requested%s, but CUDA is not available to torch %s here: running on CPU",
+            device,
+            given,
+            torch.__version__,
+        )
+    return "cpu"
 
 
 def check_device(device: str, key: str) -> None:

@@ -7,6 +7,7 @@ once per worker process (`annotators_for`), so a model loads once, not once per 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 from annotators import ANNOTATORS, annotator_class
 from annotators.base import AnnotatorError, object_array
 from pipelines.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 
 class ClipRejected(Exception):
@@ -79,6 +82,7 @@ class ClipAnnotators:
     def __init__(self, cfg: RunConfig) -> None:
         self.annotators = [annotator_class(n)(getattr(cfg, ANNOTATORS[n][1])) for n in enabled_annotators(cfg)]
         self.seconds: dict[str, float] = defaultdict(float)  # cumulative per annotator, for the run report
+        self.fault = cfg.runtime.fault
 
     def __call__(self, clip: dict[str, Any]) -> dict[str, Any]:
         """One clip's annotation columns; raises ClipRejected when an annotator gives up on it."""
@@ -92,7 +96,19 @@ class ClipAnnotators:
         its columns, or the ClipRejected of the first annotator that gave up on it (later ones skip that clip).
 
         A clip: clip_id, frames (T, H, W, 3) uint8, frame_pts, frame_indices, source_size and decoded_size
-        ((width, height) of the source video and of the frames before the crop/pad to the stored size)."""
+        ((width, height) of the source video and of the frames before the crop/pad to the stored size).
+
+        An annotator that raises (a bug, a model failing on odd input) fails only the clips it raised on: the batch
+        is annotated again one clip at a time, and a clip it still raises on is rejected with `annotator_error`."""
+        try:
+            return self._annotate(clips)
+        except _AnnotatorRaised as e:
+            if len(clips) > 1:
+                return [self.annotate([clip])[0] for clip in clips]
+            cause = e.__cause__
+            return [ClipRejected(e.name, f"annotator_error: {type(cause).__name__}: {cause}")]
+
+    def _annotate(self, clips: list[dict[str, Any]]) -> list[dict[str, Any] | ClipRejected]:
         results: list[dict[str, Any] | ClipRejected] = [{} for _ in clips]
         batch = {name: object_array([clip[name] for clip in clips]) for name in clips[0]} if clips else {}
         if clips:
@@ -102,8 +118,14 @@ class ClipAnnotators:
             if not active:
                 break
             started = time.perf_counter()
-            out = annotator(batch)
-            self.seconds[annotator.name] += time.perf_counter() - started
+            try:
+                self.fault.trigger(annotator.name, list(batch["clip_id"]))
+                out = annotator(batch)
+            except Exception as e:
+                logger.warning("%s raised on %d clips", annotator.name, len(active), exc_info=True)
+                raise _AnnotatorRaised(annotator.name) from e
+            finally:
+                self.seconds[annotator.name] += time.perf_counter() - started
             errors = out.get(f"{annotator.name}_error", [None] * len(active))
             for column in annotator.output_columns:
                 batch[column] = out[column]
@@ -123,12 +145,18 @@ class ClipAnnotators:
         return results
 
 
-_CACHE: dict[str, ClipAnnotators] = {}
+class _AnnotatorRaised(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+_CACHE: dict[tuple, ClipAnnotators] = {}
 
 
 def annotators_for(cfg: RunConfig) -> ClipAnnotators:
     """This process's annotators for `cfg` (Ray reuses worker processes across tasks, so models load once)."""
-    key = cfg.work_hash()
+    key = (cfg.work_hash(), cfg.runtime.fault)
     if key not in _CACHE:
         _CACHE[key] = ClipAnnotators(cfg)
     return _CACHE[key]

@@ -30,6 +30,7 @@ from curation.ingest import IngestConfig
 from curation.sampling import FramesConfig
 from curation.scenes import SceneConfig
 from curation.shards import ShardConfig
+from pipelines.faults import FaultConfig
 
 MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.flow rejects such frames too)
 
@@ -51,10 +52,16 @@ class RuntimeConfig:
     ray_address: str = ""  # empty = start a local Ray; also settable with --ray-address or RAY_ADDRESS
     progress_every_s: float = 10.0  # how often the driver logs a progress line
     clip_batch: int = 4  # clips of a video annotated together (model annotators batch across them)
+    model_actors: int = 0  # clips actors when a model is configured; 0 = one per GPU, or one per 2 CPUs without GPUs
+    gpus_per_actor: float = 1.0  # GPUs each of those actors requests on a cluster with GPUs (0.5 = two per GPU)
+    node_ip: str = ""  # this driver's node address; empty = Ray's choice (a loopback --ray-address implies it)
+    fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
-        if self.num_cpus < 0 or self.object_store_mb < 0:
-            raise ConfigError("runtime.num_cpus and runtime.object_store_mb must be >= 0")
+        if self.num_cpus < 0 or self.object_store_mb < 0 or self.model_actors < 0:
+            raise ConfigError("runtime.num_cpus, runtime.object_store_mb and runtime.model_actors must be >= 0")
+        if not 0 < self.gpus_per_actor <= 8:
+            raise ConfigError(f"runtime.gpus_per_actor must be in (0, 8], got {self.gpus_per_actor}")
         if self.clip_batch < 1:
             raise ConfigError("runtime.clip_batch must be >= 1")
         if self.progress_every_s <= 0:

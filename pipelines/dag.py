@@ -21,39 +21,97 @@ from pipelines.annotate import model_annotators
 from pipelines.config import RunConfig
 from pipelines.steps import ClipsStep, Row, make_clips_fn, make_ingest_fn, make_scenes_fn
 
-# A decoder that crashes its worker is retried once, then the block is given up (and recorded by the driver).
+# A probe that crashes its worker is retried once, then the block is given up (and recorded by the driver).
 # Ray Data's default is to retry forever, which turns one deterministic decoder crash into a hung run. There is
 # no named parameter for this yet, so it goes through `ray_remote_args` (deprecation warning silenced below).
 _RETRY = {"max_retries": 1}
-_ACTOR_RETRY = {"max_restarts": 1, "max_task_retries": 1}  # the same policy for actors
+# The video steps get 3 retries: a clip that kills its worker needs up to 3 (its batch, then alone twice, see
+# pipelines.faults) before the retry that rejects it; a lost node costs one more only if it strikes the same video.
+_VIDEO_RETRY = {"max_retries": 3}
+_ACTOR_RETRY = {"max_restarts": 3, "max_task_retries": 3}  # the same policy for actors
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+
+
+def ingest_plan() -> dict[str, dict]:
+    return {"ingest": {"kind": "tasks", "num_cpus": _INGEST_CPUS, "slots": _cpus() / _INGEST_CPUS}}
+
+
+def video_plan(cfg: RunConfig, steps: tuple[str, ...]) -> dict[str, dict]:
+    """How the video steps run: per step, tasks or an actor pool, and the resources of each (what _run.json
+    reports next to the throughput, so a user sees what a stage had)."""
+    plan: dict[str, dict] = {}
+    if "scenes" in steps:
+        plan["scenes"] = {"kind": "tasks", "num_cpus": 1, "slots": _cpus()}
+    if "clips" in steps and (models := model_annotators(cfg)):
+        rc = cfg.runtime
+        gpus = ray.cluster_resources().get("GPU", 0) if set(models.values()) != {"cpu"} else 0
+        # One actor per GPU (gpus_per_actor < 1 packs several per GPU), or one per 2 CPUs without GPUs, unless
+        # runtime.model_actors says how many.
+        actors = rc.model_actors or (max(1, int(gpus / rc.gpus_per_actor)) if gpus else max(1, int(_cpus()) // 2))
+        plan["clips"] = {
+            "kind": "actors",
+            "actors": actors,
+            "num_cpus": 1,
+            "num_gpus": rc.gpus_per_actor if gpus else 0,
+            "models": models,
+            "slots": actors,
+        }
+    elif "clips" in steps:
+        plan["clips"] = {"kind": "tasks", "num_cpus": 1, "slots": _cpus()}
+    return plan
+
+
+def _cpus() -> float:
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
+_INGEST_CPUS = 0.5  # the probe is mostly I/O: 2 per core
 
 
 def run_ingest(rows: list[Row], cfg: RunConfig, run_dir: Path) -> Iterator[Row]:
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per input: crashes stay local
-    ds = ds.map(make_ingest_fn(cfg, run_dir), num_cpus=0.5, **_RETRY)  # 1:1 probe; mostly I/O, so 2 per core
+    ds = ds.map(make_ingest_fn(cfg, run_dir), num_cpus=_INGEST_CPUS, **_RETRY)  # 1:1 probe
     yield from ds.iter_rows()
 
 
-def run_video_steps(rows: list[Row], cfg: RunConfig, run_dir: Path, steps: tuple[str, ...]) -> Iterator[Row]:
+def run_video_steps(
+    rows: list[Row], cfg: RunConfig, run_dir: Path, plan: dict[str, dict], session: str, stats: dict | None = None
+) -> Iterator[Row]:
+    """Scenes and/or clips over `rows` as `plan` (from `video_plan`) says; yields one small row per video. When
+    the rows are exhausted, `stats` gets what Ray Data reports about the execution (bytes spilled)."""
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
-    if "scenes" in steps:
-        ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 low-res decode + PySceneDetect
-    if "clips" in steps and (models := model_annotators(cfg)):
-        gpus = int(ray.cluster_resources().get("GPU", 0)) if set(models.values()) != {"cpu"} else 0
-        # Models (RAFT, open_clip, the captioner) load once per actor: one actor per GPU (or per 2 CPUs without one)
-        # decodes, runs flow, scores, captions and writes shards (1:1 per video). Inside, clips are annotated
-        # runtime.clip_batch at a time and each model runs its own batch size (flow.batch_size frame pairs,
-        # aesthetics.batch_size images, captions.batch_size clips). An actor that dies is restarted once, its task
-        # retried once.
+    if "scenes" in plan:
+        ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_VIDEO_RETRY)  # 1:1 low-res decode + PySceneDetect
+    clips = plan.get("clips")
+    if clips and clips["kind"] == "actors":
+        # Models (RAFT, open_clip, the captioner) load once per actor. Each actor decodes, runs flow, scores,
+        # captions and writes shards (1:1 per video); inside, clips are annotated runtime.clip_batch at a time and
+        # each model runs its own batch size (flow.batch_size frame pairs, aesthetics.batch_size images,
+        # captions.batch_size clips). An actor that dies is restarted, its task retried (_ACTOR_RETRY).
         ds = ds.map(
             ClipsStep,
-            fn_constructor_args=(cfg, run_dir),
-            concurrency=gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2),
-            num_cpus=1,
-            num_gpus=1 if gpus else 0,
+            fn_constructor_args=(cfg, run_dir, session),
+            concurrency=clips["actors"],
+            num_cpus=clips["num_cpus"],
+            num_gpus=clips["num_gpus"],
             **_ACTOR_RETRY,
         )
-    elif "clips" in steps:
-        ds = ds.map(make_clips_fn(cfg, run_dir), num_cpus=1, **_RETRY)  # 1:1 decode, annotate (DIS flow) -> shards
+    elif clips:
+        # 1:1 decode, annotate (DIS flow) -> shards
+        ds = ds.map(make_clips_fn(cfg, run_dir, session), num_cpus=1, **_VIDEO_RETRY)
     yield from ds.iter_rows()
+    if stats is not None:
+        stats.update(execution_stats(ds))
+
+
+def execution_stats(ds: ray.data.Dataset) -> dict:
+    """Object-store spilling of an executed dataset, as Ray Data's stats report it (None where this Ray version
+    does not: the summary is not a public API)."""
+    try:
+        summary = ds._get_stats_summary()
+        return {
+            "spilled_bytes": int(summary.global_bytes_spilled),
+            "restored_bytes": int(summary.global_bytes_restored),
+        }
+    except Exception:
+        return {"spilled_bytes": None, "restored_bytes": None}

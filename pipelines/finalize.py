@@ -22,12 +22,15 @@ from curation.filters import FilterConfig, apply_filters
 from curation.schema import VIDEOS
 from curation.shards import ShardFile, read_tensor_column, write_manifest
 from curation.tables import write_run_table
-from pipelines.steps import WorkDir, rejected_row
+from pipelines.steps import WorkDir, read_attempts, rejected_row
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
 
 logger = logging.getLogger(__name__)
+
+# Rejection reasons that are faults of the machinery rather than verdicts on the content.
+FAULT_REASONS = ("worker_crashed", "worker_died", "out_of_memory")  # and every `*_error`
 
 
 @dataclasses.dataclass
@@ -41,6 +44,33 @@ class Collected:
     shards: list[ShardFile] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     ready: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))  # inputs per step
+    # per step: one {"start", "end", "node", "seconds"} per finished input, for the throughput figures
+    timings: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    # per step: {"retried": inputs that needed more than one attempt, "retries": extra attempts, "lost": inputs
+    # whose every attempt died}
+    attempts: dict[str, Counter] = dataclasses.field(default_factory=lambda: defaultdict(Counter))
+
+    def note_record(self, step: str, key: str, record: dict) -> None:
+        """Account one finished step record: its busy time, timing and attempts."""
+        self.seconds[step] += record.get("seconds", 0.0)
+        if timing := record.get("timing"):
+            self.timings[step].append({**timing, "key": key, "seconds": record.get("seconds", 0.0)})
+        if (extra := int(record.get("attempts", 1)) - 1) > 0:
+            self.attempts[step].update(retried=1, retries=extra)
+
+    def faults(self) -> dict[str, Any]:
+        """Retries and failures of the run, for _run.json and the summary."""
+        errors = Counter(
+            f"{r['stage']}/{r['reason']}"
+            for r in self.rejected
+            if r["reason"] in FAULT_REASONS or r["reason"].endswith("_error")
+        )
+        return {
+            "retries": sum(c["retries"] for c in self.attempts.values()),
+            "retried_inputs": sum(c["retried"] for c in self.attempts.values()),
+            "by_step": {step: dict(c) for step, c in sorted(self.attempts.items())},
+            "errors": dict(sorted(errors.items())),
+        }
 
     def counts(self) -> dict[str, Any]:
         failed = sum(1 for v in self.videos if v.get("error"))
@@ -66,10 +96,11 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
         key = row["key"]
         if not work.done("ingest", key):
             if "ingest" in attempted:
-                out.rejected.append(rejected_row("ingest", row, "worker_crashed", "the probe's worker process died"))
+                detail = crashed_detail(work, "ingest", key, out)
+                out.rejected.append(rejected_row("ingest", row, "worker_crashed", detail))
             continue
         video = work.load("ingest", key)
-        out.seconds["ingest"] += video.get("seconds", 0.0)
+        out.note_record("ingest", key, video)
         out.videos.append({k: video.get(k) for k in VIDEOS.names})
         if video.get("error"):
             out.rejected.append(
@@ -91,10 +122,10 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
         if not work.done(step, key):
             out.ready[step].append(row)
             if step in attempted:
-                out.rejected.append(rejected_row(step, video, "worker_crashed", f"the {step} worker process died"))
+                out.rejected.append(rejected_row(step, video, "worker_crashed", crashed_detail(work, step, key, out)))
             return
         record = work.load(step, key)
-        out.seconds[step] += record.get("seconds", 0.0)
+        out.note_record(step, key, record)
         out.rejected.extend(record.get("rejected", []))
         if step == "scenes":
             out.scenes.extend({**ids, **s} for s in record.get("scenes", []))
@@ -103,6 +134,16 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
                 out.seconds[f"clips/{name}"] += seconds
             out.clips.extend(record.get("clips", []))
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
+
+
+def crashed_detail(work: WorkDir, step: str, key: str, out: Collected) -> str:
+    """Why an input of `step` has no record: its attempts (from the attempt log) all lost their worker process."""
+    attempts = read_attempts(work.record_path(step, key).with_suffix(".attempts"))
+    if attempts:
+        out.attempts[step].update(lost=1, retries=len(attempts) - 1, retried=int(len(attempts) > 1))
+    nodes = sorted({a["node"][:8] for a in attempts})
+    where = f" on node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)}" if nodes else ""
+    return f"the {step} worker process died ({len(attempts) or 'unknown'} attempts{where}); rerun to retry"
 
 
 def drop_clips(data: Collected, stage: str, dropped: list[tuple[dict, str, str]]) -> None:

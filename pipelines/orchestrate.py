@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,19 +18,24 @@ from pipelines.finalize import Collected, collect, curate, remove_stale_temp_fil
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir, flow_grid, tensor_columns
+from pipelines.throughput import bottleneck, run_throughput
 
 logger = logging.getLogger(__name__)
 
 STEPS_OF = {"all": ("ingest", "scenes", "clips"), "ingest": ("ingest",), "scenes": ("scenes",), "clips": ("clips",)}
 
 
-def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> None:
-    """Drain the DAG's output, logging a progress line every `every_s` seconds. Raises ModelLoadError when the
-    clips step could not load its models (no video is marked done then: a rerun after the fix resumes)."""
+def _consume(rows: Iterator[dict], label: str, total: int, every_s: float, actors: dict | None = None) -> None:
+    """Drain the DAG's output, logging a progress line every `every_s` seconds and collecting, in `actors`, where
+    the clips actors ran. Raises ModelLoadError when the clips step could not load its models (no video is marked
+    done then: a rerun after the fix resumes)."""
     started = last = time.perf_counter()
     model_error = None
     for done, row in enumerate(rows, start=1):
         model_error = model_error or row.get("model_error")
+        if actors is not None and (actor := row.get("actor")):
+            entry = actors.setdefault(actor.get("actor_id") or f"{actor['node']}:{actor['pid']}", {**actor, "rows": 0})
+            entry["rows"] += 1
         now = time.perf_counter()
         if now - last >= every_s or done == total:
             rate = done / max(now - started, 1e-9)
@@ -40,6 +46,19 @@ def _consume(rows: Iterator[dict], label: str, total: int, every_s: float) -> No
         from annotators.models import ModelLoadError
 
         raise ModelLoadError(f"{model_error} (no clip was processed; fix it and rerun the same command)")
+
+
+def warn_cpu_fallback(actors: dict[str, dict]) -> None:
+    """One warning on the driver when actors that Ray gave a GPU run their models on CPU (no CUDA there)."""
+    fell_back = [a for a in actors.values() if a["gpu_ids"] and "cpu" in a.get("devices", {}).values()]
+    if fell_back:
+        models = sorted({m for a in fell_back for m, d in a["devices"].items() if d == "cpu"})
+        logger.warning(
+            "%d of %d clips actors were placed on a GPU but CUDA is not available there: %s ran on CPU",
+            len(fell_back),
+            len(actors),
+            ", ".join(models),
+        )
 
 
 def manifest_extra(cfg: RunConfig) -> dict:
@@ -152,11 +171,15 @@ def run_stages(
     if "clips" in steps:
         announce_missing_models(cfg)
     cluster = init_ray(cfg.runtime, ray_address)
+    plan: dict[str, dict] = {}
+    started_at: dict[str, float] = {}
+    execution: dict = {"actors": {}}
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
         logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
-        t0 = time.perf_counter()
+        t0, started_at["ingest"] = time.perf_counter(), time.time()
         if pending:
+            plan.update(dag.ingest_plan())
             _consume(dag.run_ingest(pending, cfg, run_dir), "ingest", len(pending), cfg.runtime.progress_every_s)
         wall["ingest"], attempted = time.perf_counter() - t0, ("ingest",)
     data = collect(run_dir, inputs, attempted)
@@ -168,14 +191,19 @@ def run_stages(
                 "%d inputs have not been through `scenes` yet: run --stage scenes", len(data.ready["scenes"])
             )
         logger.info("%s: %d videos to process", "+".join(video_steps), len(pending))
-        t0 = time.perf_counter()
+        t0, started_at["video"] = time.perf_counter(), time.time()
         if pending:
-            rows = dag.run_video_steps(pending, cfg, run_dir, video_steps)
-            _consume(rows, "+".join(video_steps), len(pending), cfg.runtime.progress_every_s)
+            video_plan = dag.video_plan(cfg, video_steps)
+            plan.update(video_plan)
+            rows = dag.run_video_steps(pending, cfg, run_dir, video_plan, uuid.uuid4().hex, stats=execution)
+            label = "+".join(video_steps)
+            _consume(rows, label, len(pending), cfg.runtime.progress_every_s, actors=execution["actors"])
+            warn_cpu_fallback(execution["actors"])
         wall["+".join(video_steps)] = time.perf_counter() - t0
         attempted += video_steps
         data = collect(run_dir, inputs, attempted)
-    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster)
+    execution["throughput"] = run_throughput(data.timings, plan, started_at)
+    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster, execution)
 
 
 def _finish(
@@ -188,6 +216,7 @@ def _finish(
     wall: dict[str, float],
     started: float,
     cluster: dict | None = None,
+    execution: dict | None = None,
 ) -> Collected:
     from curation.schema import SCHEMA_VERSION
 
@@ -204,6 +233,9 @@ def _finish(
     incomplete = crashed or any(data.ready.values()) if stage == "all" else crashed
     wall["total"] = time.time() - started
     counts = data.counts()
+    execution = execution or {}
+    faults = data.faults()
+    throughput = execution.get("throughput", {})
     write_run_json(
         run_dir,
         {
@@ -219,6 +251,11 @@ def _finish(
             "worker_seconds": dict(data.seconds),
             "wall_seconds": wall,
             "ray": cluster or {},
+            "faults": faults,
+            "throughput": throughput,
+            "bottleneck": bottleneck(throughput),
+            "actors": list(execution.get("actors", {}).values()),
+            "spilled_bytes": execution.get("spilled_bytes"),
         },
     )
     if "clips" in STEPS_OF[stage]:
@@ -229,7 +266,7 @@ def _finish(
             logger.info("report: %s", write_report(run_dir))
         except Exception:
             logger.exception("could not write the HTML report; retry with: python -m curation.report %s", run_dir)
-    table = summary_table(counts, dict(data.seconds), wall)
+    table = summary_table(counts, dict(data.seconds), wall, faults, throughput)
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
     if crashed:

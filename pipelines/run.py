@@ -20,7 +20,14 @@ from curation.tables import atomic_write_json, read_json
 from pipelines.annotate import preflight_models
 from pipelines.config import ConfigError, RunConfig, load_config, work_settings
 from pipelines.report import inputs_hash
-from pipelines.runtime import ClusterUnreachable, check_ray_address, resolve_address
+from pipelines.runtime import (
+    ClusterNotReady,
+    ClusterUnreachable,
+    check_cluster,
+    check_ray_address,
+    init_ray,
+    resolve_address,
+)
 
 logger = logging.getLogger("pipelines.run")
 
@@ -130,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             check_ray_address(address)  # before any work: a dead address would otherwise block in ray.init
         run_dir = prepare_run_dir(args.output)
         inputs, ignored = resolve_inputs(args.input, run_dir, cfg)
+        if address:  # every node must import the project and reach the run directory and the inputs
+            init_ray(cfg.runtime, address)
+            check_cluster(run_dir, inputs)
         check_config_matches(run_dir, cfg)
         preflight_models(cfg)
-    except (ConfigError, UsageError, ModelLoadError, ClusterUnreachable) as e:
+    except (ConfigError, UsageError, ModelLoadError, ClusterUnreachable, ClusterNotReady) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if already_complete(run_dir, args.stage, inputs, cfg):

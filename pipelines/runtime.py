@@ -74,7 +74,7 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
         check_ray_address(address)
         logger.info("connecting to Ray cluster at %s", address)
         # Client mode (ray://) runs no local node, so there is no node address to choose.
-        ip = None if address.startswith("ray://") else node_ip_for(address)
+        ip = None if address.startswith("ray://") else (cfg.node_ip or node_ip_for(address))
         try:
             ray.init(
                 address=address,
@@ -91,9 +91,8 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
         if cfg.object_store_mb:
             kwargs["object_store_memory"] = cfg.object_store_mb * 1024**2
         # A local run stays on loopback: no ports exposed to the network, no firewall prompts.
-        ray.init(
-            address="local", _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False, **kwargs
-        )
+        ip = cfg.node_ip or "127.0.0.1"
+        ray.init(address="local", _node_ip_address=ip, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
         logger.info("started local Ray with %d CPUs", kwargs["num_cpus"])
         info = cluster_info("local")
     ctx = ray.data.DataContext.get_current()
@@ -109,4 +108,151 @@ def cluster_info(address: str) -> dict:
     import ray
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    return {"address": address, "nodes": len(alive), "cpus": ray.cluster_resources().get("CPU", 0.0)}
+    resources = ray.cluster_resources()
+    return {
+        "address": address,
+        "nodes": len(alive),
+        "cpus": resources.get("CPU", 0.0),
+        "gpus": resources.get("GPU", 0.0),
+        "node_list": [
+            {
+                "node_id": n["NodeID"],
+                "ip": n.get("NodeManagerAddress"),
+                "cpus": n.get("Resources", {}).get("CPU", 0.0),
+                "gpus": n.get("Resources", {}).get("GPU", 0.0),
+            }
+            for n in alive
+        ],
+    }
+
+
+class ClusterNotReady(Exception):
+    """A node of the cluster cannot do this run's work (project missing, run directory or inputs not reachable);
+    reported in one line with exit status 2 before any work starts."""
+
+
+PROJECT_PACKAGES = ("pipelines", "curation", "annotators")
+PREFLIGHT_TIMEOUT_S = 120.0
+
+
+def code_fingerprint() -> str:
+    """Hash of the project's Python sources as imported here: driver and workers must run the same code."""
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for name in PROJECT_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def probe_node(token_path: str, token: str, inputs: list[str]) -> dict:
+    """Runs on one node (a Ray task pinned to it): what this node sees of the project, the run directory and the
+    inputs. Importing this function at all proves the project is installed there."""
+    from pathlib import Path
+
+    out: dict = {"code": code_fingerprint(), "problems": []}
+    token_file = Path(token_path)
+    try:
+        seen = token_file.read_text()
+    except OSError as e:
+        seen = f"<{e.strerror or e}>"
+    if seen != token:
+        out["problems"].append(
+            f"does not see the run directory the driver writes ({token_file.parent.parent.parent} holds no "
+            "preflight file there): put --output on a filesystem shared by every node, at the same path"
+        )
+    else:
+        mine = token_file.with_name(f"{token_file.name}.{os.getpid()}")
+        try:
+            mine.write_text(token)
+            out["wrote"] = str(mine)
+        except OSError as e:
+            out["problems"].append(
+                f"cannot write the run directory {token_file.parent.parent.parent}: {e.strerror or e}"
+            )
+    missing = [p for p in inputs if not os.path.exists(p)]
+    if missing:
+        out["problems"].append(
+            f"cannot read {len(missing)} of the {len(inputs)} inputs checked (e.g. {missing[0]}): inputs must be on "
+            "storage every node reaches (a shared filesystem at the same path, or an fsspec URL)"
+        )
+    return out
+
+
+def check_cluster(run_dir, inputs: list[dict], sample: int = 3) -> None:
+    """Before any work on a cluster, probe every alive node with a task pinned to it: the project imports there with
+    the driver's code, the run directory is the same shared directory and writable, and a sample of the local
+    inputs is readable. Raises ClusterNotReady naming the first node and problem found."""
+    import secrets
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe_dir = Path(run_dir) / "_work" / ".preflight"
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    token_path = probe_dir / token
+    token_path.write_text(token)
+    local = [r["source_uri"] for r in inputs if "://" not in r["source_uri"] or r["source_uri"].startswith("file://")]
+    local = [u.removeprefix("file://") for u in local[:sample]]
+    nodes = [n for n in ray.nodes() if n.get("Alive") and _runs_tasks(n)]
+    probe = ray.remote(probe_node)
+    try:
+        refs = {
+            n["NodeID"]: probe.options(
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+            ).remote(str(token_path), token, local)
+            for n in nodes
+        }
+        here = code_fingerprint()
+        for node_id, ref in refs.items():
+            label = f"node {next(n['NodeManagerAddress'] for n in nodes if n['NodeID'] == node_id)} ({node_id[:8]})"
+            try:
+                report = ray.get(ref, timeout=PREFLIGHT_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError as e:
+                raise ClusterNotReady(f"{label} did not answer the preflight within {PREFLIGHT_TIMEOUT_S:.0f} s") from e
+            except ray.exceptions.RayError as e:
+                raise ClusterNotReady(f"{label} cannot run the project: {_root_cause(e)}{_INSTALL_HINT}") from e
+            if report["code"] != here:
+                raise ClusterNotReady(
+                    f"{label} runs different project code (fingerprint {report['code']}, the driver has {here})"
+                    f"{_INSTALL_HINT}"
+                )
+            if report["problems"]:
+                raise ClusterNotReady(f"{label} {report['problems'][0]}")
+    finally:
+        for path in probe_dir.glob(f"{token}*"):
+            path.unlink(missing_ok=True)
+    logger.info("preflight: %d nodes can import the project and reach the run directory and inputs", len(nodes))
+
+
+def _runs_tasks(node: dict) -> bool:
+    resources = node.get("Resources", {})
+    return resources.get("CPU", 0) > 0 or resources.get("GPU", 0) > 0
+
+
+_INSTALL_HINT = (
+    "; install the same version of this project on every node (pip install from the same checkout or wheel), "
+    "or start every node from one shared environment"
+)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost exception of a Ray error, in one line (Ray's own message carries the whole remote traceback)."""
+    cause = error
+    while True:
+        inner = getattr(cause, "cause", None) or cause.__cause__
+        if inner is None or inner is cause:
+            break
+        cause = inner
+    text = str(cause).strip().splitlines()
+    last = next((line for line in reversed(text) if line.strip()), "") if text else ""
+    return f"{type(cause).__name__}: {last}" if last else type(cause).__name__

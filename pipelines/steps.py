@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from curation.shards import ShardWriter, encode_tensor
 from curation.tables import atomic_write_json, read_json
 from pipelines.annotate import ClipRejected, annotators_for, enabled_annotators
 from pipelines.config import RunConfig
+from pipelines.faults import CrashGuard
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +76,43 @@ def rejected_row(stage: str, video: Row, reason: str, detail: str = "", span: tu
     return row
 
 
+def worker_node() -> str:
+    """The Ray node id of this process (the host name outside Ray), for the per-node figures of the run."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: S110  (any failure here only loses a label)
+        pass
+    return socket.gethostname()
+
+
+def start_attempt(work: WorkDir, step: str, key: str) -> list[dict[str, Any]]:
+    """Log one more attempt at (step, input) in RUN_DIR/_work/<step>/<key>.attempts, before the work starts: the
+    attempts a record was preceded by, or that an input without a record used up, are the run's retries."""
+    path = work.record_path(step, key).with_suffix(".attempts")
+    attempts = read_attempts(path)
+    attempts.append({"at": time.time(), "node": worker_node(), "pid": os.getpid()})
+    atomic_write_json({"attempts": attempts}, path)
+    return attempts
+
+
+def read_attempts(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(read_json(path)["attempts"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent, or torn by a death mid-write
+        return []
+
+
 def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) -> Callable[[Row], Row]:
-    """Wrap a step body with its resume record, timing, and a last-resort error record per input."""
+    """Wrap a step body with its resume record, attempt log, timing, and a last-resort error record per input."""
 
     def run(row: Row) -> Row:
         key = row["key"]
         if not work.done(step, key):
-            started = time.perf_counter()
+            attempts = start_attempt(work, step, key)
+            started_at, started = time.time(), time.perf_counter()
             try:
                 record = fn(row)
             except Exception as e:  # one bad input must never stop the run: record it with the reason
@@ -94,7 +128,10 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
                     "rejected": [rejected_row(step, row, f"{step}_error", detail)],
                 }
             record["seconds"] = time.perf_counter() - started
+            record["timing"] = {"start": started_at, "end": time.time(), "node": attempts[-1]["node"]}
+            record["attempts"] = len(attempts)
             work.save(step, key, record)
+            work.record_path(step, key).with_suffix(".attempts").unlink(missing_ok=True)
         return {**row, f"{step}_done": True}
 
     return run
@@ -164,12 +201,14 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
     return _resumable("scenes", work, scenes)
 
 
-def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
+def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> Callable[[Row], Row]:
     """Step `clips`: decode each clip's training frames in one pass over the video, run the clip annotators on
-    them (flow, motion scores, warped noise) and write the clip's shard row (1:1)."""
+    them (flow, motion scores, warped noise) and write the clip's shard row (1:1). `session` names the driver's
+    run, so a clip that keeps killing its worker within one run is rejected (`pipelines.faults.CrashGuard`)."""
     work = WorkDir(run_dir)
     cache = work.cache_dir(cfg)
     fc = cfg.frames
+    session = session or uuid.uuid4().hex
 
     def clips(row: Row) -> dict[str, Any]:
         video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
@@ -185,8 +224,12 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             else:
                 plans.append((span, *sampled))
         if plans:
-            clip_writer = ClipWriter(video, work.run_dir / "shards", cfg, record)
-            clip_writer.write(plans, local_path(video["source_uri"], cache))
+            guard = CrashGuard.open(work.root, row["key"], session)
+            try:
+                writer = ClipWriter(video, work.run_dir / "shards", cfg, record, guard)
+                writer.write(plans, local_path(video["source_uri"], cache))
+            finally:  # not reached when the process dies: the marker is then the evidence for the retry
+                guard.clear()
         return record
 
     return _resumable("clips", work, clips)
@@ -200,18 +243,38 @@ class ClipsStep:
     resumes where the run stood.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> None:
         self.model_error = None
         try:
             annotators_for(cfg)
         except ModelLoadError as e:
             self.model_error = str(e)
-        self.clips = make_clips_fn(cfg, run_dir)
+        self.clips = make_clips_fn(cfg, run_dir, session)
+        self.actor = actor_identity(cfg)
 
     def __call__(self, row: Row) -> Row:
         if self.model_error:
             return {**row, "clips_done": False, "model_error": self.model_error}
-        return self.clips(row)
+        return {**self.clips(row), "actor": self.actor}
+
+
+def actor_identity(cfg: RunConfig) -> dict[str, Any]:
+    """Where this actor runs and on what: its node, the GPUs Ray assigned it, and the device each model resolved
+    to (a GPU node without CUDA falls back to CPU), reported back to the driver with every row."""
+    from annotators.models import resolve_device
+    from pipelines.annotate import model_annotators
+
+    identity: dict[str, Any] = {"node": worker_node(), "pid": os.getpid(), "gpu_ids": [], "actor_id": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            identity["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+            identity["actor_id"] = ray.get_runtime_context().get_actor_id()
+    except Exception:  # noqa: S110  (labels only)
+        pass
+    identity["devices"] = {name: resolve_device(device) for name, device in model_annotators(cfg).items()}
+    return identity
 
 
 class ClipWriter:
@@ -221,8 +284,8 @@ class ClipWriter:
     Memory: the frames of about `clip_batch` clips, plus their annotations.
     """
 
-    def __init__(self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict) -> None:
-        self.video, self.cfg, self.record = video, cfg, record
+    def __init__(self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict, guard: CrashGuard) -> None:
+        self.video, self.cfg, self.record, self.guard = video, cfg, record, guard
         self.annotators = annotators_for(cfg)
         self.pending: list[tuple[dict, dict, dict]] = []  # (span, clip metadata, clip) awaiting annotation
         tensors = ["frames"] + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
@@ -293,6 +356,14 @@ class ClipWriter:
             "source_size": (video["width"], video["height"]),
             "decoded_size": decode_size(video["width"], video["height"], self.cfg.frames),
         }
+        if self.guard.is_culprit(cid):
+            self._reject(span, "clips", "worker_died", self.guard.died_detail())
+            return
+        if cid in self.guard.alone:  # in flight when a worker died: annotate it on its own
+            self._flush()
+            self.pending.append((span, meta, clip))
+            self._flush()
+            return
         self.pending.append((span, meta, clip))
         if len(self.pending) >= self.cfg.runtime.clip_batch:
             self._flush()
@@ -302,6 +373,7 @@ class ClipWriter:
         pending, self.pending = self.pending, []
         if not pending:
             return
+        self.guard.before([clip["clip_id"] for _, _, clip in pending])
         results = self.annotators.annotate([clip for _, _, clip in pending])
         for (span, meta, clip), result in zip(pending, results, strict=True):
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -30,11 +31,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def isolated(cmd: list[str], hide: tuple[Path, ...], readonly: tuple[Path, ...]) -> list[str]:
+    """`cmd` in a private mount namespace where `hide` are empty tmpfs directories and `readonly` read-only."""
+    mounts = [f"mount -t tmpfs tmpfs {shlex.quote(str(p))}" for p in hide]
+    for p in readonly:
+        q = shlex.quote(str(p))
+        mounts.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
+    script = " && ".join([*mounts, "exec " + shlex.join(cmd)])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
+def can_isolate_mounts() -> bool:
+    """Whether this process may create mount namespaces and mount in them (root, or a permissive container)."""
+    if not shutil.which("unshare"):
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        probe = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {shlex.quote(d)}"],
+            capture_output=True,
+        )
+    return probe.returncode == 0
+
+
+def session_pids(session: int) -> list[int]:
+    """Every live process in session `session` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 class LocalCluster:
     def __init__(
-        self, num_workers: int = 1, cpus_per_node: int = 1, object_store_mb: int = 200, timeout_s: float = 90
+        self,
+        num_workers: int = 1,
+        cpus_per_node: int = 1,
+        object_store_mb: int = 200,
+        timeout_s: float = 90,
+        worker_gpus: int = 0,
+        worker_hide: tuple[Path, ...] = (),
+        worker_readonly: tuple[Path, ...] = (),
     ) -> None:
+        """`worker_gpus`: a GPU resource each worker node advertises (none needs to exist). `worker_hide` /
+        `worker_readonly`: paths the worker nodes see as an empty directory / read-only, in a private mount
+        namespace (root only, see `can_isolate_mounts`): how a second machine without the project, or without the
+        shared run directory, looks."""
         self.num_workers, self.cpus_per_node = num_workers, cpus_per_node
+        self.worker_gpus, self.worker_hide, self.worker_readonly = worker_gpus, worker_hide, worker_readonly
         self.object_store_mb, self.timeout_s = object_store_mb, timeout_s
         self.port = free_port()
         self.address = f"{NODE_IP}:{self.port}"
@@ -65,6 +113,10 @@ class LocalCluster:
             f"--object-store-memory={self.object_store_mb * 1024**2}",
             "--disable-usage-stats",
         ]
+        if role[0] != "--head":
+            cmd.append(f"--num-gpus={self.worker_gpus}")
+            if self.worker_hide or self.worker_readonly:
+                cmd = isolated(cmd, self.worker_hide, self.worker_readonly)
         with open(log, "wb") as out:
             self.procs.append(
                 subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -104,11 +156,28 @@ class LocalCluster:
         """Python workers node `node` (0 = head) has started so far: a node that ran tasks has some."""
         return len(list(self.temp_dirs[node].glob("session_*/logs/python-core-worker-*.log")))
 
+    def node_of(self, pid: int) -> int | None:
+        """The node (index into the started nodes) that process `pid` belongs to, or None. Ray puts each worker in
+        a process group of its own, but they all stay in the session of their node's `ray start`."""
+        try:
+            session = os.getsid(pid)
+        except ProcessLookupError:
+            return None
+        return next((i for i, proc in enumerate(self.procs) if proc.pid == session), None)
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL every process of node `node` (1.. are the worker nodes) at once: a machine lost mid-run."""
+        proc = self.procs[node]
+        for pid in session_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
     def log_tail(self, chars: int = 2000) -> str:
         return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-chars:]}" for log in self.logs if log.exists())
 
     def stop(self) -> None:
-        # Workers first, then the head; each node's processes are the children of its `ray start --block`.
+        # Workers first, then the head; each node's processes are in the session of its `ray start --block`.
         for proc in reversed(self.procs):
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -118,8 +187,9 @@ class LocalCluster:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):  # what is left of the group after the grace period
-                os.killpg(proc.pid, signal.SIGKILL)
+            for pid in session_pids(proc.pid):  # what is left of the node after the grace period (workers too)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
         self.procs.clear()
         for path in self.temp_dirs + self.logs:
