@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/sample
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: install  ## the main job on the embedded sample corpus
 test: install  ## the test suite (CPU, a few minutes)
 	$(PY) -m pytest
 
+test-slow: install  ## the long tests: a node lost mid-run, 10x the corpus in the same memory (~5 min)
+	$(PY) -m pytest -m slow
+
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
@@ -36,6 +39,8 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/events.py
 	$(PY) bench/quality.py
 	$(PY) bench/loader.py
+	$(PY) bench/memory.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -526,8 +526,26 @@ def _timing(run: _Run) -> str:
     body += "<div><h3>worker seconds</h3>" + (_bar_table(rows, ("stage", "s", ""), _secs) if rows else _no_data())
     body += "</div><div><h3>wall seconds</h3>"
     body += _bar_table(wall_rows, ("stage", "s", ""), _secs) if wall_rows else _no_data()
-    body += "</div></div>"
-    return _section("timing", "Timing", body, "Worker seconds are summed over all workers; wall seconds are elapsed.")
+    body += "</div>"
+    throughput = run.run_json.get("throughput") or {}
+    if rates := [(s, f) for s, f in throughput.items() if f.get("rows")]:
+        bottleneck = run.run_json.get("bottleneck")
+        rows = [
+            (
+                _e(stage) + (" <b>(bottleneck)</b>" if stage == bottleneck else ""),
+                float(f.get("utilisation") or 0.0) * 100,
+                f"{f['rows_per_s']:.2f} rows/s on {f['slots']:g} {'actors' if f.get('kind') == 'actors' else 'slots'}"
+                + (f", rows queued {f['queued_mean_s']:.1f} s" if f.get("queued_mean_s") is not None else ""),
+            )
+            for stage, f in rates
+        ]
+        body += "<div><h3>utilisation %</h3>" + _bar_table(rows, ("stage", "%", "throughput"), _num) + "</div>"
+    body += "</div>"
+    intro = (
+        "Worker seconds are summed over all workers; wall seconds are elapsed. Utilisation is a stage's busy time "
+        "over what its slots could give; the most utilised stage is the one to scale (README: Running on a cluster)."
+    )
+    return _section("timing", "Timing", body, intro)
 
 
 # --- page ---------------------------------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 
 from pipelines.config import RuntimeConfig
 
@@ -62,6 +65,44 @@ def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
         ) from e
 
 
+JOIN_TIMEOUT_S = 10
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture file descriptor 2 (what native code writes too); the text is in the yielded list afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    out: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def join_failure(error: str, ray_log: str) -> str:
+    """One line on why joining a reachable cluster failed, from the error and what Ray's core logged meanwhile."""
+    if "InvalidAuthToken" in ray_log or "Unauthenticated" in ray_log or "uthentication" in error:
+        return (
+            "the cluster refused this driver's authentication token (missing or wrong): give it the cluster's token "
+            "in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (see `ray get-auth-token` on the head)"
+        )
+    detail = error.strip().splitlines()[0] if error.strip() else "no answer"
+    return f"cannot join the Ray cluster ({detail}); is it a Ray head of the same Ray version ({_ray_version()})?"
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
 def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
     """Connect to `address` (or RAY_ADDRESS) when given; otherwise start a local Ray with this machine's CPUs.
     Returns what the run used ({"address", "nodes", "cpus"}), recorded in _run.json."""
@@ -75,15 +116,24 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
         logger.info("connecting to Ray cluster at %s", address)
         # Client mode (ray://) runs no local node, so there is no node address to choose.
         ip = None if address.startswith("ray://") else (cfg.node_ip or node_ip_for(address))
-        try:
-            ray.init(
-                address=address,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                **({"_node_ip_address": ip} if ip else {}),
-            )
-        except (ConnectionError, TimeoutError, ray.exceptions.AuthenticationError) as e:
-            raise ClusterUnreachable(f"--ray-address {address}: cannot join the Ray cluster: {e}") from e
+        # Ray's core retries a refused connection for a long time, logging a line per second straight to fd 2:
+        # wait less, and keep those lines to explain the failure in one line (shown as they were on success).
+        os.environ.setdefault("RAY_py_gcs_connect_timeout_s", str(JOIN_TIMEOUT_S))
+        with captured_stderr() as log:
+            try:
+                ray.init(
+                    address=address,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    **({"_node_ip_address": ip} if ip else {}),
+                )
+            except (ConnectionError, TimeoutError, ray.exceptions.AuthenticationError) as e:
+                failure: Exception | None = e
+            else:
+                failure = None
+        if failure is not None:
+            raise ClusterUnreachable(f"--ray-address {address}: {join_failure(str(failure), log[0])}") from failure
+        sys.stderr.write(log[0])
         info = cluster_info(address)
         logger.info("joined Ray cluster at %s: %d nodes, %g CPUs", address, info["nodes"], info["cpus"])
     else:

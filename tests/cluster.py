@@ -76,18 +76,23 @@ class LocalCluster:
         worker_gpus: int = 0,
         worker_hide: tuple[Path, ...] = (),
         worker_readonly: tuple[Path, ...] = (),
+        head_cpus: int | None = None,
+        auth_token: str | None = None,
     ) -> None:
         """`worker_gpus`: a GPU resource each worker node advertises (none needs to exist). `worker_hide` /
         `worker_readonly`: paths the worker nodes see as an empty directory / read-only, in a private mount
         namespace (root only, see `can_isolate_mounts`): how a second machine without the project, or without the
         shared run directory, looks."""
         self.num_workers, self.cpus_per_node = num_workers, cpus_per_node
+        self.head_cpus = cpus_per_node if head_cpus is None else head_cpus  # 0: the head only coordinates
         self.worker_gpus, self.worker_hide, self.worker_readonly = worker_gpus, worker_hide, worker_readonly
         self.object_store_mb, self.timeout_s = object_store_mb, timeout_s
         self.port = free_port()
         self.address = f"{NODE_IP}:{self.port}"
         # What a driver process joining this cluster needs (the driver picks 127.0.0.2 itself from the address).
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+        # Token authentication off, unless the test is about it (`auth_token`: the cluster's token).
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": auth_token} if auth_token else {"RAY_AUTH_MODE": "disabled"}
+        self.env = {**os.environ, **auth, "RAY_DEDUP_LOGS": "0"}
         self.env.pop("RAY_ADDRESS", None)
         self.procs: list[subprocess.Popen] = []
         self.temp_dirs: list[Path] = []
@@ -109,7 +114,7 @@ class LocalCluster:
             *role,
             f"--node-ip-address={NODE_IP}",
             f"--temp-dir={temp_dir}",
-            f"--num-cpus={self.cpus_per_node}",
+            f"--num-cpus={self.head_cpus if role[0] == '--head' else self.cpus_per_node}",
             f"--object-store-memory={self.object_store_mb * 1024**2}",
             "--disable-usage-stats",
         ]

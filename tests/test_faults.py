@@ -154,3 +154,32 @@ def test_a_clip_that_fails_its_annotator_costs_only_that_clip(
         assert not list((run_dir / "_work").rglob("*.attempts"))
     else:
         assert run["faults"]["retries"] == 0
+
+
+def test_a_model_actor_that_dies_on_one_clip_is_restarted_and_only_that_clip_is_lost(
+    corpus_dir: Path, tmp_path: Path, ray_local
+):
+    """The clips step of a run with a model is a pool of Ray actors (the model loads once per actor). The actor
+    dying on a clip is restarted by Ray, the video retried, and the clip narrowed down and rejected."""
+    pytest.importorskip("open_clip")
+    from tests.test_aesthetics import random_clip, save_clip_folder, tiny_model_cfg
+
+    clip_dir = save_clip_folder(tmp_path / "tiny-clip", random_clip(0), tiny_model_cfg())
+    videos = [str(corpus_dir / name) for name in ("objects.mp4", "pan_right.mp4", "cuts.mp4")]
+    sets = [f"aesthetics.model_path={clip_dir}", "aesthetics.device=cpu", "dedup.embedding_similarity=1.0"]
+    base = ["--input", *videos] + [a for s in sets for a in ("--set", s)]
+    assert run_pipeline(*base, "--output", str(tmp_path / "reference")) == 0
+    reference = clip_ids(tmp_path / "reference")
+    victim = sorted(reference)[len(reference) // 2]
+    fault = ["runtime.fault.annotator=aesthetics", f"runtime.fault.clip_id={victim}", "runtime.fault.mode=exit"]
+    run_dir = tmp_path / "actor_died"
+    assert run_pipeline(*base, *[a for s in fault for a in ("--set", s)], "--output", str(run_dir)) == 0
+    assert clip_ids(run_dir) == reference - {victim}
+    ((stage, reason, _),) = rejected_rows(run_dir, victim)
+    assert (stage, reason) == ("clips", "worker_died")
+    run = json.loads((run_dir / "_run.json").read_text())
+    assert run["throughput"]["clips"]["kind"] == "actors"
+    assert run["faults"]["by_step"]["clips"]["retries"] >= 2 and run["faults"]["errors"] == {"clips/worker_died": 1}
+    # One actor (the pool size for 2 CPUs), restarted by Ray under the same actor id, returned every video.
+    ((actor),) = run["actors"]
+    assert actor["rows"] == len(videos) and actor["devices"] == {"aesthetics": "cpu"}
