@@ -11,6 +11,7 @@ score filters are global decisions made afterwards on the driver (`pipelines.fin
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ _RETRY = {"max_retries": 1}
 _VIDEO_RETRY = {"max_retries": 3}
 _ACTOR_RETRY = {"max_restarts": 3, "max_task_retries": 3}  # the same policy for actors
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+logger = logging.getLogger(__name__)
 
 
 def ingest_plan() -> dict[str, dict]:
@@ -46,8 +48,21 @@ def video_plan(cfg: RunConfig, steps: tuple[str, ...]) -> dict[str, dict]:
         rc = cfg.runtime
         gpus = ray.cluster_resources().get("GPU", 0) if set(models.values()) != {"cpu"} else 0
         # One actor per GPU (gpus_per_actor < 1 packs several per GPU), or one per 2 CPUs without GPUs, unless
-        # runtime.model_actors says how many.
-        actors = rc.model_actors or (max(1, int(gpus / rc.gpus_per_actor)) if gpus else max(1, int(_cpus()) // 2))
+        # runtime.model_actors says how many. Never more than the cluster can place with a CPU left for the scenes
+        # tasks: actors that hold every CPU starve the stage that feeds them, and the run hangs.
+        by_gpu = max(1, int(gpus / rc.gpus_per_actor)) if gpus else None
+        limit = min(max(1, int(_cpus()) - 1), by_gpu or 1_000_000)
+        actors = rc.model_actors or by_gpu or max(1, int(_cpus()) // 2)
+        if actors > limit:
+            logger.warning(
+                "runtime.model_actors=%d does not fit this cluster (%g CPUs, %g GPUs at %g per actor): using %d",
+                actors,
+                _cpus(),
+                gpus,
+                rc.gpus_per_actor,
+                limit,
+            )
+            actors = limit
         plan["clips"] = {
             "kind": "actors",
             "actors": actors,

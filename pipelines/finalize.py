@@ -138,7 +138,7 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
 
 def crashed_detail(work: WorkDir, step: str, key: str, out: Collected) -> str:
     """Why an input of `step` has no record: its attempts (from the attempt log) all lost their worker process."""
-    attempts = read_attempts(work.record_path(step, key).with_suffix(".attempts"))
+    attempts = read_attempts(work.attempts_path(step, key))
     if attempts:
         out.attempts[step].update(lost=1, retries=len(attempts) - 1, retried=int(len(attempts) > 1))
     nodes = sorted({a["node"][:8] for a in attempts})

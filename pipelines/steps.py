@@ -52,6 +52,10 @@ class WorkDir:
     def done(self, step: str, key: str) -> bool:
         return self.record_path(step, key).exists()
 
+    def attempts_path(self, step: str, key: str) -> Path:
+        """The attempt log of (step, input): present only while the step runs, or after its worker died."""
+        return self.root / step / f"{key}.attempts"
+
     def load(self, step: str, key: str) -> dict[str, Any]:
         return read_json(self.record_path(step, key))
 
@@ -76,22 +80,26 @@ def rejected_row(stage: str, video: Row, reason: str, detail: str = "", span: tu
     return row
 
 
-def worker_node() -> str:
-    """The Ray node id of this process (the host name outside Ray), for the per-node figures of the run."""
+def _ray() -> Any:
+    """The `ray` module when this process is a connected Ray worker or driver, else None (steps also run without
+    Ray, in tests and notebooks)."""
     try:
         import ray
+    except ImportError:
+        return None
+    return ray if ray.is_initialized() else None
 
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: S110  (any failure here only loses a label)
-        pass
-    return socket.gethostname()
+
+def worker_node() -> str:
+    """The Ray node id of this process (the host name outside Ray), for the per-node figures of the run."""
+    ray = _ray()
+    return ray.get_runtime_context().get_node_id() if ray else socket.gethostname()
 
 
 def start_attempt(work: WorkDir, step: str, key: str) -> list[dict[str, Any]]:
     """Log one more attempt at (step, input) in RUN_DIR/_work/<step>/<key>.attempts, before the work starts: the
     attempts a record was preceded by, or that an input without a record used up, are the run's retries."""
-    path = work.record_path(step, key).with_suffix(".attempts")
+    path = work.attempts_path(step, key)
     attempts = read_attempts(path)
     attempts.append({"at": time.time(), "node": worker_node(), "pid": os.getpid()})
     atomic_write_json({"attempts": attempts}, path)
@@ -131,7 +139,7 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
             record["timing"] = {"start": started_at, "end": time.time(), "node": attempts[-1]["node"]}
             record["attempts"] = len(attempts)
             work.save(step, key, record)
-            work.record_path(step, key).with_suffix(".attempts").unlink(missing_ok=True)
+            work.attempts_path(step, key).unlink(missing_ok=True)
         return {**row, f"{step}_done": True}
 
     return run
@@ -264,17 +272,14 @@ def actor_identity(cfg: RunConfig) -> dict[str, Any]:
     from annotators.models import resolve_device
     from pipelines.annotate import model_annotators
 
-    identity: dict[str, Any] = {"node": worker_node(), "pid": os.getpid(), "gpu_ids": [], "actor_id": None}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            identity["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
-            identity["actor_id"] = ray.get_runtime_context().get_actor_id()
-    except Exception:  # noqa: S110  (labels only)
-        pass
-    identity["devices"] = {name: resolve_device(device) for name, device in model_annotators(cfg).items()}
-    return identity
+    ray = _ray()
+    return {
+        "node": worker_node(),
+        "pid": os.getpid(),
+        "actor_id": ray.get_runtime_context().get_actor_id() if ray else None,
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray else [],
+        "devices": {name: resolve_device(device) for name, device in model_annotators(cfg).items()},
+    }
 
 
 class ClipWriter:
