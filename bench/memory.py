@@ -102,7 +102,8 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "tiny"))
     args = p.parse_args()
     videos = generate_tiny_corpus(args.cache, args.n * args.factor)
-    limits = [f"runtime.object_store_mb={args.object_store_mb}"]
+    store = args.object_store_mb
+    limits = [f"runtime.object_store_mb={store}", f"runtime.data_object_store_mb={store // 2}"]
     small = run_and_watch(videos[: args.n], args.config, limits)
     large = run_and_watch(videos, args.config, limits)
     ratio = round(large["peak_pss_mb"] / small["peak_pss_mb"], 3)

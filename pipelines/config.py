@@ -55,11 +55,15 @@ class RuntimeConfig:
     model_actors: int = 0  # clips actors when a model is configured; 0 = one per GPU, or one per 2 CPUs without GPUs
     gpus_per_actor: float = 1.0  # GPUs each of those actors requests on a cluster with GPUs (0.5 = two per GPU)
     node_ip: str = ""  # this driver's node address; empty = Ray's choice (a loopback --ray-address implies it)
+    data_cpus: float = 0.0  # CPUs the pipeline's datasets may use at once; 0 = all of the cluster's
+    data_object_store_mb: int = 0  # object store the datasets may fill before back-pressure; 0 = Ray Data's default
     fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
-        if self.num_cpus < 0 or self.object_store_mb < 0 or self.model_actors < 0:
-            raise ConfigError("runtime.num_cpus, runtime.object_store_mb and runtime.model_actors must be >= 0")
+        if min(self.num_cpus, self.object_store_mb, self.model_actors, self.data_cpus, self.data_object_store_mb) < 0:
+            raise ConfigError(
+                "runtime.num_cpus, object_store_mb, model_actors, data_cpus and data_object_store_mb must be >= 0"
+            )
         if not 0 < self.gpus_per_actor <= 8:
             raise ConfigError(f"runtime.gpus_per_actor must be in (0, 8], got {self.gpus_per_actor}")
         if self.clip_batch < 1:

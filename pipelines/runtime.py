@@ -109,6 +109,7 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
     import ray
 
     if ray.is_initialized():
+        configure_data(cfg)
         return cluster_info(resolve_address(cfg, address) or "local")
     address = resolve_address(cfg, address)
     if address:
@@ -145,13 +146,27 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
         ray.init(address="local", _node_ip_address=ip, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
         logger.info("started local Ray with %d CPUs", kwargs["num_cpus"])
         info = cluster_info("local")
+    configure_data(cfg)
+    return info
+
+
+def configure_data(cfg: RuntimeConfig) -> None:
+    """This driver's Ray Data settings (the DataContext is per process: set on every run, also when Ray was
+    already initialised by the caller)."""
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
     # A worker that dies (a decoder crashing on a broken file) loses its block; the driver then records the
     # affected inputs as rejected instead of failing the run. Exceptions inside steps never get here.
     ctx.max_errored_blocks = -1
-    return info
+    # Explicit limits for the streaming executor: past them it stops launching tasks (back-pressure) instead of
+    # filling the object store, which is what keeps memory flat however large the corpus. None = no limit.
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        cpu=cfg.data_cpus or None,
+        object_store_memory=cfg.data_object_store_mb * 1024**2 if cfg.data_object_store_mb else None,
+    )
 
 
 def cluster_info(address: str) -> dict:

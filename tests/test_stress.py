@@ -14,7 +14,7 @@ from tests.conftest import SMOKE
 @pytest.mark.slow
 def test_ten_times_the_videos_run_in_about_the_same_memory(tmp_path_factory: pytest.TempPathFactory):
     videos = generate_tiny_corpus(tmp_path_factory.mktemp("tiny"), 300)
-    limits = ["runtime.object_store_mb=128"]
+    limits = ["runtime.object_store_mb=128", "runtime.data_object_store_mb=64", "runtime.data_cpus=2"]
     small, large = run_and_watch(videos[:30], SMOKE, limits), run_and_watch(videos, SMOKE, limits)
     print(f"N: {small}\n10N: {large}")
     assert small["clips"] > 0 and large["clips"] >= 9 * small["clips"]  # the run did all the work
