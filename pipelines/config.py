@@ -57,12 +57,15 @@ class RuntimeConfig:
     node_ip: str = ""  # this driver's node address; empty = Ray's choice (a loopback --ray-address implies it)
     data_cpus: float = 0.0  # CPUs the pipeline's datasets may use at once; 0 = all of the cluster's
     data_object_store_mb: int = 0  # object store the datasets may fill before back-pressure; 0 = Ray Data's default
+    retry_rounds: int = 1  # passes over the videos Ray gave up on (lost node or actor) before the run ends partial
     fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
-        if min(self.num_cpus, self.object_store_mb, self.model_actors, self.data_cpus, self.data_object_store_mb) < 0:
+        sizes = (self.num_cpus, self.object_store_mb, self.model_actors, self.data_cpus, self.data_object_store_mb)
+        if min(*sizes, self.retry_rounds) < 0:
             raise ConfigError(
-                "runtime.num_cpus, object_store_mb, model_actors, data_cpus and data_object_store_mb must be >= 0"
+                "runtime.num_cpus, object_store_mb, model_actors, data_cpus, data_object_store_mb and retry_rounds "
+                "must be >= 0"
             )
         if not 0 < self.gpus_per_actor <= 8:
             raise ConfigError(f"runtime.gpus_per_actor must be in (0, 8], got {self.gpus_per_actor}")

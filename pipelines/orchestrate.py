@@ -190,16 +190,29 @@ def run_stages(
             logger.warning(
                 "%d inputs have not been through `scenes` yet: run --stage scenes", len(data.ready["scenes"])
             )
-        logger.info("%s: %d videos to process", "+".join(video_steps), len(pending))
-        t0, started_at["video"] = time.perf_counter(), time.time()
-        if pending:
+        label = "+".join(video_steps)
+        logger.info("%s: %d videos to process", label, len(pending))
+        t0, started_at["video"], session = time.perf_counter(), time.time(), uuid.uuid4().hex
+        rounds = 1 + cfg.runtime.retry_rounds
+        for attempt in range(rounds):
+            if not pending:
+                break
+            if attempt:  # Ray gave these up (a lost node or actor, a worker that died past its retries)
+                logger.warning(
+                    "%d videos lost their worker (a crash, or a lost node): retrying them (round %d of %d)",
+                    len(pending),
+                    attempt,
+                    rounds - 1,
+                )
             video_plan = dag.video_plan(cfg, video_steps)
             plan.update(video_plan)
-            rows = dag.run_video_steps(pending, cfg, run_dir, video_plan, uuid.uuid4().hex, stats=execution)
-            label = "+".join(video_steps)
+            rows = dag.run_video_steps(pending, cfg, run_dir, video_plan, session, stats=execution)
             _consume(rows, label, len(pending), cfg.runtime.progress_every_s, actors=execution["actors"])
-            warn_cpu_fallback(execution["actors"])
-        wall["+".join(video_steps)] = time.perf_counter() - t0
+            keys = {r["key"] for r in pending}
+            data = collect(run_dir, inputs, attempted + video_steps)
+            pending = [r for r in data.ready["scenes"] + data.ready["clips"] if r["key"] in keys]
+        warn_cpu_fallback(execution["actors"])
+        wall[label] = time.perf_counter() - t0
         attempted += video_steps
         data = collect(run_dir, inputs, attempted)
     execution["throughput"] = run_throughput(data.timings, plan, started_at)
@@ -270,6 +283,6 @@ def _finish(
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
     if crashed:
-        logger.warning("%d inputs lost their worker (decoder crash?); rerun the same command to retry them", crashed)
+        logger.warning("%d inputs lost their worker (a crash, or a lost node): rerun the same command", crashed)
     logger.info('run directory: %s (query it with: python -m curation.query %s "SELECT ...")', run_dir, run_dir)
     return data

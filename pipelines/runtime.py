@@ -284,6 +284,10 @@ def check_cluster(run_dir, inputs: list[dict], sample: int = 3) -> None:
                 report = ray.get(ref, timeout=PREFLIGHT_TIMEOUT_S)
             except ray.exceptions.GetTimeoutError as e:
                 raise ClusterNotReady(f"{label} did not answer the preflight within {PREFLIGHT_TIMEOUT_S:.0f} s") from e
+            except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+                # A node lost just before (still listed as alive for a few seconds): it takes no work either.
+                logger.warning("preflight: %s has left the cluster; it is not checked and gets no work", label)
+                continue
             except ray.exceptions.RayError as e:
                 raise ClusterNotReady(f"{label} cannot run the project: {_root_cause(e)}{_INSTALL_HINT}") from e
             if report["code"] != here:

@@ -189,9 +189,9 @@ def test_model_actors_go_to_the_gpu_node_and_fall_back_to_cpu_once(corpus_dir, t
 # --- losing a node mid-run ----------------------------------------------------------------------------------------
 
 
-def busy_worker_node(cluster: LocalCluster, run_dir: Path) -> int | None:
-    """A worker node inside a video step right now (a step's attempt log exists only while it runs)."""
-    for path in [*(run_dir / "_work" / "scenes").glob("*.attempts"), *(run_dir / "_work" / "clips").glob("*.attempts")]:
+def busy_worker_node(cluster: LocalCluster, run_dir: Path, steps: tuple[str, ...] = ("scenes", "clips")) -> int | None:
+    """A worker node inside one of `steps` right now (a step's attempt log exists only while it runs)."""
+    for path in [p for step in steps for p in (run_dir / "_work" / step).glob("*.attempts")]:
         try:
             pid = json.loads(path.read_text())["attempts"][-1]["pid"]
         except (OSError, ValueError, KeyError, IndexError):
@@ -228,3 +228,45 @@ def test_losing_a_worker_node_mid_run_still_gives_the_local_clip_set(corpus_dir,
             assert first["faults"]["retries"] >= 1  # the step in flight on the lost node ran again elsewhere
     assert clip_ids(run_dir) == clip_ids(smoke_run)
     assert json.loads((run_dir / "_run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_losing_the_node_of_a_model_actor_mid_run_still_gives_the_local_clip_set(corpus_dir, smoke_run, tmp_path):
+    """Ray restarts a lost actor, but gives up the videos that were in flight on it when the restart cannot be
+    placed at once. The driver's retry round (runtime.retry_rounds) runs those again in the same run; without it
+    the run ends `partial` and a rerun of the same command completes it. Both end with the local clip set."""
+    pytest.importorskip("open_clip")
+    from tests.test_aesthetics import random_clip, save_clip_folder, tiny_model_cfg
+
+    clip_dir = save_clip_folder(tmp_path / "tiny-clip", random_clip(0), tiny_model_cfg())
+    sets = [
+        f"aesthetics.model_path={clip_dir}",
+        "aesthetics.device=cpu",
+        "runtime.model_actors=2",
+        "dedup.embedding_similarity=1.0",  # a random model's embeddings say nothing: dedup by key-frame hashes only
+    ]
+    outcomes = {}
+    with LocalCluster(num_workers=3, cpus_per_node=1) as c:
+        for rounds in (1, 0):
+            run_dir = tmp_path / f"rounds{rounds}"
+            args = ["--ray-address", c.address, "--input", str(corpus_dir), "--output", str(run_dir)]
+            args += [a for s in [*sets, f"runtime.retry_rounds={rounds}"] for a in ("--set", s)]
+            log = (tmp_path / f"driver{rounds}.log").open("w+")
+            cmd = [sys.executable, "-m", "pipelines.run", "--config", SMOKE, *args]
+            driver = subprocess.Popen(cmd, cwd=ROOT, env=c.env, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 180
+            while (node := busy_worker_node(c, run_dir, steps=("clips",))) is None:
+                assert driver.poll() is None and time.monotonic() < deadline, "no clips actor ran on a worker node"
+                time.sleep(0.05)
+            c.kill_node(node)
+            assert driver.wait(timeout=400) == 0
+            first = json.loads((run_dir / "_run.json").read_text())
+            outcomes[rounds] = (first["status"], first["faults"])
+            if first["status"] != "complete":
+                assert rounds == 0 and first["faults"]["errors"].get("clips/worker_crashed", 0) >= 1
+                rerun = run_driver(*args, env=c.env)
+                assert rerun.returncode == 0, rerun.stderr[-4000:] + "\n" + c.log_tail()
+            assert json.loads((run_dir / "_run.json").read_text())["status"] == "complete"
+            assert clip_ids(run_dir) == clip_ids(smoke_run)
+    print(f"first runs, by retry_rounds: {outcomes}")
+    assert outcomes[1][0] == "complete"  # the retry round recovered within the run
