@@ -96,7 +96,8 @@ def run_video_steps(
     the rows are exhausted, `stats` gets what Ray Data reports about the execution (bytes spilled)."""
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
     if "scenes" in plan:
-        ds = ds.map(make_scenes_fn(cfg, run_dir), num_cpus=1, **_VIDEO_RETRY)  # 1:1 low-res decode + PySceneDetect
+        # 1:1 low-res decode + PySceneDetect
+        ds = ds.map(make_scenes_fn(cfg, run_dir, session), num_cpus=1, **_VIDEO_RETRY)
     clips = plan.get("clips")
     if clips and clips["kind"] == "actors":
         # Models (RAFT, open_clip, the captioner) load once per actor. Each actor decodes, runs flow, scores,

@@ -96,12 +96,12 @@ def worker_node() -> str:
     return ray.get_runtime_context().get_node_id() if ray else socket.gethostname()
 
 
-def start_attempt(work: WorkDir, step: str, key: str) -> list[dict[str, Any]]:
+def start_attempt(work: WorkDir, step: str, key: str, session: str | None = None) -> list[dict[str, Any]]:
     """Log one more attempt at (step, input) in RUN_DIR/_work/<step>/<key>.attempts, before the work starts: the
     attempts a record was preceded by, or that an input without a record used up, are the run's retries."""
     path = work.attempts_path(step, key)
     attempts = read_attempts(path)
-    attempts.append({"at": time.time(), "node": worker_node(), "pid": os.getpid()})
+    attempts.append({"at": time.time(), "node": worker_node(), "pid": os.getpid(), "session": session})
     atomic_write_json({"attempts": attempts}, path)
     return attempts
 
@@ -113,28 +113,34 @@ def read_attempts(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) -> Callable[[Row], Row]:
-    """Wrap a step body with its resume record, attempt log, timing, and a last-resort error record per input."""
+def _resumable(
+    step: str,
+    work: WorkDir,
+    fn: Callable[[Row], dict[str, Any]],
+    session: str | None = None,
+    max_deaths: int | None = None,
+) -> Callable[[Row], Row]:
+    """Wrap a step body with its resume record, attempt log, timing, and a last-resort error record per input.
+
+    With `session` (the driver's run) and `max_deaths`: an input whose earlier attempts in this run all lost their
+    worker process that many times is recorded as `worker_died` instead of being tried again (a decoder that
+    segfaults on a file would otherwise take every retry Ray and the retry round allow)."""
 
     def run(row: Row) -> Row:
         key = row["key"]
         if not work.done(step, key):
-            attempts = start_attempt(work, step, key)
+            attempts = start_attempt(work, step, key, session)
             started_at, started = time.time(), time.perf_counter()
-            try:
-                record = fn(row)
-            except Exception as e:  # one bad input must never stop the run: record it with the reason
-                logger.error("%s failed on %s: %s", step, row["source_uri"], traceback.format_exc(limit=4))
-                detail = f"{type(e).__name__}: {e}"
-                # Carries the input's identity so finalize can report it like any other failure of this step.
-                record = {
-                    "source_uri": row["source_uri"],
-                    "video_id": f"u{key[:15]}",
-                    "error": detail,
-                    "reason": f"{step}_error",
-                    "detail": detail,
-                    "rejected": [rejected_row(step, row, f"{step}_error", detail)],
-                }
+            deaths = sum(1 for a in attempts[:-1] if session and a.get("session") == session)
+            if max_deaths and deaths >= max_deaths:
+                detail = f"the {step} worker process died {deaths} times on this input in this run; not retried"
+                record = _failure_record(step, row, "worker_died", detail)
+            else:
+                try:
+                    record = fn(row)
+                except Exception as e:  # one bad input must never stop the run: record it with the reason
+                    logger.error("%s failed on %s: %s", step, row["source_uri"], traceback.format_exc(limit=4))
+                    record = _failure_record(step, row, f"{step}_error", f"{type(e).__name__}: {e}")
             record["seconds"] = time.perf_counter() - started
             record["timing"] = {"start": started_at, "end": time.time(), "node": attempts[-1]["node"]}
             record["attempts"] = len(attempts)
@@ -143,6 +149,19 @@ def _resumable(step: str, work: WorkDir, fn: Callable[[Row], dict[str, Any]]) ->
         return {**row, f"{step}_done": True}
 
     return run
+
+
+def _failure_record(step: str, row: Row, reason: str, detail: str) -> dict[str, Any]:
+    """The record of an input a step gave up on; it carries the input's identity so finalize reports it like any
+    other failure of this step."""
+    return {
+        "source_uri": row["source_uri"],
+        "video_id": f"u{row['key'][:15]}",
+        "error": detail,
+        "reason": reason,
+        "detail": detail,
+        "rejected": [rejected_row(step, row, reason, detail)],
+    }
 
 
 def make_ingest_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
@@ -162,7 +181,7 @@ def video_info(video: Row) -> VideoInfo:
     return VideoInfo(**{f.name: video[f.name] for f in dataclasses.fields(VideoInfo)})
 
 
-def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
+def make_scenes_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> Callable[[Row], Row]:
     """Step `scenes`: detect shots and cut them into clip spans (1:1, decodes the video once at low resolution)."""
     work = WorkDir(run_dir)
     cache = work.cache_dir(cfg)
@@ -206,7 +225,7 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path) -> Callable[[Row], Row]:
             logger.warning("%s: decoded %d of %d probed frames", video["source_uri"], scan.n_frames, info.n_frames)
         return record
 
-    return _resumable("scenes", work, scenes)
+    return _resumable("scenes", work, scenes, session, max_deaths=2)
 
 
 def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> Callable[[Row], Row]:
@@ -240,7 +259,8 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = Non
                 guard.clear()
         return record
 
-    return _resumable("clips", work, clips)
+    # The crash guard needs up to 3 deaths to narrow a crash down to one clip; more means the video itself.
+    return _resumable("clips", work, clips, session, max_deaths=4)
 
 
 class ClipsStep:

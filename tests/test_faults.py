@@ -183,3 +183,29 @@ def test_a_model_actor_that_dies_on_one_clip_is_restarted_and_only_that_clip_is_
     # One actor (the pool size for 2 CPUs), restarted by Ray under the same actor id, returned every video.
     ((actor),) = run["actors"]
     assert actor["rows"] == len(videos) and actor["devices"] == {"aesthetics": "cpu"}
+
+
+@pytest.mark.parametrize(("step", "max_deaths"), [("scenes", 2), ("clips", 4)])
+def test_a_video_that_keeps_killing_its_worker_is_recorded_not_retried_forever(tmp_path: Path, step, max_deaths):
+    """Deaths are counted from the attempt log, per driver session: a decoder that segfaults on a file costs a few
+    attempts, then a `worker_died` record, instead of every retry Ray and the retry round allow."""
+    from pipelines import steps
+
+    cfg, work = load_config(SMOKE), steps.WorkDir(tmp_path)
+    make = {"scenes": steps.make_scenes_fn, "clips": steps.make_clips_fn}[step]
+    row = {"source_uri": "/videos/segfaults.mp4", "key": "k" * 16}
+    path = work.attempts_path(step, row["key"])
+    path.parent.mkdir(parents=True)
+    died = [{"at": 0, "node": "n", "pid": 1, "session": "s1"}] * max_deaths
+    earlier_run = [{"at": 0, "node": "n", "pid": 1, "session": "s0"}] * 5  # a killed earlier run: not counted
+    path.write_text(json.dumps({"attempts": earlier_run + died}))
+    assert make(cfg, tmp_path, "s1")(row)[f"{step}_done"]
+    record = work.load(step, row["key"])
+    assert record["reason"] == "worker_died" and record["attempts"] == 5 + max_deaths + 1
+    assert record["rejected"][0]["detail"].startswith(f"the {step} worker process died {max_deaths} times")
+    assert not path.exists()
+    if max_deaths > 1:  # one death fewer: the step runs (and here fails on the missing ingest record instead)
+        work.record_path(step, row["key"]).unlink()
+        path.write_text(json.dumps({"attempts": died[1:]}))
+        make(cfg, tmp_path, "s1")(row)
+        assert work.load(step, row["key"])["reason"] == f"{step}_error"
