@@ -58,6 +58,14 @@ class Collected:
         if (extra := int(record.get("attempts", 1)) - 1) > 0:
             self.attempts[step].update(retried=1, retries=extra)
 
+    def note_crash(self, work: WorkDir, step: str, row: dict) -> None:
+        """Account an input that `step` attempted but left without a record: a `worker_crashed` rejection, and the
+        attempts its attempt log shows."""
+        attempts = read_attempts(work.attempts_path(step, row["key"]))
+        if attempts:
+            self.attempts[step].update(lost=1, retries=len(attempts) - 1, retried=int(len(attempts) > 1))
+        self.rejected.append(rejected_row(step, row, "worker_crashed", crashed_detail(attempts)))
+
     def faults(self) -> dict[str, Any]:
         """Retries and failures of the run, for _run.json and the summary."""
         errors = Counter(
@@ -96,8 +104,7 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
         key = row["key"]
         if not work.done("ingest", key):
             if "ingest" in attempted:
-                detail = crashed_detail(work, "ingest", key, out)
-                out.rejected.append(rejected_row("ingest", row, "worker_crashed", detail))
+                out.note_crash(work, "ingest", row)
             continue
         video = work.load("ingest", key)
         out.note_record("ingest", key, video)
@@ -122,7 +129,7 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
         if not work.done(step, key):
             out.ready[step].append(row)
             if step in attempted:
-                out.rejected.append(rejected_row(step, video, "worker_crashed", crashed_detail(work, step, key, out)))
+                out.note_crash(work, step, {**video, "key": key})
             return
         record = work.load(step, key)
         out.note_record(step, key, record)
@@ -136,14 +143,11 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 
 
-def crashed_detail(work: WorkDir, step: str, key: str, out: Collected) -> str:
-    """Why an input of `step` has no record: its attempts (from the attempt log) all lost their worker process."""
-    attempts = read_attempts(work.attempts_path(step, key))
-    if attempts:
-        out.attempts[step].update(lost=1, retries=len(attempts) - 1, retried=int(len(attempts) > 1))
+def crashed_detail(attempts: list[dict]) -> str:
+    """Why an input has no record of its step: its `attempts` (from the attempt log) all lost their worker."""
     nodes = sorted({a["node"][:8] for a in attempts})
     where = f" on node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)}" if nodes else ""
-    return f"the {step} worker process died ({len(attempts) or 'unknown'} attempts{where}); rerun to retry"
+    return f"the worker process died ({len(attempts) or 'unknown'} attempts{where}); rerun to retry"
 
 
 def drop_clips(data: Collected, stage: str, dropped: list[tuple[dict, str, str]]) -> None:

@@ -193,7 +193,7 @@ def run_stages(
         label = "+".join(video_steps)
         logger.info("%s: %d videos to process", label, len(pending))
         t0, started_at["video"], session = time.perf_counter(), time.time(), uuid.uuid4().hex
-        rounds = 1 + cfg.runtime.retry_rounds
+        rounds, collected = 1 + cfg.runtime.retry_rounds, False
         for attempt in range(rounds):
             if not pending:
                 break
@@ -209,12 +209,13 @@ def run_stages(
             rows = dag.run_video_steps(pending, cfg, run_dir, video_plan, session, stats=execution)
             _consume(rows, label, len(pending), cfg.runtime.progress_every_s, actors=execution["actors"])
             keys = {r["key"] for r in pending}
-            data = collect(run_dir, inputs, attempted + video_steps)
+            data, collected = collect(run_dir, inputs, attempted + video_steps), True
             pending = [r for r in data.ready["scenes"] + data.ready["clips"] if r["key"] in keys]
         warn_cpu_fallback(execution["actors"])
         wall[label] = time.perf_counter() - t0
         attempted += video_steps
-        data = collect(run_dir, inputs, attempted)
+        if not collected:  # nothing was pending: account the inputs with these steps attempted
+            data = collect(run_dir, inputs, attempted)
     execution["throughput"] = run_throughput(data.timings, plan, started_at)
     return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster, execution)
 
