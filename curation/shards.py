@@ -1,7 +1,7 @@
 """Training shards: Parquet files with one row per curated clip, scalar columns plus raw-bytes tensors.
 
 A video's clips go to `shards/<video_id>-<chunk>.parquet` (at most `rows_per_shard` rows each) in small row
-groups so readers stream. Files are written under a temporary name and renamed when complete.
+groups so readers stream. Files are written under a temporary name unique to the writer and renamed when complete.
 `shards/manifest.json` lists the shards of a finished run; `iter_clips(RUN_DIR)` reads them back.
 """
 
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from curation.ids import shard_name
 from curation.schema import SCHEMA_VERSION, SHARD_META, UNCOMPRESSED_TENSORS, shard_schema
-from curation.tables import atomic_write_json, read_json
+from curation.tables import atomic_write_json, read_json, temp_path
 
 MANIFEST = "manifest.json"
 
@@ -106,7 +106,7 @@ class ShardWriter:
     def _open_next(self) -> None:
         self._finish_file()
         final = self.dir / shard_name(self.video_id, len(self.files))
-        tmp = self.dir / f".{final.name}.tmp"
+        tmp = temp_path(final)  # unique: a second attempt at this video never writes into this attempt's file
         scalar = [f.name for f in SHARD_META]
         codec = self.cfg.tensor_compression
         compression = {f.name: "zstd" for f in self.schema}

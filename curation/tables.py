@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 from curation.schema import TABLES, rows_to_table
 
 
-def _tmp_path(path: Path) -> Path:
-    # Same directory as the target so the rename is atomic (same filesystem); dot-prefixed so globs skip it.
+def temp_path(path: Path) -> Path:
+    """A new, unique temporary file beside `path`: same directory, so the rename into place is atomic (same
+    filesystem); dot-prefixed, so globs skip it. Unique per call: two attempts at the same output (a task Ray retried
+    while the first attempt still runs, a worker left over from a killed run) never write into one file."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
@@ -24,7 +26,7 @@ def _tmp_path(path: Path) -> Path:
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = temp_path(path)
     try:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
         os.replace(tmp, path)
@@ -32,10 +34,32 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def create_json_once(obj: Any, path: str | Path) -> bool:
+    """Write `path` atomically unless it exists: the first writer wins and a later one changes nothing (returns
+    False). A hard link publishes the complete file under its final name without replacing one already there; a
+    filesystem without hard links falls back to a rename (last writer wins, still never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some FUSE and object-store mounts)
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = temp_path(path)
     try:
         pq.write_table(table, tmp, compression="zstd", **kwargs)
         os.replace(tmp, path)

@@ -23,8 +23,9 @@ from pipelines.config import RunConfig
 from pipelines.steps import ClipsStep, Row, make_clips_fn, make_ingest_fn, make_scenes_fn
 
 # A probe that crashes its worker is retried once, then the block is given up (and recorded by the driver).
-# Ray Data's default is to retry forever, which turns one deterministic decoder crash into a hung run. There is
-# no named parameter for this yet, so it goes through `ray_remote_args` (deprecation warning silenced below).
+# Ray Data's default is to retry forever, which turns one deterministic decoder crash into a hung run. Ray 2.60 has
+# no named parameter for retries, so they go through `ray_remote_args`, which Ray 2.64 removes: pyproject keeps ray
+# below 2.64 until a named mechanism exists (tests/test_constraints.py), and the deprecation is silenced below.
 _RETRY = {"max_retries": 1}
 # The video steps get 3 retries: a clip that kills its worker needs up to 3 (its batch, then alone twice, see
 # pipelines.faults) before the retry that rejects it; a lost node costs one more only if it strikes the same video.
@@ -107,7 +108,7 @@ def run_video_steps(
         ds = ds.map(
             ClipsStep,
             fn_constructor_args=(cfg, run_dir, session),
-            concurrency=clips["actors"],
+            compute=ray.data.ActorPoolStrategy(size=clips["actors"]),
             num_cpus=clips["num_cpus"],
             num_gpus=clips["num_gpus"],
             **_ACTOR_RETRY,

@@ -143,16 +143,17 @@ def appearance_block(cfg: RunConfig) -> dict:
 
 
 def announce_missing_models(cfg: RunConfig) -> None:
-    """Say once, on the driver, which model-backed columns stay null because no weights are configured."""
+    """Say once, on the driver, which model-backed columns stay null because no weights are configured. A default
+    run has none on purpose (weights are local folders the user provides), so this is information, not a warning."""
+    off = []
     if not cfg.aesthetics.model_path:
-        logger.warning(
-            "aesthetics: no weights configured (aesthetics.model_path, aesthetics.head_path): aesthetic_score stays "
-            "null with aesthetic_backend 'none', and dedup uses key-frame hashes only"
-        )
+        off.append("aesthetics (no aesthetics.model_path: aesthetic_score null, dedup by key-frame hashes only)")
     elif not cfg.aesthetics.head_path:
-        logger.warning("aesthetics: no aesthetics.head_path: clip embeddings only, aesthetic_score stays null")
+        off.append("the aesthetic head (no aesthetics.head_path: clip embeddings only, aesthetic_score null)")
     if not cfg.captions.model_path:
-        logger.warning("captions: no model configured (captions.model_path): caption stays null, caption_model 'none'")
+        off.append("captions (no captions.model_path: caption null)")
+    if off:
+        logger.info("models off: %s; point those keys at local model folders to turn them on", "; ".join(off))
 
 
 def run_stages(

@@ -108,6 +108,7 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
     Returns what the run used ({"address", "nodes", "cpus"}), recorded in _run.json."""
     import ray
 
+    quiet_deliberate_notices()
     if ray.is_initialized():
         configure_data(cfg)
         return cluster_info(resolve_address(cfg, address) or "local")
@@ -143,8 +144,18 @@ def init_ray(cfg: RuntimeConfig, address: str | None) -> dict:
             kwargs["object_store_memory"] = cfg.object_store_mb * 1024**2
         # A local run stays on loopback: no ports exposed to the network, no firewall prompts.
         ip = cfg.node_ip or "127.0.0.1"
+        # Ray 2.60 turns token authentication on for a new local cluster (RAY_AUTH_MODE unset) and warns that it did;
+        # the line below says so instead (DELIBERATE_NOTICES). A RAY_AUTH_MODE the user set is kept.
         ray.init(address="local", _node_ip_address=ip, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
-        logger.info("started local Ray with %d CPUs", kwargs["num_cpus"])
+        auth = os.environ.get("RAY_AUTH_MODE", "token")
+        logger.info(
+            "started local Ray on %s: %d CPUs, no dashboard, token authentication %s; Ray Data progress bars %s "
+            "(the progress lines below are the project's)",
+            ip,
+            kwargs["num_cpus"],
+            "on (~/.ray/auth_token)" if auth == "token" else f"off (RAY_AUTH_MODE={auth})",
+            "on" if sys.stderr.isatty() else "off, stderr is not a terminal",
+        )
         info = cluster_info("local")
     configure_data(cfg)
     return info
@@ -157,6 +168,7 @@ def configure_data(cfg: RuntimeConfig) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
+    quiet_deliberate_notices()
     ctx.print_on_execution_start = False
     # A worker that dies (a decoder crashing on a broken file) loses its block; the driver then records the
     # affected inputs as rejected instead of failing the run. Exceptions inside steps never get here.
@@ -167,6 +179,44 @@ def configure_data(cfg: RuntimeConfig) -> None:
         cpu=cfg.data_cpus or None,
         object_store_memory=cfg.data_object_store_mb * 1024**2 if cfg.data_object_store_mb else None,
     )
+
+
+# What Ray logs about settings this project makes on purpose, by the logger that emits it: a pattern of the
+# message, and why it is safe to drop. Every other Ray message, every real warning among them, still shows.
+DELIBERATE_NOTICES: dict[str, tuple[str, str]] = {
+    "ray._private.authentication.authentication_token_setup": (
+        r"^Token authentication is enabled for this Ray cluster\.",
+        "a new local Ray turns token authentication on by default; init_ray's own line says it is on",
+    ),
+    "ray.data._internal.progress": (
+        r"^Progress bars disabled\.",
+        "configure_data turns them off when stderr is not a terminal; the project logs its own progress lines",
+    ),
+    "ray.data._internal.execution.streaming_executor": (
+        r"Dataset \S+ execution finished in ",
+        "'Dataset ... execution finished in N seconds' after each stage: the project's progress lines and summary "
+        "report each stage's time",
+    ),
+}
+
+
+class _DropNotice(logging.Filter):
+    """Drops the records of one logger whose message matches `pattern` (see DELIBERATE_NOTICES)."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(str(record.msg))
+
+
+def quiet_deliberate_notices() -> None:
+    """Attach the DELIBERATE_NOTICES filters (once per process) to the loggers that emit them."""
+    for name, (pattern, _why) in DELIBERATE_NOTICES.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) for f in target.filters):
+            target.addFilter(_DropNotice(pattern))
 
 
 def cluster_info(address: str) -> dict:

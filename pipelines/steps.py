@@ -29,7 +29,7 @@ from curation.sampling import decode_size, fit_to_target, sample_indices
 from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from curation.shards import ShardWriter, encode_tensor
-from curation.tables import atomic_write_json, read_json
+from curation.tables import atomic_write_json, create_json_once, read_json
 from pipelines.annotate import ClipRejected, annotators_for, enabled_annotators
 from pipelines.config import RunConfig
 from pipelines.faults import CrashGuard
@@ -59,8 +59,12 @@ class WorkDir:
     def load(self, step: str, key: str) -> dict[str, Any]:
         return read_json(self.record_path(step, key))
 
-    def save(self, step: str, key: str, record: dict[str, Any]) -> None:
-        atomic_write_json(record, self.record_path(step, key))
+    def save(self, step: str, key: str, record: dict[str, Any]) -> bool:
+        """Commit the record of (step, input) unless one is there already: the first finished attempt wins. A second
+        attempt can run while the first still does (a task Ray retried on a node it presumed lost, a worker left
+        over from a killed run); it must not replace a good record with, say, the error it hit. False when the
+        record was already there."""
+        return create_json_once(record, self.record_path(step, key))
 
     def cache_dir(self, cfg: RunConfig) -> str:
         """Where non-local inputs are fetched: `ingest.cache_dir`, or RUN_DIR/_work/cache."""
@@ -144,7 +148,8 @@ def _resumable(
             record["seconds"] = time.perf_counter() - started
             record["timing"] = {"start": started_at, "end": time.time(), "node": attempts[-1]["node"]}
             record["attempts"] = len(attempts)
-            work.save(step, key, record)
+            if not work.save(step, key, record):
+                logger.info("%s of %s: another attempt finished first; its record stands", step, row["source_uri"])
             work.attempts_path(step, key).unlink(missing_ok=True)
         return {**row, f"{step}_done": True}
 

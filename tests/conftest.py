@@ -1,4 +1,5 @@
-"""Shared fixtures: the generated sample corpus, one local Ray per session, and one smoke run of the pipeline."""
+"""Shared fixtures: the generated sample corpus, one local Ray per session, and one smoke run of the pipeline. Also
+the skip policy of `tests.skip_policy` (under CI=true a test may skip only for an allowed reason)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.skip_policy import (  # noqa: F401  (hooks, registered by being here)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 # Real test media live beside the checkout (../shared/media) and are never copied into it; SHARED_MEDIA_DIR
 # points elsewhere. Tests that need them skip when the folder is absent.

@@ -116,7 +116,18 @@ def test_report_renders_in_a_headless_browser(smoke_run, tmp_path):
     if browser is None:
         pytest.skip("no chromium / google-chrome on PATH")
     url = (smoke_run / "report.html").resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'p'}"]
+    # The report must need no network: Chromium's own background connections (updates, sync) are off as well.
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'p'}",
+    ]
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
     ).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,11 +51,34 @@ def start_run(corpus_dir: Path, run_dir: Path, ray_tmp: Path) -> subprocess.Pope
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def ray_processes(ray_tmp: Path) -> list[int]:
+    """Every live process of the run's own Ray. Its daemons name `ray_tmp` on their command line, but its workers
+    rename their process title (`ray::IDLE`, `ray::clips`), so they are found by the RAY_TMPDIR they inherited."""
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
 def kill_everything(proc: subprocess.Popen, ray_tmp: Path) -> None:
+    """SIGKILL the driver and every process of its Ray at once, as a machine crash would. Killing only the driver
+    and Ray's daemons (by command line) left its workers running for seconds, still writing into the run directory
+    while the rerun did the same videos: the rerun must start from a dead run, as after a real crash (two attempts
+    running at once are tested on their own in test_steps and test_shards)."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # Ray's own daemons run in their own sessions; take them down too, as a machine crash would.
-    subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+    deadline = time.time() + 30
+    while (alive := ray_processes(ray_tmp)) and time.time() < deadline:
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    assert not alive, f"processes of the killed run survived: {alive}"
 
 
 def test_kill_9_then_rerun_gives_the_clean_clip_set(corpus_dir, smoke_run, tmp_path, ray_local):

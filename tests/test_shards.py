@@ -50,6 +50,27 @@ def test_writer_chunks_renames_and_roundtrips(tmp_path):
         assert "frames_dtype" not in row
 
 
+def test_two_attempts_at_one_video_write_side_by_side(tmp_path):
+    """A task Ray retried while its first attempt still runs (or a worker left over from a killed run) writes the
+    same shard as the new attempt: neither may write into the other's file or lose its rename."""
+    rng = np.random.default_rng(1)
+    clips = [rng.integers(0, 255, (4, 8, 12, 3), dtype=np.uint8) for _ in range(3)]
+    cfg = ShardConfig(rows_per_shard=8, row_group_rows=1)
+    first = ShardWriter(tmp_path / "shards", "vid", ["frames"], cfg)
+    second = ShardWriter(tmp_path / "shards", "vid", ["frames"], cfg)
+    for i, c in enumerate(clips):  # interleaved, row group by row group
+        first.add(make_row(i, c))
+        second.add(make_row(i, c))
+    assert len(list((tmp_path / "shards").glob(".*.tmp"))) == 2  # one temporary file each
+    second_files = second.close()
+    first_files = first.close()  # the old fixed temporary name: FileNotFoundError here, and a torn file
+    assert [vars(f) for f in first_files] == [vars(f) for f in second_files]
+    assert not list((tmp_path / "shards").glob(".*"))
+    finish(tmp_path, first_files, ["c000", "c001", "c002"])
+    for row, frames in zip(iter_clips(tmp_path), clips, strict=True):
+        np.testing.assert_array_equal(row["frames"], frames)
+
+
 def test_iter_clips_column_selection(tmp_path):
     writer = ShardWriter(tmp_path / "shards", "vid", ["frames"], ShardConfig())
     writer.add(make_row(0, np.zeros((4, 2, 2, 3), np.uint8)))
