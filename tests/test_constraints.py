@@ -21,6 +21,14 @@ def test_installed_versions_match_the_constraints_file():
     assert not problems, f"{CONSTRAINTS.name} and this environment disagree: {problems}"
 
 
+def test_vendored_packages_on_sys_path_are_not_counted(monkeypatch):
+    import ray
+
+    vendored = Path(ray.__file__).parent / "thirdparty_files"
+    monkeypatch.syspath_prepend(str(vendored))  # what `import ray` does
+    assert "colorama" not in installed() or "colorama" in read_pins()
+
+
 def test_pins_satisfy_every_requirement_of_the_project():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["dev"]

@@ -14,6 +14,7 @@ import argparse
 import importlib.metadata
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,11 @@ def read_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """{canonical name: version} of this environment, the project itself left out."""
-    found = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    """{canonical name: version} of this environment's site-packages, the project itself left out. Only there:
+    `import ray` puts its vendored packages (ray/thirdparty_files) on sys.path, and those are Ray's, not ours."""
+    site = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    dists = importlib.metadata.distributions(path=site)
+    found = {canonical(d.metadata["Name"]): d.version for d in dists if d.metadata["Name"]}
     found.pop(PROJECT, None)
     return found
 
