@@ -1,6 +1,11 @@
 """Clip frame sampling: which source frames a clip stores, and the resize/crop policy that shapes them.
 
-Policy (documented in the README): a clip stores `num_frames` frames taken every `stride` source frames
+With `[buckets]` (curation.buckets): each video is stored at the bucket shape nearest its aspect ratio (scaled to
+cover it, centre-cropped by what the aspect difference forces), and each clip is cut into up to `frames.windows`
+consecutive windows sampled at `frames.fps`, each of the largest bucket frame count that still fits; a clip that
+cannot fill the smallest count is rejected (`too_short_for_bucket`). `video_layout` and `clip_windows` below.
+
+Without (the fixed-size behaviour): a clip stores `num_frames` frames taken every `stride` source frames
 (stride = round(source fps / target fps) unless set explicitly), centred in the clip. When the clip is too short
 for that stride, the stride shrinks to the largest that fits; a clip shorter than `num_frames` frames is rejected.
 Frames are resized so the output is exactly `width` x `height`:
@@ -15,6 +20,8 @@ import dataclasses
 
 import numpy as np
 
+from curation.buckets import BucketConfig, cover_plan, nearest_shape, plan_windows
+
 RESIZE_MODES = ("cover", "fit", "stretch")
 
 
@@ -28,10 +35,13 @@ class FramesConfig:
     width: int = 256
     height: int = 256
     resize: str = "cover"
+    windows: int = 1  # with [buckets]: windows at most per clip, consecutive, covering it (without: one, centred)
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.width < 8 or self.height < 8:
             raise ValueError("frames.num_frames must be >= 1 and frames.width/height >= 8")
+        if self.windows < 1:
+            raise ValueError(f"frames.windows must be >= 1, got {self.windows}")
         if self.stride < 0 or (self.stride == 0 and self.fps <= 0):
             raise ValueError("frames needs stride > 0 or fps > 0")
         if self.resize not in RESIZE_MODES:
@@ -77,3 +87,42 @@ def fit_to_target(frame: np.ndarray, cfg: FramesConfig) -> np.ndarray:
         return out
     top, left = (h - cfg.height) // 2, (w - cfg.width) // 2
     return frame[top : top + cfg.height, left : left + cfg.width]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoLayout:
+    """How one video's clips are stored: `frames` is the [frames] config with the video's stored size (its bucket's
+    with buckets), what the resize crops away, and the frame counts a window may take."""
+
+    frames: FramesConfig
+    crop_fraction: float
+    counts: tuple[int, ...]
+    bucketed: bool
+    problem: str = ""  # why this video cannot be stored at its bucket (too small to scale up); empty when fine
+
+
+def video_layout(width: int, height: int, frames: FramesConfig, buckets: BucketConfig) -> VideoLayout:
+    """The layout of a video of display size (width, height)."""
+    if not buckets.enabled:
+        crop = cover_plan(width, height, frames.height, frames.width).crop_fraction if frames.resize == "cover" else 0.0
+        return VideoLayout(frames, crop, (frames.num_frames,), bucketed=False)
+    shape = nearest_shape(width, height, buckets.shapes())
+    plan = cover_plan(width, height, *shape)
+    stored = dataclasses.replace(frames, height=shape[0], width=shape[1], resize="cover")
+    problem = ""
+    if plan.scale > buckets.max_upscale + 1e-9:
+        problem = (
+            f"{width}x{height} needs {plan.scale:.2f}x scaling to cover its bucket {shape[1]}x{shape[0]}, more than "
+            f"buckets.max_upscale={buckets.max_upscale:g}"
+        )
+    return VideoLayout(stored, plan.crop_fraction, tuple(buckets.frame_counts(shape)), bucketed=True, problem=problem)
+
+
+def clip_windows(start: int, end: int, source_fps: float, layout: VideoLayout) -> list[tuple[list[int], int]]:
+    """(source frame indices, stride) of each window stored for clip [start, end); empty when it is too short."""
+    fc = layout.frames
+    if not layout.bucketed:
+        sampled = sample_indices(start, end, source_fps, fc)
+        return [sampled] if sampled else []
+    stride = fc.stride or max(1, round(source_fps / fc.fps))
+    return [(w, stride) for w in plan_windows(start, end, stride, list(layout.counts), fc.windows)]

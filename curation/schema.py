@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: quality, appearance and dedup columns, clip_embedding tensor
+SCHEMA_VERSION = 3  # 2: quality, appearance and dedup columns, clip_embedding tensor; 3: buckets and windows
 
 VIDEOS = pa.schema(
     [
@@ -102,6 +102,14 @@ APPEARANCE = [
     ("caption_truncated", pa.bool_()),  # generation hit captions.max_new_tokens before the end of sequence
 ]
 
+# Where a clip's stored frames sit (curation.buckets): the bucket and what the resize cut away.
+BUCKET = [
+    ("bucket", pa.string()),  # "TxHxW" of the stored frames, e.g. "33x256x448"
+    ("crop_fraction", pa.float64()),  # share of the source picture the centre crop cut away (0 = none)
+    ("frame_height", pa.int32()),  # stored frame size (`width` / `height` are the source's)
+    ("frame_width", pa.int32()),
+]
+
 CLIPS = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -117,6 +125,7 @@ CLIPS = pa.schema(
         ("height", pa.int32()),
         ("num_frames", pa.int32()),  # sampled frames stored in the shard
         ("frame_stride", pa.int32()),
+        *BUCKET,
         ("shard", pa.string()),  # shard file name under shards/
         ("shard_row", pa.int32()),  # row index inside that shard
         *MOTION_SCORES,
@@ -156,6 +165,7 @@ SHARD_META = pa.schema(
         ("fps", pa.float64()),
         ("frame_indices", pa.list_(pa.int64())),  # source frame index of each stored frame
         ("frame_pts", pa.list_(pa.float64())),  # presentation time (s) of each stored frame
+        *BUCKET,
         *MOTION_SCORES,
         ("noise_seed", pa.int64()),  # seed of the clip's first noise frame (annotators.warped_noise)
         ("noise_warper_version", pa.string()),  # annotators.noise_warp.WARPER_VERSION

@@ -166,17 +166,18 @@ def annotate_file(path: str, cfg: RunConfig, start_frame: int = 0, end_frame: in
     """Annotate one clip of a local video file without Ray, exactly as the clips step would (for notebooks,
     debugging and benchmarks). The clip spans source frames [start_frame, end_frame) (default: the whole file)."""
     from curation.decode import iter_frames, probe_video
-    from curation.sampling import decode_size, fit_to_target, sample_indices
+    from curation.sampling import clip_windows, decode_size, fit_to_target, video_layout
 
     info = probe_video(path)
     end = info.n_frames if end_frame is None else end_frame
-    sampled = sample_indices(start_frame, end, info.fps, cfg.frames)
-    if sampled is None:
-        raise ValueError(f"{path}: frames [{start_frame}, {end}) are fewer than frames.num_frames")
-    indices, _ = sampled
-    size = decode_size(info.width, info.height, cfg.frames)
+    layout = video_layout(info.width, info.height, cfg.frames, cfg.buckets)  # with buckets: the first window
+    windows = clip_windows(start_frame, end, info.fps, layout)
+    if not windows:
+        raise ValueError(f"{path}: frames [{start_frame}, {end}) are too few for one stored clip")
+    indices, _ = windows[0]
+    size = decode_size(info.width, info.height, layout.frames)
     frames = iter_frames(path, info, size=size, indices=indices)
-    decoded = {i: (pts, fit_to_target(rgb, cfg.frames)) for i, pts, rgb in frames}
+    decoded = {i: (pts, fit_to_target(rgb, layout.frames)) for i, pts, rgb in frames}
     clip = {
         "clip_id": f"{path}:{start_frame}:{end}",
         "frames": np.stack([decoded[i][1] for i in indices]),

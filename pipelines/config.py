@@ -24,6 +24,7 @@ from annotators.flow import FlowConfig
 from annotators.motion import MotionConfig
 from annotators.quality import QualityConfig
 from annotators.warped_noise import NoiseConfig
+from curation.buckets import BucketConfig
 from curation.dedup import DedupConfig
 from curation.filters import FilterConfig
 from curation.ingest import IngestConfig
@@ -82,6 +83,7 @@ class RunConfig:
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
     scenes: SceneConfig = dataclasses.field(default_factory=SceneConfig)
     frames: FramesConfig = dataclasses.field(default_factory=FramesConfig)
+    buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
@@ -98,28 +100,36 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Checks that span sections: what the annotators need from the stored frames, what filters need."""
         self._check_filters()
-        fc = self.frames
         if self.flow.backend == "none":
             return
-        if fc.num_frames < 2:
-            raise ConfigError(f"flow needs frames.num_frames >= 2 (got {fc.num_frames}); or set flow.backend=none")
-        if min(fc.width, fc.height) < MIN_FLOW_SIDE:
-            raise ConfigError(
-                f"flow needs frames of at least {MIN_FLOW_SIDE} px (frames are {fc.width}x{fc.height}); "
-                "or set flow.backend=none"
-            )
-        factor = self.noise.factor
-        if self.noise.enabled and (fc.width % factor or fc.height % factor):
-            raise ConfigError(
-                f"frames.width and frames.height ({fc.width}x{fc.height}) must be multiples of noise.factor={factor} "
-                "so the warped noise matches the latent grid"
-            )
-        cell = self.events.cell
-        if self.events.enabled and (fc.width % cell or fc.height % cell):
-            raise ConfigError(
-                f"frames.width and frames.height ({fc.width}x{fc.height}) must be multiples of events.cell={cell} "
-                "so the event maps sit on the token grid"
-            )
+        what = "bucket frame counts" if self.buckets.enabled else "frames.num_frames"
+        for t, h, w in self.stored_shapes():
+            if t < 2:
+                raise ConfigError(f"flow needs {what} >= 2 (got {t}); or set flow.backend=none")
+            if min(w, h) < MIN_FLOW_SIDE:
+                raise ConfigError(
+                    f"flow needs frames of at least {MIN_FLOW_SIDE} px (frames are {w}x{h}); or set flow.backend=none"
+                )
+            size = f"{w}x{h}" + (" of a bucket" if self.buckets.enabled else " (frames.width x frames.height)")
+            factor = self.noise.factor
+            if self.noise.enabled and (w % factor or h % factor):
+                raise ConfigError(
+                    f"stored frames {size} must be multiples of noise.factor={factor} so the warped noise matches the "
+                    "latent grid"
+                )
+            cell = self.events.cell
+            if self.events.enabled and (w % cell or h % cell):
+                raise ConfigError(
+                    f"stored frames {size} must be multiples of events.cell={cell} so the event maps sit on the "
+                    "token grid"
+                )
+
+    def stored_shapes(self) -> list[tuple[int, int, int]]:
+        """Every (num_frames, height, width) a clip of this configuration can be stored at: the buckets, or the one
+        shape of `[frames]`."""
+        if self.buckets.enabled:
+            return [(b.num_frames, b.height, b.width) for b in self.buckets.buckets()]
+        return [(self.frames.num_frames, self.frames.height, self.frames.width)]
 
     def _check_filters(self) -> None:
         """A threshold on a score this configuration never computes would silently keep every clip."""

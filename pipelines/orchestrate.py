@@ -63,20 +63,21 @@ def warn_cpu_fallback(actors: dict[str, dict]) -> None:
 
 def manifest_extra(cfg: RunConfig) -> dict:
     """What a training job must know about the shard tensors: shapes, dtypes, and the noise's latent grid."""
-    fc, t = cfg.frames, cfg.frames.num_frames
-    tensors: dict[str, dict] = {"frames": {"dtype": "uint8", "shape": [t, fc.height, fc.width, 3]}}
+    dims = Dims.of(cfg)
+    t, steps = dims.t, dims.steps
+    tensors: dict[str, dict] = {"frames": {"dtype": "uint8", "shape": [t, dims.h, dims.w, 3]}}
     columns = tensor_columns(cfg)
-    extra: dict = {"tensors": tensors}
+    extra: dict = {"tensors": tensors, "buckets": buckets_block(cfg)}
     if "flow" in columns:
-        fh, fw = flow_grid(cfg)
-        tensors["flow"] = {"dtype": "float16", "shape": [t - 1, 2, fh, fw], "layout": "forward t->t+1, (dx, dy) px"}
-        tensors["global_homography"] = {"dtype": "float32", "shape": [t - 1, 3, 3]}
+        fh, fw = flow_grid(cfg) if not cfg.buckets.enabled or not cfg.flow.short_side else ("h", "w")
+        tensors["flow"] = {"dtype": "float16", "shape": [steps, 2, fh, fw], "layout": "forward t->t+1, (dx, dy) px"}
+        tensors["global_homography"] = {"dtype": "float32", "shape": [steps, 3, 3]}
         extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw]}
     if "warped_noise" in columns:
         from annotators.noise_warp import WARPER_VERSION
 
         nc = cfg.noise
-        grid = [fc.height // nc.factor, fc.width // nc.factor]
+        grid = dims.grid(nc.factor)
         tensors["warped_noise"] = {"dtype": "float16", "shape": [t, nc.channels, *grid]}
         extra["noise"] = {
             "channels": nc.channels,
@@ -91,7 +92,7 @@ def manifest_extra(cfg: RunConfig) -> dict:
         from annotators.qcm import KEYS, MOUSE
 
         tensors["camera_c2w"] = {"dtype": "float32", "shape": [t, 4, 4], "layout": "camera-to-world, OpenCV axes"}
-        tensors["camera_tokens"] = {"dtype": "int16", "shape": [t - 1]}
+        tensors["camera_tokens"] = {"dtype": "int16", "shape": [steps]}
         tensors["camera_intrinsics"] = {"dtype": "float32", "shape": [3, 3], "layout": "pinhole K on the flow grid"}
         extra["camera"] = {
             "fov_x_deg": cfg.camera.fov_x_deg,
@@ -103,7 +104,7 @@ def manifest_extra(cfg: RunConfig) -> dict:
         }
     if "event_activity" in columns:
         ec = cfg.events
-        grid = [fc.height // ec.cell, fc.width // ec.cell]
+        grid = dims.grid(ec.cell)
         tensors["event_activity"] = {"dtype": "float16", "shape": [t, *grid], "layout": "frame t: change t-1 -> t"}
         tensors["event_active"] = {"dtype": "uint8", "shape": [t, *grid]}
         tensors["event_phase"] = {"dtype": "float16", "shape": [t]}
@@ -119,6 +120,46 @@ def manifest_extra(cfg: RunConfig) -> dict:
         tensors["clip_embedding"] = {"dtype": "float16", "shape": ["D"], "layout": "unit-norm mean image embedding"}
     extra["appearance"] = appearance_block(cfg)
     return extra
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """The stored clip dimensions the manifest's tensor shapes are written in: numbers for the single [frames] shape,
+    the symbols T, H and W (per bucket, see the manifest's `buckets`) with buckets."""
+
+    t: int | str
+    h: int | str
+    w: int | str
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> Dims:
+        if cfg.buckets.enabled:
+            return cls("T", "H", "W")
+        return cls(cfg.frames.num_frames, cfg.frames.height, cfg.frames.width)
+
+    @property
+    def steps(self) -> int | str:
+        return self.t - 1 if isinstance(self.t, int) else "T-1"
+
+    def grid(self, factor: int) -> list[int | str]:
+        if isinstance(self.h, int) and isinstance(self.w, int):
+            return [self.h // factor, self.w // factor]
+        return [f"H/{factor}", f"W/{factor}"]
+
+
+def buckets_block(cfg: RunConfig) -> dict:
+    """The manifest's record of how clips were shaped: the buckets (or the one [frames] shape) and the rules."""
+    bc, fc = cfg.buckets, cfg.frames
+    return {
+        "enabled": bc.enabled,
+        "buckets": [f"{t}x{h}x{w}" for t, h, w in cfg.stored_shapes()],
+        "resize": "cover" if bc.enabled else fc.resize,
+        "fps": fc.fps,
+        "stride": fc.stride,
+        "windows": fc.windows if bc.enabled else 1,
+        "frame_rule": "1 + 4k" if bc.enabled else "frames.num_frames",
+        "max_upscale": bc.max_upscale if bc.enabled else None,
+    }
 
 
 def appearance_block(cfg: RunConfig) -> dict:

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from annotators.models import ModelLoadError
+from curation.buckets import available_frames
 from curation.decode import DecodeError, VideoInfo, iter_frames
 from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
-from curation.sampling import decode_size, fit_to_target, sample_indices
+from curation.sampling import VideoLayout, clip_windows, decode_size, fit_to_target, video_layout
 from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from curation.shards import ShardWriter, encode_tensor
@@ -245,20 +246,23 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = Non
     def clips(row: Row) -> dict[str, Any]:
         video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
         record: dict[str, Any] = {"clips": [], "rejected": [], "shards": [], "annotator_seconds": {}}
+        layout = video_layout(video["width"], video["height"], fc, cfg.buckets)
         plans = []
         for span in scenes.get("spans", []):  # a scenes step that failed has no spans, only its rejection
-            sampled = sample_indices(span["start_frame"], span["end_frame"], video["fps"], fc)
-            if sampled is None:
-                detail = f"{span['end_frame'] - span['start_frame']} frames < frames.num_frames={fc.num_frames}"
-                record["rejected"].append(
-                    rejected_row("clips", video, "too_few_frames", detail, (span["start_frame"], span["end_frame"]))
-                )
-            else:
-                plans.append((span, *sampled))
+            bounds = (span["start_frame"], span["end_frame"])
+            if layout.problem:
+                reason = "below_bucket_resolution"
+                record["rejected"].append(rejected_row("clips", video, reason, layout.problem, bounds))
+                continue
+            windows = clip_windows(*bounds, video["fps"], layout)
+            if not windows:
+                record["rejected"].append(rejected_row("clips", video, *too_short(span, video["fps"], layout), bounds))
+            for indices, stride in windows:
+                plans.append((window_span(span, indices, stride) if layout.bucketed else span, indices, stride))
         if plans:
             guard = CrashGuard.open(work.root, row["key"], session)
             try:
-                writer = ClipWriter(video, work.run_dir / "shards", cfg, record, guard)
+                writer = ClipWriter(video, work.run_dir / "shards", cfg, record, guard, layout)
                 writer.write(plans, local_path(video["source_uri"], cache))
             finally:  # not reached when the process dies: the marker is then the evidence for the retry
                 guard.clear()
@@ -266,6 +270,25 @@ def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = Non
 
     # The crash guard needs up to 3 deaths to narrow a crash down to one clip; more means the video itself.
     return _resumable("clips", work, clips, session, max_deaths=4)
+
+
+def window_span(span: dict, indices: list[int], stride: int) -> dict:
+    """The clip of one window of `span`: from its first stored frame to one stride past its last (the next window's
+    first frame), within the span. Its times are set from the decoded frames (`ClipWriter`)."""
+    end = min(indices[-1] + stride, span["end_frame"])
+    return {**span, "start_frame": indices[0], "end_frame": end, "start_s": None, "end_s": None, "span": span}
+
+
+def too_short(span: dict, fps: float, layout: VideoLayout) -> tuple[str, str]:
+    """(reason, detail) of a clip too short to store a single window."""
+    length, fc = span["end_frame"] - span["start_frame"], layout.frames
+    if not layout.bucketed:
+        return "too_few_frames", f"{length} frames < frames.num_frames={fc.num_frames}"
+    stride = fc.stride or max(1, round(fps / fc.fps))
+    return "too_short_for_bucket", (
+        f"{length} frames give {available_frames(length, stride)} samples every {stride} frames, fewer than the "
+        f"smallest bucket at {fc.height}x{fc.width} ({min(layout.counts)} frames)"
+    )
 
 
 class ClipsStep:
@@ -314,8 +337,10 @@ class ClipWriter:
     Memory: the frames of about `clip_batch` clips, plus their annotations.
     """
 
-    def __init__(self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict, guard: CrashGuard) -> None:
-        self.video, self.cfg, self.record, self.guard = video, cfg, record, guard
+    def __init__(
+        self, video: Row, shard_dir: Path, cfg: RunConfig, record: dict, guard: CrashGuard, layout: VideoLayout
+    ) -> None:
+        self.video, self.cfg, self.record, self.guard, self.layout = video, cfg, record, guard, layout
         self.annotators = annotators_for(cfg)
         self.pending: list[tuple[dict, dict, dict]] = []  # (span, clip metadata, clip) awaiting annotation
         tensors = ["frames"] + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
@@ -328,9 +353,9 @@ class ClipWriter:
         queue = list(plans)
         seconds_before = dict(self.annotators.seconds)
         try:
-            size = decode_size(info.width, info.height, self.cfg.frames)
+            size = decode_size(info.width, info.height, self.layout.frames)
             for index, pts, rgb in iter_frames(path, info, size=size, indices=wanted):
-                frames[index] = (pts, fit_to_target(rgb, self.cfg.frames))
+                frames[index] = (pts, fit_to_target(rgb, self.layout.frames))
                 while queue and queue[0][1][-1] <= index:
                     self._emit(queue.pop(0), frames)
             self._flush()
@@ -362,8 +387,15 @@ class ClipWriter:
                 del frames[i]
 
     def _queue(self, span: dict, indices: list[int], stride: int, frames: dict) -> None:
-        video = self.video
+        video, fc = self.video, self.layout.frames
         cid = clip_id(video["video_id"], span["start_frame"], span["end_frame"])
+        pts = [frames[i][0] for i in indices]
+        if "span" in span:  # a window: its times are those of its own frames
+            span = dict(span)
+            whole = span.pop("span")
+            span["start_s"] = pts[0]
+            ends_span = span["end_frame"] == whole["end_frame"]
+            span["end_s"] = whole["end_s"] if ends_span else pts[-1] + stride / video["fps"]
         meta = {
             "clip_id": cid,
             "video_id": video["video_id"],
@@ -375,8 +407,12 @@ class ClipWriter:
             "end_s": span["end_s"],
             "fps": video["fps"],
             "frame_indices": list(indices),
-            "frame_pts": [frames[i][0] for i in indices],
+            "frame_pts": pts,
             "frame_stride": stride,
+            "bucket": f"{len(indices)}x{fc.height}x{fc.width}",
+            "crop_fraction": self.layout.crop_fraction,
+            "frame_height": fc.height,
+            "frame_width": fc.width,
         }
         clip = {
             "clip_id": cid,
@@ -384,7 +420,7 @@ class ClipWriter:
             "frame_pts": meta["frame_pts"],
             "frame_indices": np.asarray(indices),
             "source_size": (video["width"], video["height"]),
-            "decoded_size": decode_size(video["width"], video["height"], self.cfg.frames),
+            "decoded_size": decode_size(video["width"], video["height"], fc),
         }
         if self.guard.is_culprit(cid):
             self._reject(span, "clips", "worker_died", self.guard.died_detail())

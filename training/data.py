@@ -273,6 +273,14 @@ class _Source:
 
 def _run_layout(run_dir: Path, key: str) -> _Run:
     manifest = read_manifest(run_dir)
+    buckets = manifest.get("buckets", {})
+    if buckets.get("enabled"):
+        names = buckets.get("buckets", [])
+        raise ValueError(
+            f"{run_dir}: its clips are stored in {len(names)} buckets ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}); the loader batches one clip shape so far: curate with an empty "
+            "[buckets] section (the [frames] shape) to train on the run"
+        )
     layout = {
         name: (tuple(int(s) for s in spec["shape"]), np.dtype(spec["dtype"]))
         for name, spec in manifest.get("tensors", {}).items()
