@@ -1,4 +1,4 @@
-"""Benchmark: the training loader (training/data.py) against a raw pyarrow read and against Ray Data, in samples/s.
+"""Benchmark: the training loader (training/data/) against a raw pyarrow read and against Ray Data, in samples/s.
 
 All three read the same columns of the same curated shard rows and produce the same tensors per clip (latents
 area-pooled to the noise grid in [-1, 1], the first 3 warped-noise channels, camera tokens, event maps, confidence,

@@ -1,4 +1,4 @@
-"""Training loader (training/data.py) on the smoke run: batch contents, epoch coverage, order, resume, snapshot
+"""Training loader (training/data/) on the smoke run: batch contents, epoch coverage, order, resume, snapshot
 sources, DDP partitioning (in process), bad rows and the event-map pooling math."""
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Training data loader: streams curated clips from Parquet shards into batches of tensors.
+
+    from training.data import DataConfig, make_loader
+
+    cfg = DataConfig(source="runs/sample", batch_size=8)
+    loader = make_loader(cfg)  # one process; under torchrun every process passes its own rank:
+    loader = make_loader(
+        cfg, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+        device=f"cuda:{os.environ['LOCAL_RANK']}",
+    )
+    for step, batch in enumerate(loader.batches()):   # endless; `for batch in loader` is one epoch
+        ...
+        checkpoint["data"] = loader.state_dict()       # JSON; `loader.load_state_dict(state)` resumes there
+
+A batch (a dict on `device`; B = batch_size, T frames, (h, w) = latent_size, C = latent_channels = 3):
+- `latents` (B, C, T, h, w) float32 in [-1, 1]: the frames area-resized (pixel space, no VAE);
+- `noise` (B, C, T, h, w) float32: the first C channels of the clip's warped noise (i.i.d. channels, so a subset
+  keeps the statistics). Only when every source run stores noise on the latent grid with >= C channels; else the
+  key is absent (never made up). `noise_source` (str) is "warped_noise" or "absent: <why>";
+- `camera_tokens` (B, T-1) int64 QCM tokens (absent when no run has them; a null row is all 0 = "none"),
+  `has_camera` (B,) bool;
+- `event_activity` (B, T', H', W') float32 pooled to `token_grid` (`pool_event_maps`; absent when no run has
+  events; a null row is zeros), `has_events` (B,) bool, `event_confidence` (B,) float32 (null -> 0);
+- `text`: list[str] (caption, else camera_text, else ""), `clip_id`: list[str].
+Tensors are collated in pinned memory and copied with `non_blocking=True` when `device` is CUDA.
+
+Sources: a run directory (the curated `clips` table selects shard rows, in manifest order) or a snapshot directory
+(`curation.snapshot`: its `clips.parquet` order, rows in several runs; the source shards are verified first).
+
+Order. Everything is a pure function of (seed, epoch, rank, world_size, source metadata), computed from row counts
+before any tensor is read:
+1. the epoch's *units* (the curated rows of one Parquet row group) are permuted (no permutation when
+   `shuffle_buffer == 0`: source order);
+2. the resulting sample sequence is cut into `world_size` contiguous, balanced chunks (a row group is read by at
+   most two ranks); every rank gets `ceil(N / world_size)` samples: a short rank repeats its own first samples,
+   as `torch.utils.data.DistributedSampler` pads by repetition (`stats.padded_samples`), so all ranks yield the
+   same number of batches and DDP never waits on a rank that ran out;
+3. a seeded shuffle buffer of `shuffle_buffer` samples runs over the rank's stream. It is simulated on indices, so
+   the loader knows which stream sample is emitted at every position of the epoch.
+A resume therefore needs only (epoch, cursor): the loader decodes exactly the rows still to be emitted (the ones
+"in the buffer" and after), never the skipped ones. Decode threads (`num_workers`) take row groups as they come,
+but batches are assembled in the planned order, so timing never changes the order. The random numbers come from a
+counter-based splitmix64 (not numpy's generators), so the order survives library upgrades too.
+
+Bad rows (null or malformed frames, null or malformed warped noise when noise is served, malformed camera tokens
+or event maps, a shard row that holds another clip than the selection says) are logged once per clip, counted in
+`stats.skipped` and replaced by another valid sample of the same batch (or, if the whole batch is bad, the next
+valid samples of the epoch), so batch shapes and the number of batches per rank never change.
+
+Memory: the decoded samples waiting to be emitted (at most about `shuffle_buffer` plus the row groups being
+decoded, `2 * num_workers` ahead) and `prefetch_batches` collated batches; shards are read one row group at a
+time, only the needed columns. `stats` counts samples, skipped rows and the seconds the consumer waited.
+
+Modules: `config` (`DataConfig`), `order` (the random numbers, shuffle buffer and epoch plan), `source` (runs,
+snapshots, shards and the batch geometry), `decode` (rows to tensors, collation), `producer` (the background batch
+thread) and `loader` (`Loader`, `LoaderStats`, `make_loader`). Import from `training.data`.
+"""
+
+from training.data.config import NOISE_KEY, STATE_VERSION, DataConfig
+from training.data.decode import pool_event_maps
+from training.data.loader import Loader, LoaderStats, make_loader
+from training.data.order import _plan as _plan
+from training.data.order import shuffle_buffer_order
+from training.data.source import _Source as _Source
+from training.data.source import _Unit as _Unit
+
+__all__ = [
+    "NOISE_KEY",
+    "STATE_VERSION",
+    "DataConfig",
+    "Loader",
+    "LoaderStats",
+    "make_loader",
+    "pool_event_maps",
+    "shuffle_buffer_order",
+]
