@@ -21,8 +21,10 @@ import dataclasses
 import numpy as np
 
 from curation.buckets import BucketConfig, cover_plan, nearest_shape, plan_windows
+from curation.video_store import VideoCodec
 
 RESIZE_MODES = ("cover", "fit", "stretch")
+STORES = ("raw", "video", "none")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,8 +38,17 @@ class FramesConfig:
     height: int = 256
     resize: str = "cover"
     windows: int = 1  # with [buckets]: windows at most per clip, consecutive, covering it (without: one, centred)
+    store: str = "raw"  # raw (uint8 bytes) | video (an encoded stream, curation.video_store) | none (annotations only)
+    codec: str = "h264"  # store = video: h264 | av1
+    crf: int = 12  # store = video: constant quality (lower = better, larger)
+    preset: str = "fast"  # store = video: libx264 preset, or libsvtav1's 0-13
+    pix_fmt: str = "yuv444p"  # store = video: yuv444p | yuv420p
 
     def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise ValueError(f"frames.store must be one of {', '.join(STORES)}, got {self.store!r}")
+        if self.store == "video":
+            self.video_codec  # noqa: B018  (validates codec, crf and pix_fmt up front)
         if self.num_frames < 1 or self.width < 8 or self.height < 8:
             raise ValueError("frames.num_frames must be >= 1 and frames.width/height >= 8")
         if self.windows < 1:
@@ -46,6 +57,11 @@ class FramesConfig:
             raise ValueError("frames needs stride > 0 or fps > 0")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"frames.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+
+    @property
+    def video_codec(self) -> VideoCodec:
+        """How `frames.store = video` encodes the stored frames."""
+        return VideoCodec(codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt)
 
 
 def sample_indices(start: int, end: int, source_fps: float, cfg: FramesConfig) -> tuple[list[int], int] | None:

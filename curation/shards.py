@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from curation.ids import shard_name
 from curation.schema import SCHEMA_VERSION, SHARD_META, UNCOMPRESSED_TENSORS, shard_schema
 from curation.tables import atomic_write_json, read_json, temp_path
+from curation.video_store import VideoCodec, decode_video, encode_video, is_video_dtype
 
 MANIFEST = "manifest.json"
 
@@ -50,22 +51,36 @@ class ShardFile:
     video_id: str
 
 
-def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    """The three column values that store `array` as tensor `name`."""
+def encode_tensor(name: str, array: np.ndarray, video: VideoCodec | None = None, fps: float = 8.0) -> dict[str, Any]:
+    """The three column values that store `array` as tensor `name`: its raw bytes, or with `video` (frames only,
+    (T, H, W, 3) uint8) an encoded stream whose dtype column names the codec (`curation.video_store`)."""
     array = np.ascontiguousarray(array)
+    if video is not None:
+        return {name: encode_video(array, video, fps), f"{name}_dtype": video.dtype, f"{name}_shape": list(array.shape)}
     return {name: array.tobytes(), f"{name}_dtype": array.dtype.str, f"{name}_shape": list(array.shape)}
 
 
 def decode_tensor(row: dict[str, Any], name: str) -> np.ndarray:
-    """Rebuild tensor `name` from a row's bytes, dtype and shape columns (a writable copy)."""
-    dtype, shape = np.dtype(row[f"{name}_dtype"]), tuple(row[f"{name}_shape"])
-    return np.frombuffer(row[name], dtype=dtype).reshape(shape).copy()
+    """Rebuild tensor `name` from a row's bytes, dtype and shape columns (a writable copy); a video-coded tensor is
+    decoded back to uint8 frames."""
+    dtype, shape = row[f"{name}_dtype"], tuple(row[f"{name}_shape"])
+    if is_video_dtype(dtype):
+        return decode_video(row[name], shape)
+    return np.frombuffer(row[name], dtype=np.dtype(dtype)).reshape(shape).copy()
 
 
 class ShardWriter:
     """Writes one video's clip rows into chunked shard files; renames them into place on `close()`."""
 
-    def __init__(self, shard_dir: str | Path, video_id: str, tensors: Sequence[str], cfg: ShardConfig) -> None:
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        video_id: str,
+        tensors: Sequence[str],
+        cfg: ShardConfig,
+        uncompressed: Sequence[str] = (),
+    ) -> None:
+        self.uncompressed = UNCOMPRESSED_TENSORS | set(uncompressed)  # already compressed, or incompressible
         self.dir = Path(shard_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.video_id, self.cfg = video_id, cfg
@@ -110,7 +125,7 @@ class ShardWriter:
         scalar = [f.name for f in SHARD_META]
         codec = self.cfg.tensor_compression
         compression = {f.name: "zstd" for f in self.schema}
-        compression.update({t: ("none" if t in UNCOMPRESSED_TENSORS else codec) for t in self.tensors})
+        compression.update({t: ("none" if t in self.uncompressed else codec) for t in self.tensors})
         levels = {t: self.cfg.tensor_compression_level for t in self.tensors if compression[t] == "zstd"}
         self._writer = pq.ParquetWriter(
             tmp,

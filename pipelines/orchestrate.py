@@ -65,9 +65,13 @@ def manifest_extra(cfg: RunConfig) -> dict:
     """What a training job must know about the shard tensors: shapes, dtypes, and the noise's latent grid."""
     dims = Dims.of(cfg)
     t, steps = dims.t, dims.steps
-    tensors: dict[str, dict] = {"frames": {"dtype": "uint8", "shape": [t, dims.h, dims.w, 3]}}
+    fc = cfg.frames
+    tensors: dict[str, dict] = {}
+    if fc.store != "none":
+        storage = fc.video_codec.dtype if fc.store == "video" else "raw"
+        tensors["frames"] = {"dtype": "uint8", "shape": [t, dims.h, dims.w, 3], "storage": storage}
     columns = tensor_columns(cfg)
-    extra: dict = {"tensors": tensors, "buckets": buckets_block(cfg)}
+    extra: dict = {"tensors": tensors, "buckets": buckets_block(cfg), "frames_store": frames_store_block(cfg)}
     if "flow" in columns:
         fh, fw = flow_grid(cfg) if not cfg.buckets.enabled or not cfg.flow.short_side else ("h", "w")
         tensors["flow"] = {"dtype": "float16", "shape": [steps, 2, fh, fw], "layout": "forward t->t+1, (dx, dy) px"}
@@ -145,6 +149,14 @@ class Dims:
         if isinstance(self.h, int) and isinstance(self.w, int):
             return [self.h // factor, self.w // factor]
         return [f"H/{factor}", f"W/{factor}"]
+
+
+def frames_store_block(cfg: RunConfig) -> dict:
+    """How the stored frames are kept: raw uint8 bytes, an encoded stream (codec settings), or not at all."""
+    fc = cfg.frames
+    if fc.store != "video":
+        return {"store": fc.store}
+    return {"store": "video", **dataclasses.asdict(fc.video_codec), "container": "matroska", "dtype": "uint8 RGB"}
 
 
 def buckets_block(cfg: RunConfig) -> dict:

@@ -343,8 +343,11 @@ class ClipWriter:
         self.video, self.cfg, self.record, self.guard, self.layout = video, cfg, record, guard, layout
         self.annotators = annotators_for(cfg)
         self.pending: list[tuple[dict, dict, dict]] = []  # (span, clip metadata, clip) awaiting annotation
-        tensors = ["frames"] + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
-        self.writer = ShardWriter(shard_dir, video["video_id"], tensors, cfg.shards)
+        store = cfg.frames.store
+        self.video_codec = cfg.frames.video_codec if store == "video" else None
+        tensors = (["frames"] if store != "none" else []) + [t for t in SHARD_TENSORS[1:] if t in tensor_columns(cfg)]
+        encoded = ["frames"] if self.video_codec else []  # a coded stream gains nothing from Parquet's zstd
+        self.writer = ShardWriter(shard_dir, video["video_id"], tensors, cfg.shards, uncompressed=encoded)
 
     def write(self, plans: list, path: str) -> None:
         info = video_info(self.video)
@@ -452,7 +455,8 @@ class ClipWriter:
     def _write(self, meta: dict, stack: np.ndarray, scalars: dict, tensors: dict[str, np.ndarray]) -> None:
         video = self.video
         row = {**meta, **{k: v for k, v in scalars.items() if k in SHARD_META.names}}  # the writer keeps its columns
-        row.update(encode_tensor("frames", stack))
+        if self.cfg.frames.store != "none":
+            row.update(encode_tensor("frames", stack, self.video_codec, self.cfg.frames.fps))
         for name, array in tensors.items():
             row.update(encode_tensor(name, array))
         shard, shard_row = self.writer.add(row)

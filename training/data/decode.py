@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from annotators.qcm import NUM_TOKENS
+from curation.video_store import decode_video, is_video_dtype
 from training.data.config import NOISE_KEY
 from training.data.source import _Geometry, _Run, _Source, _Unit
 
@@ -80,9 +81,11 @@ def _tensor(columns: dict[str, pa.Array], name: str, i: int) -> tuple[np.ndarray
     if dtype_str is None or shape_list is None:
         return None, f"{name}: null dtype or shape"
     try:
-        dtype = np.dtype(dtype_str)
         shape = tuple(int(s) for s in shape_list)
         buf = columns[name][i].as_buffer()
+        if is_video_dtype(dtype_str):  # frames.store = video: decoded here, in the decode threads
+            return decode_video(buf.to_pybytes(), shape), None
+        dtype = np.dtype(dtype_str)
         if buf.size != dtype.itemsize * math.prod(shape):
             return None, f"{name}: {buf.size} bytes for shape {shape} {dtype}"
         return np.frombuffer(buf, dtype=dtype).reshape(shape), None

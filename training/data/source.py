@@ -84,7 +84,10 @@ def _run_layout(run_dir: Path, key: str) -> _Run:
         for name, spec in manifest.get("tensors", {}).items()
     }
     if "frames" not in layout:
-        raise ValueError(f"{run_dir}: the manifest lists no frames tensor; the loader needs frames")
+        raise ValueError(
+            f"{run_dir}: the manifest lists no frames tensor (a frames.store=none run keeps annotations only); the "
+            "loader needs frames"
+        )
     if NOISE_KEY not in layout:
         return _Run(key, run_dir, layout, None, 0)
     shape = layout[NOISE_KEY][0]  # (T, C, H/f, W/f)
