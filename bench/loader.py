@@ -15,6 +15,12 @@ Each pass times every method once over --epochs epochs, the methods' order rotat
 load hits all alike; the median pass counts. Goals: ours/raw >= 0.8, ours/ray >= 1.0. No assertions.
 
     python bench/loader.py [RUN_DIR=runs/sample] [--passes 5] [--epochs 3] [--batch-size 4] [--workers 2] [--json OUT]
+                           [--video-run DIR]
+
+`--video-run DIR` also times the loader on a run of the same inputs and config with `frames.store=video` (frames
+decoded from H.264 in the decode threads): `ours_video`, and the ratio ours_video/ours (goal >= 0.5), plus the
+data-wait share of a training run on it. Make it with
+`python -m pipelines.run --stage=all --output runs/sample-video --set frames.store=video`.
 
 Generate the run first if missing: `python -m pipelines.run --stage=all --output runs/sample`.
 """
@@ -157,6 +163,7 @@ def main() -> None:
     p.add_argument("--ray-repeat", type=int, default=4, help="also time Ray on an epoch of the files N times")
     p.add_argument("--train-steps", type=int, default=30, help="CPU training steps for the data-wait share (0 = skip)")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--video-run", help="a frames.store=video run of the same inputs: also time the loader on it")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Ray's read-only batches
@@ -193,6 +200,10 @@ def main() -> None:
         "ours": lambda: ours_epoch(loader),
         "ours0": lambda: ours_epoch(sync),  # num_workers=0: no threads, decode in the consumer
     }
+    video = None
+    if args.video_run:
+        video = make_loader(DataConfig(source=args.video_run, batch_size=args.batch_size, num_workers=args.workers))
+        methods["ours_video"] = lambda: ours_epoch(video)
     tmp = tempfile.TemporaryDirectory()
     if not args.no_ray:
         methods["ray"] = make_ray(files, curated, latent, args.batch_size)
@@ -248,6 +259,9 @@ def main() -> None:
     }
     for name in (m for m in median if m.startswith("ray")):
         result[f"ratio_ours_over_{name}"] = round(median["ours"] / median[name], 3)
+    if video is not None:
+        result["ratio_ours_video_over_ours"] = round(median["ours_video"] / median["ours"], 3)
+        video.close()
     loader.close()
     sync.close()
     tmp.cleanup()
@@ -263,11 +277,13 @@ def main() -> None:
     print(f"ratio ours/raw {result['ratio_ours_over_raw']:.3f} (goal >= 0.8); single-thread ours0/raw {ratio0:.3f}")
     for name in (m for m in median if m.startswith("ray")):
         print(f"ratio ours/{name} {result[f'ratio_ours_over_{name}']:.3f} (goal >= 1.0)")
-    if args.train_steps:
-        result["train"] = training_wait(run, args.train_steps, args.batch_size)
-        t = result["train"]
+    if video is not None:
+        print(f"ratio ours_video/ours {result['ratio_ours_video_over_ours']:.3f} (goal >= 0.5)")
+    trained = {"train": run} | ({"train_video": Path(args.video_run)} if args.video_run else {})
+    for key, source in trained.items() if args.train_steps else ():
+        result[key] = t = training_wait(source, args.train_steps, args.batch_size)
         print(
-            f"CPU training ({t['model']} model, {t['steps']} steps, {t['step_s']:.3f} s/step): "
+            f"CPU training on {source.name} ({t['model']} model, {t['steps']} steps, {t['step_s']:.3f} s/step): "
             f"waiting for data {100 * t['data_wait_share']:.1f}% of step time"
         )
     if args.json:

@@ -40,8 +40,8 @@ class FramesConfig:
     windows: int = 1  # with [buckets]: windows at most per clip, consecutive, covering it (without: one, centred)
     store: str = "raw"  # raw (uint8 bytes) | video (an encoded stream, curation.video_store) | none (annotations only)
     codec: str = "h264"  # store = video: h264 | av1
-    crf: int = 12  # store = video: constant quality (lower = better, larger)
-    preset: str = "fast"  # store = video: libx264 preset, or libsvtav1's 0-13
+    crf: int = 11  # store = video: constant quality (lower = better, larger)
+    preset: str = "faster"  # store = video: libx264 preset, or libsvtav1's 0-13
     pix_fmt: str = "yuv444p"  # store = video: yuv444p | yuv420p
 
     def __post_init__(self) -> None:

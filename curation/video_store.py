@@ -27,8 +27,8 @@ class VideoCodec:
     """How stored frames are encoded."""
 
     codec: str = "h264"  # h264 | av1
-    crf: int = 12  # constant quality: lower is better (h264 0-51, av1 0-63)
-    preset: str = "fast"  # libx264 preset name, or libsvtav1's 0-13 as a string
+    crf: int = 11  # constant quality: lower is better (h264 0-51, av1 0-63)
+    preset: str = "faster"  # libx264 preset name, or libsvtav1's 0-13 as a string
     pix_fmt: str = "yuv444p"  # yuv444p | yuv420p (halves the chroma, needs even sides)
 
     def __post_init__(self) -> None:
