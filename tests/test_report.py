@@ -14,11 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.duck import connect, load_named, run_query
 from curation.report import main, write_report
+from curation.report.overview import _shapes_note, _store_note
 from curation.shards import encode_tensor, read_rows
 from tests.conftest import run_pipeline
 
-SECTIONS = ("counts", "histograms", "galleries", "qcm", "clips", "timing")
+SECTIONS = ("counts", "buckets", "histograms", "galleries", "qcm", "clips", "timing")
 MAX_BYTES = 3_000_000
 
 
@@ -62,6 +64,21 @@ def test_cli_writes_elsewhere_and_refuses_a_non_run(smoke_run, tmp_path, capsys)
     assert len(err) == 1 and err[0].startswith("error:") and "not a run directory" in err[0]
 
 
+def test_buckets_section_lists_each_bucket_with_its_clips(smoke_run):
+    rows = run_query(connect(smoke_run), load_named("bucket_distribution")).to_pylist()
+    assert rows and sum(r["clips"] for r in rows) > 0
+    buckets = section((smoke_run / "report.html").read_text(), "buckets")
+    for r in rows:
+        assert f"<tr><td>{r['bucket']}</td><td class='num'>{r['clips']:,}</td>" in buckets
+    assert f"the single fixed shape {rows[0]['bucket']}" in buckets and "Frames stored: raw" in buckets
+    # A manifest from before buckets and frames_store says so instead of failing.
+    assert _shapes_note(None) == _store_note(None) == _shapes_note({}) == _store_note({}) == "not recorded"
+    assert _shapes_note({"enabled": True, "buckets": ["33x256x448", "33x448x256"], "windows": 2}) == (
+        "buckets on: 2 buckets (33x256x448, 33x448x256), 2 windows per clip"
+    )
+    assert _store_note({"store": "video", "codec": "h264", "crf": 11}) == "video (h264, CRF 11)"
+
+
 def test_report_with_no_curated_clips_shows_no_data(smoke_run, corpus_dir, tmp_path, ray_local):
     """Re-selecting the run with a threshold nothing passes: every shard row is dropped by the filters."""
     run_dir = tmp_path / "none_kept"
@@ -72,6 +89,7 @@ def test_report_with_no_curated_clips_shows_no_data(smoke_run, corpus_dir, tmp_p
     html = (run_dir / "report.html").read_text()
     assert_well_formed(html)
     assert "no-data" in section(html, "qcm") and "no-data" in section(html, "clips")
+    assert "no-data" in section(html, "buckets")
     hist = section(html, "histograms")
     assert "min 1e+09 →" in hist and "kept 0" in hist  # the threshold, pinned to the edge, and no kept clip
     assert "low_sharpness" in section(html, "galleries") and "low_sharpness" in section(html, "counts")
