@@ -54,8 +54,11 @@ class FlowConfig:
     raft_iters: int = 12  # RAFT num_flow_updates (torchvision default)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto = cuda if available, else cpu)
     dis_preset: str = "medium"  # ultrafast | fast | medium
+    store_scale: int = 1  # shards keep the flow on its grid / store_scale (area mean); 1 = as computed
 
     def __post_init__(self) -> None:
+        if self.store_scale not in STORE_SCALES:
+            raise ValueError(f"flow.store_scale must be one of {STORE_SCALES}, got {self.store_scale}")
         if self.backend not in (*BACKENDS, "none"):
             raise ValueError(f"flow.backend must be one of {(*BACKENDS, 'none')}, got {self.backend!r}")
         if self.backend.startswith("raft_"):
@@ -90,6 +93,22 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
         return height, width
     scale = short_side / min(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+STORE_SCALES = (1, 2, 4, 8)
+
+
+def downscale_flow(flow: np.ndarray, scale: int) -> np.ndarray:
+    """(..., 2, h, w) flow in pixels of its grid -> (..., 2, h/scale, w/scale) in pixels of the smaller grid: the
+    area mean of each scale x scale cell, divided by `scale`. A uniform field stays uniform (its vectors shrink by
+    `scale`), and what the shards keep of flow shrinks by scale^2."""
+    if scale == 1:
+        return flow
+    *lead, two, h, w = flow.shape
+    if two != 2 or h % scale or w % scale:
+        raise ValueError(f"flow of shape {flow.shape} cannot be stored at 1/{scale}: its sides must divide by {scale}")
+    cells = flow.astype(np.float32).reshape(*lead, 2, h // scale, scale, w // scale, scale)
+    return cells.mean(axis=(-3, -1)) / np.float32(scale)
 
 
 def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from annotators.aesthetics import AestheticsConfig
 from annotators.camera import CameraConfig
 from annotators.captions import CaptionConfig
 from annotators.events import EventConfig
-from annotators.flow import FlowConfig
+from annotators.flow import FlowConfig, working_size
 from annotators.motion import MotionConfig
 from annotators.quality import QualityConfig
 from annotators.warped_noise import NoiseConfig
@@ -111,6 +111,11 @@ class RunConfig:
                     f"flow needs frames of at least {MIN_FLOW_SIDE} px (frames are {w}x{h}); or set flow.backend=none"
                 )
             size = f"{w}x{h}" + (" of a bucket" if self.buckets.enabled else " (frames.width x frames.height)")
+            fh, fw = working_size(h, w, self.flow.short_side)
+            if fh % self.flow.store_scale or fw % self.flow.store_scale:
+                raise ConfigError(
+                    f"flow.store_scale={self.flow.store_scale} must divide the flow grid {fw}x{fh} of frames {size}"
+                )
             factor = self.noise.factor
             if self.noise.enabled and (w % factor or h % factor):
                 raise ConfigError(

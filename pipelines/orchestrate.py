@@ -73,10 +73,16 @@ def manifest_extra(cfg: RunConfig) -> dict:
     columns = tensor_columns(cfg)
     extra: dict = {"tensors": tensors, "buckets": buckets_block(cfg), "frames_store": frames_store_block(cfg)}
     if "flow" in columns:
-        fh, fw = flow_grid(cfg) if not cfg.buckets.enabled or not cfg.flow.short_side else ("h", "w")
-        tensors["flow"] = {"dtype": "float16", "shape": [steps, 2, fh, fw], "layout": "forward t->t+1, (dx, dy) px"}
+        s = cfg.flow.store_scale
+        if not cfg.buckets.enabled:
+            fh, fw = flow_grid(cfg)
+            stored = [fh // s, fw // s]
+        else:  # per bucket: the frames' size (or the short side flow.short_side), and that / store_scale
+            fh, fw = ("H", "W") if not cfg.flow.short_side else ("h", "w")
+            stored = [fh, fw] if s == 1 else [f"{fh}/{s}", f"{fw}/{s}"]
+        tensors["flow"] = {"dtype": "float16", "shape": [steps, 2, *stored], "layout": "forward t->t+1, (dx, dy) px"}
         tensors["global_homography"] = {"dtype": "float32", "shape": [steps, 3, 3]}
-        extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw]}
+        extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw], "store_scale": s, "stored_grid": stored}
     if "warped_noise" in columns:
         from annotators.noise_warp import WARPER_VERSION
 

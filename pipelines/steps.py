@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from annotators.flow import downscale_flow
 from annotators.models import ModelLoadError
 from curation.buckets import available_frames
 from curation.decode import DecodeError, VideoInfo, iter_frames
@@ -477,7 +478,11 @@ class ClipWriter:
         an annotator gave up on the clip or a tensor is not finite."""
         if isinstance(out, ClipRejected):
             raise out
-        tensors = {name: _finite_tensor(name, out[name], dtype) for name, dtype in tensor_columns(self.cfg).items()}
+        scale = self.cfg.flow.store_scale  # the annotators used the full flow; the shard may keep less of it
+        tensors = {
+            name: _finite_tensor(name, downscale_flow(out[name], scale) if name == "flow" else out[name], dtype)
+            for name, dtype in tensor_columns(self.cfg).items()
+        }
         scalars_names = set(SHARD_META.names) | set(CLIPS.names)
         scalars = {k: _plain(v) for k, v in out.items() if k not in tensors and k in scalars_names}
         return scalars, tensors
@@ -501,7 +506,8 @@ def tensor_columns(cfg: RunConfig) -> dict[str, str]:
 
 
 def flow_grid(cfg: RunConfig) -> tuple[int, int]:
-    """(height, width) of the stored flow: the frames' size at the flow's working resolution."""
+    """(height, width) of the flow the annotators use: the frames' size at the flow's working resolution (the
+    shards keep it divided by `flow.store_scale`)."""
     from annotators.flow import working_size
 
     return working_size(cfg.frames.height, cfg.frames.width, cfg.flow.short_side)
