@@ -3,7 +3,10 @@ is committed once."""
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,9 +53,19 @@ def test_record_commit_without_hard_links_falls_back_to_a_rename(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+ATTEMPT = """
+import sys
+from pipelines import steps
+from pipelines.config import load_config
+steps.make_clips_fn(load_config(sys.argv[1]), sys.argv[2])({"source_uri": sys.argv[3], "key": sys.argv[4]})
+"""
+
+
 def test_two_concurrent_attempts_at_a_video_give_one_good_record(corpus_dir, tmp_path):
-    """The clips step run twice at once on the same video, as a retried task beside its still-running first attempt
-    would: both finish without error, one record stands, and its shards hold exactly its clips."""
+    """The clips step run twice at once on the same video, each in a process of its own with its own session, as a
+    worker left over from a killed run beside the rerun's (or a task Ray retried beside its first attempt): both
+    finish without error, one record stands, and its shards hold exactly its clips. Processes, not threads: two
+    attempts never share a process's decoders, annotators or session."""
     from tests.conftest import SMOKE
 
     cfg = load_config(SMOKE)
@@ -60,24 +73,15 @@ def test_two_concurrent_attempts_at_a_video_give_one_good_record(corpus_dir, tmp
     row = {"source_uri": uri, "key": uri_key(uri)}
     steps.make_ingest_fn(cfg, tmp_path)(row)
     steps.make_scenes_fn(cfg, tmp_path)(row)
-    clips = steps.make_clips_fn(cfg, tmp_path)
-    barrier, errors = threading.Barrier(2), []
-
-    def attempt() -> None:
-        barrier.wait()
-        try:
-            clips(row)
-        except BaseException as e:  # pragma: no cover - the failure this test is about
-            errors.append(e)
-
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-c", ATTEMPT, SMOKE, str(tmp_path), uri, row["key"]]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    attempts = [subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for attempt in attempts:
+        _, err = attempt.communicate(timeout=300)
+        assert attempt.returncode == 0, err[-2000:]
     record = steps.WorkDir(tmp_path).load("clips", row["key"])
-    assert record["clips"] and not [r for r in record["rejected"] if r["reason"].endswith("_error")]
+    assert record["clips"] and not [r for r in record["rejected"] if r["reason"].endswith("_error")], record["rejected"]
     data = collect(tmp_path, [row], attempted=("ingest", "scenes", "clips"))
     assert {c["clip_id"] for c in data.clips} == {c["clip_id"] for c in record["clips"]}
     shard_files = sorted(p.name for p in (tmp_path / "shards").glob("*.parquet"))
