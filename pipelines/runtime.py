@@ -168,7 +168,6 @@ def configure_data(cfg: RuntimeConfig) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
-    quiet_deliberate_notices()
     ctx.print_on_execution_start = False
     # A worker that dies (a decoder crashing on a broken file) loses its block; the driver then records the
     # affected inputs as rejected instead of failing the run. Exceptions inside steps never get here.
