@@ -64,9 +64,14 @@ class FramesConfig:
         return VideoCodec(codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt)
 
 
+def sampling_stride(source_fps: float, cfg: FramesConfig) -> int:
+    """Source frames between two stored frames: `frames.stride`, else round(source fps / frames.fps), at least 1."""
+    return cfg.stride or max(1, round(source_fps / cfg.fps))
+
+
 def sample_indices(start: int, end: int, source_fps: float, cfg: FramesConfig) -> tuple[list[int], int] | None:
     """Source frame indices stored for clip [start, end) and the stride used; None if the clip is too short."""
-    stride = cfg.stride or max(1, round(source_fps / cfg.fps))
+    stride = sampling_stride(source_fps, cfg)
     length = end - start
     if length < cfg.num_frames:
         return None
@@ -140,5 +145,5 @@ def clip_windows(start: int, end: int, source_fps: float, layout: VideoLayout) -
     if not layout.bucketed:
         sampled = sample_indices(start, end, source_fps, fc)
         return [sampled] if sampled else []
-    stride = fc.stride or max(1, round(source_fps / fc.fps))
+    stride = sampling_stride(source_fps, fc)
     return [(w, stride) for w in plan_windows(start, end, stride, list(layout.counts), fc.windows)]

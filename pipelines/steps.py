@@ -27,7 +27,14 @@ from curation.buckets import available_frames
 from curation.decode import DecodeError, VideoInfo, iter_frames
 from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
-from curation.sampling import VideoLayout, clip_windows, decode_size, fit_to_target, video_layout
+from curation.sampling import (
+    VideoLayout,
+    clip_windows,
+    decode_size,
+    fit_to_target,
+    sampling_stride,
+    video_layout,
+)
 from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from curation.shards import ShardWriter, encode_tensor
@@ -285,7 +292,7 @@ def too_short(span: dict, fps: float, layout: VideoLayout) -> tuple[str, str]:
     length, fc = span["end_frame"] - span["start_frame"], layout.frames
     if not layout.bucketed:
         return "too_few_frames", f"{length} frames < frames.num_frames={fc.num_frames}"
-    stride = fc.stride or max(1, round(fps / fc.fps))
+    stride = sampling_stride(fps, fc)
     return "too_short_for_bucket", (
         f"{length} frames give {available_frames(length, stride)} samples every {stride} frames, fewer than the "
         f"smallest bucket at {fc.height}x{fc.width} ({min(layout.counts)} frames)"
