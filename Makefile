@@ -58,6 +58,9 @@ bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/events.py
 	$(PY) bench/quality.py
 	$(PY) bench/loader.py
+	$(PY) bench/buckets.py
+	$(PY) bench/storage.py
+	$(PY) bench/vae.py
 	$(PY) bench/memory.py
 	$(PY) bench/cluster.py
 

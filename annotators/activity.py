@@ -168,6 +168,26 @@ def phase(mass: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def latent_frame_maps(
+    activity: np.ndarray, active: np.ndarray, phase_: np.ndarray, factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame event maps (T, gh, gw) at a causal video VAE's latent frames (1 + (T - 1) / factor): latent frame
+    0 is frame 0, latent frame k its group of frames [factor*(k-1) + 1, factor*k]; a cell is as active as it is in
+    the group's most active frame (max), on when on in any of them, and the phase is the group's last frame's (the
+    cumulative share up to the end of the group, still monotone, still ending at 1)."""
+    t = len(activity)
+    if factor == 1:
+        return activity, active, phase_
+    if factor < 1 or (t - 1) % factor:
+        raise ValueError(f"{t} frames do not make whole latent frames at temporal factor {factor}")
+    groups = [slice(0, 1)] + [slice(1 + factor * j, 1 + factor * (j + 1)) for j in range((t - 1) // factor)]
+    return (
+        np.stack([activity[g].max(0) for g in groups]),
+        np.stack([active[g].max(0) for g in groups]),
+        np.asarray([phase_[g.stop - 1] for g in groups], dtype=phase_.dtype),
+    )
+
+
 def gini(values: np.ndarray) -> float:
     """Gini coefficient of non-negative values (0 = uniform, -> 1 = all in one cell); 0 for an all-zero map."""
     v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
@@ -280,6 +300,39 @@ def compensated_difference(frames: np.ndarray, homographies: np.ndarray, size: t
         aligned = cv2.warpPerspective(grey[t + 1].astype(np.float32), hom, (w, h), flags=flags)
         covered = cv2.warpPerspective(ones, hom, (w, h), flags=flags) > 0.999
         out[t] = above_median(np.where(covered, np.abs(aligned - grey[t]) / 255.0, 0.0))
+    return out
+
+
+def latent_change_maps(
+    latents: np.ndarray,
+    homographies: np.ndarray,
+    flow_size: tuple[int, int],
+    factor: int,
+    grid: tuple[int, int],
+) -> np.ndarray:
+    """EVD's recipe B: (T'-1, gh, gw) camera-compensated change between consecutive latent frames, in normalised
+    latent units (channel mean of |z_k+1 aligned onto frame k - z_k|), frame median removed.
+
+    `latents` (C, T', h, w); `homographies` (T-1, 3, 3) frame t -> t+1 on the (fh, fw) `flow_size` grid; latent
+    frame k stands for source frame `factor`*k (the last frame of its group), so step k composes the homographies
+    from frame factor*k to factor*(k+1) and rescales them to the latent grid. Cells the aligned frame does not
+    cover count as unchanged."""
+    z = np.asarray(latents, np.float32)
+    c, t_latent, h, w = z.shape
+    fh, fw = flow_size
+    scale = np.diag([w / fw, h / fh, 1.0])
+    out = np.zeros((max(t_latent - 1, 0), *grid), np.float32)
+    ones = np.ones((h, w), np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # dst(x) = z_k+1(H x): frame k+1 seen from frame k
+    for k in range(t_latent - 1):
+        hom = np.eye(3)
+        for step in range(factor * k, min(factor * (k + 1), len(homographies))):
+            hom = safe_homography(homographies[step]) @ hom
+        on_grid = scale @ hom @ np.linalg.inv(scale)
+        aligned = np.stack([cv2.warpPerspective(z[ch, k + 1], on_grid, (w, h), flags=flags) for ch in range(c)])
+        covered = cv2.warpPerspective(ones, on_grid, (w, h), flags=flags) > 0.999
+        diff = np.where(covered, np.abs(aligned - z[:, k]).mean(0), 0.0)
+        out[k] = pool(above_median(diff), grid)
     return out
 
 

@@ -1,6 +1,7 @@
 """Event pseudo-targets per clip (EVD): where and when localized change happens, with camera motion removed.
 
-Outputs, aligned with the clip's sampled frames (`frame_indices`):
+Outputs, aligned with the clip's sampled frames (`frame_indices`), or with a video VAE's latent frames when
+`temporal_factor` > 1 (set from [latents]: latent frame k covers frames 4k-3..4k, `activity.latent_frame_maps`):
 - `event_activity` (T, gh, gw) float16 in [0, 1]: soft activity on the token grid (frames / `events.cell`);
 - `event_active` (T, gh, gw) uint8: the same after hysteresis along time (on at 0.62, off at 0.38);
 - `event_phase` (T,) float16: cumulative share of the clip's (gated) activity, monotone, ends at 1 (all zeros
@@ -49,12 +50,18 @@ class EventConfig:
     min_change: float = 0.03  # floor of the robust scale of frame_change, grey-level fraction
     diffuse_entropy: float = 0.9  # activity with a higher spatial entropy is diffuse
     diffuse_share: float = 0.35  # ... and so is activity that keeps more than this share of cells on
+    # Stored maps at a video VAE's latent frames (1 + (T - 1) / factor); set from [latents] like the noise's.
+    temporal_factor: int = 1
+    # flow: residual motion from optical flow (recipe A); latent: camera-compensated change of the stored VAE
+    # latents between latent frames (EVD's recipe B; needs [latents])
+    source: str = "flow"
+    latent_min_change: float = 0.25  # recipe B's floor of the robust scale, normalised latent units
     top_fraction: float = 1.0  # clip filter: keep the top fraction by event_score (EVD: 0.3); 1 keeps all
     drop_diffuse: bool = False  # clip filter: drop clips flagged event_diffuse
 
     def __post_init__(self) -> None:
-        if self.cell < 1:
-            raise ValueError("events.cell must be >= 1")
+        if self.cell < 1 or self.temporal_factor < 1:
+            raise ValueError("events.cell and events.temporal_factor must be >= 1")
         if not 0.0 < self.off < self.on < 1.0:
             raise ValueError(f"events needs 0 < off < on < 1 (got off={self.off}, on={self.on})")
         if min(self.min_speed, self.min_shift, self.threshold, self.softness, self.min_change) <= 0:
@@ -63,6 +70,10 @@ class EventConfig:
             raise ValueError("events.peak_quantile must be in [0.5, 1]")
         if not 0.0 < self.diffuse_entropy <= 1.0 or not 0.0 < self.diffuse_share <= 1.0:
             raise ValueError("events.diffuse_entropy and events.diffuse_share must be in (0, 1]")
+        if self.source not in ("flow", "latent"):
+            raise ValueError(f"events.source must be flow or latent, got {self.source!r}")
+        if self.latent_min_change <= 0:
+            raise ValueError("events.latent_min_change must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"events.top_fraction must be in (0, 1], got {self.top_fraction}")
 
@@ -128,7 +139,7 @@ class EventAnnotator:
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["clip_id"])
-        optional = [batch.get(k, [None] * n) for k in ("camera_c2w", "camera_intrinsics")]
+        optional = [batch.get(k, [None] * n) for k in ("camera_c2w", "camera_intrinsics", "latents")]
         keys = ("flow", "global_homography", "frames", "frame_indices", "frame_pts")
         inputs = zip(*(batch[k] for k in keys), *optional, strict=True)
         return {"clip_id": batch["clip_id"], **per_clip(self.name, self.output_columns, inputs, self.annotate)}
@@ -142,8 +153,11 @@ class EventAnnotator:
         frame_pts: np.ndarray,
         camera_c2w: np.ndarray | None = None,
         camera_k: np.ndarray | None = None,
+        latents: np.ndarray | None = None,
     ) -> dict:
         cfg = self.cfg
+        if cfg.source == "latent":
+            return self.from_latents(latents, flow, homographies, frames, frame_indices)
         n_frames = len(frames)
         grid = event_grid(frames.shape[1], frames.shape[2], cfg.cell)
         if n_frames > 1 and flow is None:
@@ -169,6 +183,56 @@ class EventAnnotator:
         diffuse = stats.entropy >= cfg.diffuse_entropy or stats.active_share >= cfg.diffuse_share
         window = stats.window
         indices = np.asarray(frame_indices, np.int64)
+        phase = act.phase(stats.frame_mass)
+        if cfg.temporal_factor > 1:  # the scores and the window above stay frame-exact
+            if n_frames < 1 or (n_frames - 1) % cfg.temporal_factor:
+                raise AnnotatorError(
+                    "bad_event_frames",
+                    f"{n_frames} frames do not make whole latent frames at temporal factor {cfg.temporal_factor}",
+                )
+            activity, active, phase = act.latent_frame_maps(activity, active, phase, cfg.temporal_factor)
+        return {
+            "event_activity": activity.astype(np.float16),
+            "event_active": active,
+            "event_phase": phase.astype(np.float16),
+            "event_score": stats.score,
+            "event_confidence": stats.confidence,
+            "event_entropy": stats.entropy,
+            "event_gini": stats.gini,
+            "event_diffuse": bool(diffuse),
+            # Frame `first` holds the change from sampled frame first-1: the window opens at that frame.
+            "event_start_frame": int(indices[max(window[0] - 1, 0)]) if window else None,
+            "event_end_frame": int(indices[window[1]]) if window else None,
+        }
+
+    def from_latents(
+        self,
+        latents: np.ndarray | None,
+        flow: np.ndarray | None,
+        homographies: np.ndarray | None,
+        frames: np.ndarray,
+        frame_indices: np.ndarray,
+    ) -> dict:
+        """Recipe B: the maps from latent change, already at the latent frames (`activity.latent_change_maps`)."""
+        cfg, factor = self.cfg, self.cfg.temporal_factor
+        if latents is None:
+            raise AnnotatorError("no_latents", "events.source=latent needs the latents of the clip")
+        grid = event_grid(frames.shape[1], frames.shape[2], cfg.cell)
+        n_frames, t_latent = len(frames), latents.shape[1]
+        if n_frames > 1 and (flow is None or homographies is None):
+            raise AnnotatorError("no_flow", "recipe B aligns latent frames with the flow's camera homographies")
+        if t_latent > 1:
+            size = np.asarray(flow).shape[2:4]
+            change = act.latent_change_maps(latents, np.asarray(homographies), size, factor, grid)
+            floors = np.full(len(change), cfg.latent_min_change)
+            activity, active = act.activity_maps(change, floors, cfg.params)
+        else:
+            change = np.zeros((0, *grid), np.float32)
+            activity, active = np.zeros((1, *grid), np.float32), np.zeros((1, *grid), np.uint8)
+        stats = act.event_stats(activity, active, change)
+        diffuse = stats.entropy >= cfg.diffuse_entropy or stats.active_share >= cfg.diffuse_share
+        window, indices = stats.window, np.asarray(frame_indices, np.int64)
+        source_frame = lambda k: int(indices[min(factor * k, n_frames - 1)])  # noqa: E731  (latent k -> frame)
         return {
             "event_activity": activity.astype(np.float16),
             "event_active": active,
@@ -178,7 +242,7 @@ class EventAnnotator:
             "event_entropy": stats.entropy,
             "event_gini": stats.gini,
             "event_diffuse": bool(diffuse),
-            # Frame `first` holds the change from sampled frame first-1: the window opens at that frame.
-            "event_start_frame": int(indices[max(window[0] - 1, 0)]) if window else None,
-            "event_end_frame": int(indices[window[1]]) if window else None,
+            # Latent frame `first` holds the change from latent frame first-1, i.e. from source frame 4(first-1).
+            "event_start_frame": source_frame(max(window[0] - 1, 0)) if window else None,
+            "event_end_frame": source_frame(window[1]) if window else None,
         }

@@ -275,6 +275,37 @@ def degrade_noise(noise: torch.Tensor, gamma: float, generator: torch.Generator 
     return ((1.0 - gamma) * noise + gamma * _randn(tuple(noise.shape), generator, noise)) / norm
 
 
+TEMPORAL_MODES = ("nearest", "blend")
+
+
+def latent_frame_groups(num_frames: int, factor: int) -> list[range]:
+    """The source frames behind each latent frame of a causal video VAE with temporal factor `factor`: frame 0
+    alone, then consecutive groups of `factor` (Wan, CogVideoX: [0], [1..4], [5..8], ...). ValueError unless
+    num_frames = 1 + factor * k."""
+    if factor < 1 or num_frames < 1 or (num_frames - 1) % factor:
+        raise ValueError(f"{num_frames} frames do not make whole latent frames at temporal factor {factor}")
+    return [range(0, 1)] + [range(1 + factor * j, 1 + factor * (j + 1)) for j in range((num_frames - 1) // factor)]
+
+
+def reduce_noise_frames(noise: torch.Tensor, factor: int, mode: str = "nearest") -> torch.Tensor:
+    """Warped noise (T, C, h, w) at the VAE's latent frames (1 + (T - 1) / factor, C, h, w).
+
+    `nearest` keeps source frames 0, f, 2f, ...: the last frame of each group, so latent frame k is source frame
+    f*k, exactly the warped noise of that frame (still N(0, 1) and white; GWTF's default). `blend` averages each
+    group and renormalises every pixel to unit variance over the channels (GWTF's `blend_norm`), which keeps the
+    motion inside a group at the cost of exact Gaussianity per pixel."""
+    groups = latent_frame_groups(noise.shape[0], factor)
+    if factor == 1:
+        return noise
+    if mode == "nearest":
+        return noise[[g[-1] for g in groups]]
+    if mode == "blend":
+        means = torch.stack([noise[g.start : g.stop].mean(0) for g in groups])
+        centred = means - means.mean(1, keepdim=True)
+        return centred / centred.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6)
+    raise ValueError(f"noise.temporal must be one of {', '.join(TEMPORAL_MODES)}, got {mode!r}")
+
+
 def bilinear_warp(noise: torch.Tensor, flow: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """Negative control: backward bilinear warp of (C,H,W) noise, sampling at p - flow(p) (grid_sample).
 

@@ -30,10 +30,16 @@ class NoiseConfig:
     warp_scale: int = 16  # warp grid = latent grid x this; 2x the frame grid resolves 0.5 px/frame (GWTF: 4x)
     seed: int = 0  # base seed; each clip's seed is derived from it and the clip_id
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Latent frames: 1 keeps every stored frame (pixel space, image VAEs); a video VAE's temporal factor (set from
+    # [latents] when a VAE is configured) keeps 1 + (T - 1) / factor frames, chosen by `temporal`.
+    temporal_factor: int = 1
+    temporal: str = "nearest"  # nearest (frames 0, 4, 8, ...: GWTF's default) | blend (group mean, renormalised)
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or self.factor < 1 or self.warp_scale < 1:
-            raise ValueError("noise.channels, noise.factor and noise.warp_scale must be >= 1")
+        if self.channels < 1 or self.factor < 1 or self.warp_scale < 1 or self.temporal_factor < 1:
+            raise ValueError("noise.channels, noise.factor, noise.warp_scale and noise.temporal_factor must be >= 1")
+        if self.temporal not in ("nearest", "blend"):
+            raise ValueError(f"noise.temporal must be nearest or blend, got {self.temporal!r}")
         if self.seed < 0:
             raise ValueError("noise.seed must be >= 0")
 
@@ -51,7 +57,8 @@ def noise_grid(frame_height: int, frame_width: int, factor: int) -> tuple[int, i
 
 
 class WarpedNoiser:
-    """Warped noise (T, C, H/factor, W/factor) float16 per clip from its `flow` and `frames` columns."""
+    """Warped noise (T', C, H/factor, W/factor) float16 per clip from its `flow` and `frames` columns; T' = T, or
+    the VAE's latent frames with `temporal_factor` > 1."""
 
     name: ClassVar[str] = "warped_noise"
     output_columns: ClassVar[tuple[str, ...]] = (
@@ -91,4 +98,11 @@ class WarpedNoiser:
             seed=seed,
             device=self.device,
         )
+        if c.temporal_factor > 1:
+            if (noise.shape[0] - 1) % c.temporal_factor:
+                raise AnnotatorError(
+                    "bad_noise_frames",
+                    f"{noise.shape[0]} frames do not make whole latent frames at temporal factor {c.temporal_factor}",
+                )
+            noise = self.warper.reduce_noise_frames(noise, c.temporal_factor, c.temporal)
         return noise.cpu().numpy().astype(np.float16)

@@ -35,7 +35,8 @@ def camera_videos(cache: Path) -> list[Path]:
 
 
 def evaluate(videos: list[Path], fov: float, num_frames: int) -> dict:
-    cfg = load_config(None, [f"camera.fov_x_deg={fov}", f"frames.num_frames={num_frames}"])
+    # the [frames] shape, not the default preset's aspect buckets
+    cfg = load_config(None, ["buckets.aspect_ratios=[]", f"camera.fov_x_deg={fov}", f"frames.num_frames={num_frames}"])
     steps = Counter()  # (truth token, predicted token) over steps
     per_video, clips_right, steps_right, n_steps = {}, 0, 0, 0
     for video in videos:

@@ -10,8 +10,12 @@ Every single-shot sample video is annotated as one clip. Reported per configurat
 - seconds per clip of the events stage, and as a ratio to the flow stage measured in the same run.
 Configurations: the golden one (448x256, 28 frames at 8 fps, the whole 16:9 frame), the default preset
 (256x256 cover crop, 16 frames), and ablations without the camera's epipolar geometry and with frame change.
+With `--vae DIR` (a diffusers video VAE folder, or `tiny` for a randomly initialised tiny Wan VAE) two more, at
+29 frames (1 + 4k) with the maps at the VAE's latent frames: `events.source = flow` (recipe A) and `latent`
+(EVD's recipe B, change of the stored latents). A random tiny VAE says how the machinery behaves, not what a
+trained VAE's latents give.
 
-    python bench/events.py [--json OUT]
+    python bench/events.py [--json OUT] [--vae DIR|tiny] [--only-vae]
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from pipelines.annotate import annotate_file, annotators_for  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.samples import generate_corpus, load_truth  # noqa: E402
 
-GOLDEN = ["frames.width=448", "frames.height=256", "frames.num_frames=28"]
+SINGLE = "buckets.aspect_ratios=[]"  # the [frames] shape below, not the default preset's aspect buckets
+GOLDEN = [SINGLE, "frames.width=448", "frames.height=256", "frames.num_frames=28"]
 CONFIGS = {
     "golden 448x256x28": GOLDEN,
-    "default 256x256x16": [],
+    "default 256x256x16": [SINGLE],
     "golden, no camera epipolar": [*GOLDEN, "events.use_camera=false"],
     "golden, + frame change": [*GOLDEN, "events.frame_change=true"],
 }
@@ -70,10 +75,11 @@ def evaluate(videos: list[Path], overrides: list[str]) -> dict:
         if expected is not None:
             found = (out["event_start_frame"], out["event_end_frame"]) if out["event_start_frame"] is not None else None
             activity = out["event_activity"].astype(np.float32)
+            map_indices = indices[:: cfg.events.temporal_factor]  # maps at latent frames: their source frames
             row.update(
                 true_window=list(expected),
                 iou=round(interval_iou(found, expected), 3),
-                mass_in_boxes=round(event_mass_in_boxes(activity, indices, truth, *sizes), 3),
+                mass_in_boxes=round(event_mass_in_boxes(activity, map_indices, truth, *sizes), 3),
             )
             objects.append(row)
         elif truth.get("camera", {}).get("motion", "static") != "static":
@@ -97,14 +103,56 @@ def evaluate(videos: list[Path], overrides: list[str]) -> dict:
     }
 
 
+def tiny_vae(folder: Path, videos: list[Path]) -> Path:
+    """A randomly initialised tiny Wan VAE (16 channels, 8x spatial, 4x temporal), saved once, with latents_mean /
+    latents_std calibrated on a few corpus clips (the per-channel statistics of its posterior means, which is what
+    a real VAE's config holds), so that its normalised latents are about N(0, 1) like a real VAE's."""
+    if not (folder / "config.json").exists():
+        import diffusers
+        import torch
+
+        from curation.decode import iter_frames
+
+        torch.manual_seed(0)
+        model = diffusers.AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            latents_mean=[0.0] * 16,
+            latents_std=[1.0] * 16,
+        ).eval()
+        latents = []
+        for video in videos[:4]:
+            info = probe_video(str(video))
+            frames = np.stack([rgb for _, _, rgb in iter_frames(str(video), info, size=(128, 72), indices=range(9))])
+            x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            with torch.no_grad():
+                latents.append(model.encode(x).latent_dist.mode()[0])
+        z = torch.cat([lat.flatten(1) for lat in latents], 1)
+        model.register_to_config(latents_mean=z.mean(1).tolist(), latents_std=z.std(1).tolist())
+        model.save_pretrained(folder)
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache" / "corpus_all")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--vae", help="a diffusers video VAE folder, or `tiny`: adds recipe A vs B at its latent frames")
+    ap.add_argument("--only-vae", action="store_true", help="only the two VAE configurations")
+    ap.add_argument("--latent-only", action="store_true", help="of those, only events.source=latent")
     args = ap.parse_args()
     videos = single_shot_videos(args.cache)
     results = {}
-    for label, overrides in CONFIGS.items():
+    configs = {} if args.only_vae else dict(CONFIGS)
+    if args.vae:
+        vae = tiny_vae(args.cache.parent / "tiny_wan_calibrated", videos) if args.vae == "tiny" else args.vae
+        latent = [SINGLE, "frames.width=448", "frames.height=256", "frames.num_frames=29", f"latents.model_path={vae}"]
+        if not args.latent_only:
+            configs["latent grid, source flow"] = latent
+        configs["latent grid, source latent"] = [*latent, "events.source=latent"]
+    for label, overrides in configs.items():
         r = results[label] = evaluate(videos, overrides)
         print(
             f"{label:28s} IoU min {r['iou_min']:.3f}  mass in boxes min {r['mass_in_boxes_min']:.3f}  "
@@ -112,8 +160,8 @@ def main() -> None:
             f"(confident {r['camera_only_confident']}/{r['camera_only_clips']})  score margin {r['score_margin']}x  "
             f"events {r['events_s_per_clip']:.3f} s/clip = {r['events_vs_flow']}x flow"
         )
-    golden = results["golden 448x256x28"]["videos"]
-    print("\nper video, golden configuration:")
+    golden = results[next(iter(results))]["videos"]
+    print(f"\nper video, {next(iter(results))}:")
     for name, v in golden.items():
         extra = f"  IoU {v['iou']:.3f} in-box {v['mass_in_boxes']:.3f}" if "iou" in v else ""
         print(

@@ -15,12 +15,14 @@ Each pass times every method once over --epochs epochs, the methods' order rotat
 load hits all alike; the median pass counts. Goals: ours/raw >= 0.8, ours/ray >= 1.0. No assertions.
 
     python bench/loader.py [RUN_DIR=runs/sample] [--passes 5] [--epochs 3] [--batch-size 4] [--workers 2] [--json OUT]
-                           [--video-run DIR]
+                           [--video-run DIR [--video-run DIR2 ...]]
 
 `--video-run DIR` also times the loader on a run of the same inputs and config with `frames.store=video` (frames
 decoded from H.264 in the decode threads): `ours_video`, and the ratio ours_video/ours (goal >= 0.5), plus the
 data-wait share of a training run on it. Make it with
-`python -m pipelines.run --stage=all --output runs/sample-video --set frames.store=video`.
+`python -m pipelines.run --stage=all --output runs/sample-video --set frames.store=video`. Given more than once
+(e.g. rows of another codec setting or an older stored format, of the same inputs), each run is timed in the same
+passes as `ours_video:<dir name>`, with its own ratio.
 
 Generate the run first if missing: `python -m pipelines.run --stage=all --output runs/sample`.
 """
@@ -56,15 +58,16 @@ SCALARS = ("clip_id", "event_confidence", "caption", "camera_text")
 COLUMNS = [*SCALARS, *TENSORS, *(f"{t}_{p}" for t in TENSORS for p in ("dtype", "shape"))]
 
 
-def decode(row: dict[str, Any], latent: tuple[int, int], channels: int = 3) -> dict[str, Any]:
-    """One clip's tensors from its raw columns, in numpy (the frames' size must be a multiple of `latent`)."""
+def decode(row: dict[str, Any], latent: tuple[int, int] | int, channels: int = 3) -> dict[str, Any]:
+    """One clip's tensors from its raw columns, in numpy. `latent` is the pooled grid (the frames' size must be a
+    multiple of it), or the pooling factor itself where the grid follows each bucket's frame size."""
 
     def tensor(name: str) -> np.ndarray:
         return np.frombuffer(row[name], dtype=np.dtype(row[f"{name}_dtype"])).reshape(tuple(row[f"{name}_shape"]))
 
     frames = tensor("frames")
     t, h, w, _ = frames.shape
-    lh, lw = latent
+    lh, lw = latent if isinstance(latent, tuple) else (h // latent, w // latent)
     fh, fw = h // lh, w // lw
     # Box sums over rows, then columns (contiguous reductions; a strided mean over both axes is ~8x slower).
     rows = frames.reshape(t, lh, fh, w * 3).sum(axis=2, dtype=np.uint32)
@@ -80,7 +83,7 @@ def decode(row: dict[str, Any], latent: tuple[int, int], channels: int = 3) -> d
     }
 
 
-def raw_epoch(files: list[Path], curated: set[str], latent: tuple[int, int]) -> Iterator[int]:
+def raw_epoch(files: list[Path], curated: set[str], latent: tuple[int, int] | int) -> Iterator[int]:
     for path in files:
         pf = pq.ParquetFile(path, memory_map=True)
         for group in range(pf.num_row_groups):
@@ -104,7 +107,7 @@ def hide_broken_fsspec_http() -> None:
 
 
 def make_ray(
-    files: list[Path], curated: set[str], latent: tuple[int, int], batch_size: int
+    files: list[Path], curated: set[str], latent: tuple[int, int] | int, batch_size: int
 ) -> Callable[[], Iterator[int]]:
     hide_broken_fsspec_http()  # the driver lists files too
     import ray
@@ -163,7 +166,12 @@ def main() -> None:
     p.add_argument("--ray-repeat", type=int, default=4, help="also time Ray on an epoch of the files N times")
     p.add_argument("--train-steps", type=int, default=30, help="CPU training steps for the data-wait share (0 = skip)")
     p.add_argument("--json", help="also write the result here")
-    p.add_argument("--video-run", help="a frames.store=video run of the same inputs: also time the loader on it")
+    p.add_argument(
+        "--video-run",
+        action="append",
+        default=[],
+        help="a frames.store=video run of the same inputs: also time the loader on it (repeatable)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # Ray's read-only batches
@@ -174,7 +182,8 @@ def main() -> None:
     manifest = read_manifest(run)
     files = [run / "shards" / s["name"] for s in manifest["shards"]]
     curated = curated_clip_ids(run)
-    latent = tuple(manifest["noise"]["grid"])
+    grid = manifest["noise"]["grid"]  # ints, or ["H/8", "W/8"] where the buckets set the frame size
+    latent = tuple(grid) if all(isinstance(g, int) for g in grid) else int(manifest["noise"]["factor"])
 
     t0 = time.perf_counter()
     loader = make_loader(DataConfig(source=str(run), batch_size=args.batch_size, num_workers=args.workers))
@@ -200,10 +209,11 @@ def main() -> None:
         "ours": lambda: ours_epoch(loader),
         "ours0": lambda: ours_epoch(sync),  # num_workers=0: no threads, decode in the consumer
     }
-    video = None
-    if args.video_run:
-        video = make_loader(DataConfig(source=args.video_run, batch_size=args.batch_size, num_workers=args.workers))
-        methods["ours_video"] = lambda: ours_epoch(video)
+    videos: dict[str, Any] = {}  # method name -> its loader
+    for source in args.video_run:
+        name = "ours_video" if len(args.video_run) == 1 else f"ours_video:{Path(source).name}"
+        videos[name] = make_loader(DataConfig(source=source, batch_size=args.batch_size, num_workers=args.workers))
+        methods[name] = lambda v=videos[name]: ours_epoch(v)
     tmp = tempfile.TemporaryDirectory()
     if not args.no_ray:
         methods["ray"] = make_ray(files, curated, latent, args.batch_size)
@@ -241,7 +251,7 @@ def main() -> None:
         "run": str(run),
         "clips": len(curated),
         "frames": manifest["tensors"]["frames"]["shape"],
-        "latent": list(latent),
+        "latent": list(latent) if isinstance(latent, tuple) else f"frames / {latent}",
         "batch_size": args.batch_size,
         "workers": args.workers,
         "passes": args.passes,
@@ -259,14 +269,21 @@ def main() -> None:
     }
     for name in (m for m in median if m.startswith("ray")):
         result[f"ratio_ours_over_{name}"] = round(median["ours"] / median[name], 3)
-    if video is not None:
-        result["ratio_ours_video_over_ours"] = round(median["ours_video"] / median["ours"], 3)
+    # Read + decode time per row in the decode threads (wall time summed over threads, so machine load inflates it
+    # alike): where a video run's extra time goes.
+    per_row = {
+        name: 1e3 * ld.stats.decode_s / max(1, ld.stats.rows_decoded) for name, ld in {"ours": loader, **videos}.items()
+    }
+    result["decode_ms_per_row"] = {m: round(v, 2) for m, v in per_row.items()}
+    for name, video in videos.items():
+        result[f"ratio_{name}_over_ours"] = round(median[name] / median["ours"], 3)
+        result[f"loader_stats_{name}"] = video.stats.as_dict()
         video.close()
     loader.close()
     sync.close()
     tmp.cleanup()
 
-    print(f"{run}: {len(curated)} clips, frames {result['frames']}, latent {list(latent)}, batch {args.batch_size}")
+    print(f"{run}: {len(curated)} clips, frames {result['frames']}, latent {result['latent']}, batch {args.batch_size}")
     print(f"loader build {build_s:.3f} s; max |ours - numpy decode| {diff:.2e}")
     for m, r in rates.items():
         passes = ", ".join(f"{x:.1f}" for x in r)
@@ -277,9 +294,13 @@ def main() -> None:
     print(f"ratio ours/raw {result['ratio_ours_over_raw']:.3f} (goal >= 0.8); single-thread ours0/raw {ratio0:.3f}")
     for name in (m for m in median if m.startswith("ray")):
         print(f"ratio ours/{name} {result[f'ratio_ours_over_{name}']:.3f} (goal >= 1.0)")
-    if video is not None:
-        print(f"ratio ours_video/ours {result['ratio_ours_video_over_ours']:.3f} (goal >= 0.5)")
-    trained = {"train": run} | ({"train_video": Path(args.video_run)} if args.video_run else {})
+    for name in videos:
+        print(f"ratio {name}/ours {result[f'ratio_{name}_over_ours']:.3f} (goal >= 0.5)")
+    if videos:
+        print(
+            "read + decode per row in the decode threads: " + ", ".join(f"{m} {v:.1f} ms" for m, v in per_row.items())
+        )
+    trained = {"train": run} | ({"train_video": Path(args.video_run[0])} if args.video_run else {})
     for key, source in trained.items() if args.train_steps else ():
         result[key] = t = training_wait(source, args.train_steps, args.batch_size)
         print(

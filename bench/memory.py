@@ -81,7 +81,9 @@ def run_and_watch(videos: list[Path], config: str, overrides: list[str] = ()) ->
         if proc.returncode != 0:
             raise SystemExit(f"pipeline failed with status {proc.returncode}:\n{stderr[-3000:]}")
         run = json.loads(Path(f"{tmp}/run/_run.json").read_text())
+        manifest = json.loads(Path(f"{tmp}/run/shards/manifest.json").read_text())
         seconds = time.perf_counter() - started
+        files = len(manifest["shards"])
         return {
             "videos": len(videos),
             "clips": run["counts"]["clips"],
@@ -90,6 +92,11 @@ def run_and_watch(videos: list[Path], config: str, overrides: list[str] = ()) ->
             "spilled_bytes": run.get("spilled_bytes"),
             "seconds": round(seconds, 1),
             "clips_per_s": round(run["counts"]["clips"] / run["wall_seconds"]["scenes+clips"], 2),
+            "shard_files": files,
+            "shard_rows": manifest["rows"],
+            "files_per_1000_clips": round(1000 * files / max(1, manifest["rows"]), 2),
+            "shard_mb": round(manifest["bytes"] / 2**20, 2),
+            "pack_s": round(run["wall_seconds"].get("pack", 0.0), 2),
         }
 
 
@@ -99,11 +106,13 @@ def main() -> None:
     p.add_argument("--factor", type=int, default=10, help="the large corpus has factor x n videos")
     p.add_argument("--config", default=str(ROOT / "pipelines" / "configs" / "smoke.toml"))
     p.add_argument("--object-store-mb", type=int, default=128, help="the run's object store limit")
+    p.add_argument("--target-mb", type=float, default=512.0, help="shards.target_mb (the default preset's)")
     p.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "tiny"))
     args = p.parse_args()
     videos = generate_tiny_corpus(args.cache, args.n * args.factor)
     store = args.object_store_mb
     limits = [f"runtime.object_store_mb={store}", f"runtime.data_object_store_mb={store // 2}"]
+    limits.append(f"shards.target_mb={args.target_mb}")
     small = run_and_watch(videos[: args.n], args.config, limits)
     large = run_and_watch(videos, args.config, limits)
     ratio = round(large["peak_pss_mb"] / small["peak_pss_mb"], 3)

@@ -4,7 +4,8 @@ costs in quality (PSNR against the raw frames) and time (encode and decode per c
 Clips: one window per video at its bucket (the default aspect-ratio buckets, 49 frames at 8 fps, cover + centre
 crop, exactly as the clips step stores them), from the real videos of ../shared/media (skipped when absent) and
 the generated sample corpus. Raw is the uint8 bytes the row would hold; each codec setting encodes the same
-frames. Goal (issue "shards a real training job can use"): video <= 1/10 of raw at PSNR >= 40 dB. No assertions.
+frames, and `decode ms` is the time the loader's decode threads spend per clip (`decode_video`, one codec thread).
+Goal (issue "shards a real training job can use"): video <= 1/10 of raw at PSNR >= 40 dB. No assertions.
 
     python bench/storage.py [--frames 49] [--json OUT]
 """
@@ -40,11 +41,14 @@ REAL = [
     "opencv_tutorial_slow_traffic/slow_traffic_small.mp4",
     "torchcodec_resources/nasa_13013.mp4",
 ]
-SETTINGS = {
+SETTINGS = {  # h264 is coded with tune=fastdecode unless "cabac" says otherwise (VideoCodec.fast_decode)
     "h264 crf11 444 faster (default)": VideoCodec(),
+    "h264 crf11 444 faster cabac": VideoCodec(fast_decode=False),
     "h264 crf18 444 faster": VideoCodec(crf=18),
     "h264 crf11 420 faster": VideoCodec(pix_fmt="yuv420p"),
     "h264 crf12 444 fast": VideoCodec(crf=12, preset="fast"),
+    "h264 crf17 rgb faster": VideoCodec(pix_fmt="rgb24", crf=17),
+    "h264 crf18 rgb faster": VideoCodec(pix_fmt="rgb24", crf=18),
     "av1 crf20 420 p8": VideoCodec(codec="av1", pix_fmt="yuv420p", crf=20, preset="8"),
 }
 

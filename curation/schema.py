@@ -185,7 +185,10 @@ SHARD_META = pa.schema(
 # flow grid (= the stored frames unless flow.short_side is set); event_activity (T, gh, gw) float16 in [0, 1],
 # soft; event_active (T, gh, gw) uint8, after hysteresis; event_phase (T,) float16 (frame t of the event maps
 # holds the change from frame t-1 to t); clip_embedding (D,) float16, the unit-norm mean of the open_clip image
-# embeddings of a few frames (only when aesthetics.model_path is set).
+# embeddings of a few frames (only when aesthetics.model_path is set); latents (C, T', h, w) float16, the normalised
+# VAE latents of the frames (only with latents.model_path; the manifest's `latents` block names the VAE);
+# text_embedding (L, D) float16, a frozen text encoder's last hidden state of the caption (else the camera text),
+# trimmed to its L real tokens (only with text_encoder.model_path).
 SHARD_TENSORS = (
     "frames",
     "flow",
@@ -198,6 +201,8 @@ SHARD_TENSORS = (
     "event_active",
     "event_phase",
     "clip_embedding",
+    "latents",
+    "text_embedding",
 )
 UNCOMPRESSED_TENSORS = frozenset({"warped_noise"})  # Gaussian noise does not compress; don't pay to try
 

@@ -1,8 +1,9 @@
 """Training shards: Parquet files with one row per curated clip, scalar columns plus raw-bytes tensors.
 
-A video's clips go to `shards/<video_id>-<chunk>.parquet` (at most `rows_per_shard` rows each) in small row
-groups so readers stream. Files are written under a temporary name unique to the writer and renamed when complete.
-`shards/manifest.json` lists the shards of a finished run; `iter_clips(RUN_DIR)` reads them back.
+A video's clips step writes its rows to `shards/<video_id>-<chunk>.parquet` (at most `rows_per_shard` rows each) in
+small row groups so readers stream. Files are written under a temporary name unique to the writer and renamed when
+complete. At the end of the run `curation.packing` copies them into packed files of about `target_mb`, rows of many
+videos each. `shards/manifest.json` lists the shard files of the run; `iter_clips(RUN_DIR)` reads them back.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from curation.tables import atomic_write_json, read_json, temp_path
 from curation.video_store import VideoCodec, decode_video, encode_video, is_video_dtype
 
 MANIFEST = "manifest.json"
+DICTIONARY_COLUMNS = ("video_id", "source_uri", "flow_backend", "noise_warper_version")  # few distinct values
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ShardConfig:
     """Shard file layout."""
 
-    rows_per_shard: int = 256
+    target_mb: float = 512.0  # packed shard files: about this size, rows of many videos each
+    rows_per_shard: int = 256  # per-video files a clips step writes before packing
     row_group_rows: int = 16  # small groups: a reader holds one group of clips in memory at a time
     tensor_compression: str = "zstd"  # for frame tensors; none | zstd | lz4 | snappy
     tensor_compression_level: int = 1  # decode speed is the same at every zstd level, so spend little on writes
@@ -37,6 +40,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.rows_per_shard < 1 or not 1 <= self.row_group_rows <= self.rows_per_shard:
             raise ValueError("shards needs rows_per_shard >= 1 and 1 <= row_group_rows <= rows_per_shard")
+        if not 0 < self.target_mb <= 1 << 20:
+            raise ValueError(f"shards.target_mb must be in (0, 1048576], got {self.target_mb}")
         if self.tensor_compression not in ("none", "zstd", "lz4", "snappy"):
             raise ValueError(f"shards.tensor_compression: unknown codec {self.tensor_compression!r}")
 
@@ -131,7 +136,7 @@ class ShardWriter:
             tmp,
             self.schema,
             compression=compression,
-            use_dictionary=["video_id", "source_uri", "flow_backend", "noise_warper_version"],
+            use_dictionary=list(DICTIONARY_COLUMNS),
             write_statistics=scalar,
             compression_level=levels or None,
         )
@@ -154,8 +159,9 @@ class ShardWriter:
         self.files[-1].bytes = self._pending[-1][0].stat().st_size
 
 
-def write_manifest(run_dir: str | Path, shards: list[ShardFile], config_hash: str, extra: dict[str, Any]) -> None:
-    """`shards/manifest.json`: what a training job reads (shard order, rows, bytes, schema version, config hash)."""
+def write_manifest(run_dir: str | Path, shards: Sequence[Any], config_hash: str, extra: dict[str, Any]) -> None:
+    """`shards/manifest.json`: what a training job reads (shard order, rows, bytes, schema version, config hash).
+    `shards` are dataclasses with at least name, rows and bytes (`curation.packing.PackFile`)."""
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "config_hash": config_hash,

@@ -14,11 +14,22 @@ import pyarrow.parquet as pq
 from curation.schema import TABLES, rows_to_table
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # what open() would give: mkstemp's 0600 would hide a shared run's files from its team
+
+
 def temp_path(path: Path) -> Path:
     """A new, unique temporary file beside `path`: same directory, so the rename into place is atomic (same
     filesystem); dot-prefixed, so globs skip it. Unique per call: two attempts at the same output (a task Ray retried
-    while the first attempt still runs, a worker left over from a killed run) never write into one file."""
+    while the first attempt still runs, a worker left over from a killed run) never write into one file. Its mode is
+    the umask's, as for any file the run writes."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     return Path(name)
 

@@ -33,7 +33,7 @@ class ClipRejected(Exception):
 def enabled_annotators(cfg: RunConfig) -> list[str]:
     """Names of the annotators this configuration runs, in registry order. Quality always runs; aesthetics and
     captions always run too, and record backend "none" with null columns when no weights are configured."""
-    names = []
+    names = ["latents"] if cfg.latents.enabled else []  # first: recipe-B events read the latents
     if cfg.flow.backend != "none":
         names += ["flow", "motion"]
         if cfg.noise.enabled:
@@ -42,7 +42,10 @@ def enabled_annotators(cfg: RunConfig) -> list[str]:
             names.append("camera")
         if cfg.events.enabled:
             names.append("events")
-    return [*names, "quality", "aesthetics", "captions"]
+    names += ["quality", "aesthetics", "captions"]
+    if cfg.text_encoder.enabled:
+        names.append("text_encoder")  # after captions and camera: it encodes their text
+    return names
 
 
 def model_annotators(cfg: RunConfig) -> dict[str, str]:
@@ -54,6 +57,10 @@ def model_annotators(cfg: RunConfig) -> dict[str, str]:
         models["aesthetics"] = cfg.aesthetics.device
     if cfg.captions.model_path:
         models["captions"] = cfg.captions.device
+    if cfg.latents.enabled:
+        models["latents"] = cfg.latents.device
+    if cfg.text_encoder.enabled:
+        models["text_encoder"] = cfg.text_encoder.device
     return models
 
 
@@ -74,6 +81,18 @@ def preflight_models(cfg: RunConfig) -> None:
         check_weight_files(resolve_model_folder(cfg.captions.model_path), "captions.model_path")
     if cfg.flow.backend.startswith("raft"):
         check_weight_files(Path(cfg.flow.weights), "flow.weights")
+    if cfg.latents.enabled:
+        import dataclasses
+
+        from annotators.vae import load_vae
+
+        check_weight_files(Path(cfg.latents.model_path), "latents.model_path")
+        # Weights that do not fit their config fail only when loaded: load once here, on the CPU, and let it go.
+        load_vae(dataclasses.replace(cfg.latents, device="cpu", dtype="float32"))
+    if cfg.text_encoder.enabled:
+        from annotators.text_encoder import check_text_encoder
+
+        check_text_encoder(cfg.text_encoder)
 
 
 class ClipAnnotators:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
-import types
 import typing
 from importlib import resources
 from pathlib import Path
@@ -23,14 +21,19 @@ from annotators.events import EventConfig
 from annotators.flow import FlowConfig, working_size
 from annotators.motion import MotionConfig
 from annotators.quality import QualityConfig
+from annotators.text_encoder import TextEncoderConfig
+from annotators.vae import LatentConfig, VaeError, describe_vae
 from annotators.warped_noise import NoiseConfig
-from curation.buckets import BucketConfig
+from curation.buckets import DEFAULT_ASPECTS, BucketConfig
 from curation.dedup import DedupConfig
 from curation.filters import FilterConfig
 from curation.ingest import IngestConfig
 from curation.sampling import FramesConfig
 from curation.scenes import SceneConfig
 from curation.shards import ShardConfig
+from curation.typed_config import ConfigError, build, load_dataclass
+
+__all__ = ["ConfigError", "RunConfig", "build", "load_config", "load_dataclass", "preset_path", "work_settings"]
 from pipelines.faults import FaultConfig
 
 MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.flow rejects such frames too)
@@ -38,10 +41,6 @@ MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.f
 
 FINALIZE_ONLY = ("filters", "dedup")  # config sections used only by the driver's global selection
 FINALIZE_ONLY_KEYS = {"events": ("top_fraction", "drop_diffuse")}  # keys of other sections used only there too
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,8 +81,13 @@ class RunConfig:
 
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
     scenes: SceneConfig = dataclasses.field(default_factory=SceneConfig)
-    frames: FramesConfig = dataclasses.field(default_factory=FramesConfig)
-    buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
+    # The production defaults of default.toml: aspect-ratio buckets, each clip cut into up to 3 windows. The
+    # sections alone (FramesConfig(), BucketConfig()) keep the single [frames] shape a preset gets with empty
+    # [buckets].
+    frames: FramesConfig = dataclasses.field(default_factory=lambda: FramesConfig(windows=3))
+    buckets: BucketConfig = dataclasses.field(
+        default_factory=lambda: BucketConfig(aspect_ratios=DEFAULT_ASPECTS, frames=(9, 17, 33, 49))
+    )
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
@@ -92,6 +96,8 @@ class RunConfig:
     quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
     aesthetics: AestheticsConfig = dataclasses.field(default_factory=AestheticsConfig)
     captions: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
+    latents: LatentConfig = dataclasses.field(default_factory=LatentConfig)
+    text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
@@ -100,6 +106,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Checks that span sections: what the annotators need from the stored frames, what filters need."""
         self._check_filters()
+        self._fit_latent_grid()
         if self.flow.backend == "none":
             return
         what = "bucket frame counts" if self.buckets.enabled else "frames.num_frames"
@@ -127,6 +134,34 @@ class RunConfig:
                 raise ConfigError(
                     f"stored frames {size} must be multiples of events.cell={cell} so the event maps sit on the "
                     "token grid"
+                )
+
+    def _fit_latent_grid(self) -> None:
+        """With a VAE, the latent grid is the VAE's: the warped noise takes its channels, spatial factor and latent
+        frames (read from the folder's config.json; the weights are checked before any work, in preflight), and
+        every stored shape must map to whole latent frames and cells."""
+        if not self.latents.enabled:
+            if self.events.enabled and self.events.source == "latent":
+                raise ConfigError("events.source=latent measures change in the VAE latents: set latents.model_path")
+            return
+        try:
+            spec = describe_vae(self.latents.model_path)
+        except VaeError as e:
+            raise ConfigError(f"latents.model_path: {e}") from e
+        grid = {"channels": spec.channels, "factor": spec.spatial_factor, "temporal_factor": spec.temporal_factor}
+        object.__setattr__(self, "noise", dataclasses.replace(self.noise, **grid))  # frozen: set once, here
+        events = dataclasses.replace(self.events, temporal_factor=spec.temporal_factor)
+        object.__setattr__(self, "events", events)
+        for t, h, w in self.stored_shapes():
+            if spec.temporal_factor > 1 and (t - 1) % spec.temporal_factor:
+                raise ConfigError(
+                    f"latents: {spec.cls} encodes 1 + {spec.temporal_factor}k frames; stored clips of {t} frames "
+                    "would lose their last ones (set bucket frames, or frames.num_frames, to 1 + 4k)"
+                )
+            if h % spec.spatial_factor or w % spec.spatial_factor:
+                raise ConfigError(
+                    f"latents: stored frames {w}x{h} must be multiples of the VAE's spatial factor "
+                    f"{spec.spatial_factor}"
                 )
 
     def stored_shapes(self) -> list[tuple[int, int, int]]:
@@ -186,93 +221,3 @@ def preset_path(name: str) -> Path:
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Load a TOML preset (default preset when None) and apply `section.key=value` overrides."""
     return load_dataclass(RunConfig, Path(path) if path else preset_path("default"), overrides)
-
-
-def load_dataclass(cls: type, path: Path, overrides: typing.Sequence[str] = ()) -> Any:
-    """Build config dataclass `cls` from a TOML file plus `section.key=value` overrides; ConfigError names the key."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {path}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-    for item in overrides:
-        apply_override(data, item)
-    return build(cls, data, prefix="")
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects section.key=value, got {item!r}")
-    *sections, leaf = key.strip().split(".")
-    node = data
-    for section in sections:
-        node = node.setdefault(section, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {section!r} is not a section")
-    node[leaf] = parse_value(raw.strip())
-
-
-def parse_value(raw: str) -> Any:
-    """Parse a CLI value as a TOML literal (numbers, booleans, arrays); anything else stays a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def build(cls: type, data: Any, prefix: str) -> Any:
-    """Construct dataclass `cls` from a dict, rejecting unknown keys and wrong types with the key's full name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in this section: {known})")
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, prefix=f"{key}.")
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {value!r}")
-        _, value_type = typing.get_args(hint)
-        return {str(k): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
-            return tuple(_coerce(args[0], v, key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(t, v, key) for t, v in zip(args, value, strict=True))
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        for option in options:
-            try:
-                return _coerce(option, value, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} has an invalid value {value!r}")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"{key} must be null")
-        return None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
-    return value

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ import numpy as np
 from annotators.events import EventConfig
 from curation.dedup import DedupConfig, find_duplicates
 from curation.filters import FilterConfig, apply_filters
+from curation.packing import Member, PackFile, pack_shards, packing_summary, remove_unlisted
 from curation.schema import VIDEOS
 from curation.shards import ShardFile, read_tensor_column, write_manifest
 from curation.tables import write_run_table
@@ -41,7 +44,8 @@ class Collected:
     scenes: list[dict] = dataclasses.field(default_factory=list)
     clips: list[dict] = dataclasses.field(default_factory=list)
     rejected: list[dict] = dataclasses.field(default_factory=list)
-    shards: list[ShardFile] = dataclasses.field(default_factory=list)
+    shards: list[ShardFile] = dataclasses.field(default_factory=list)  # per-video files, as the records list them
+    packs: list[PackFile] | None = None  # the packed files holding them, once `pack_run` ran
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     ready: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))  # inputs per step
     # per step: one {"start", "end", "node", "seconds"} per finished input, for the throughput figures
@@ -80,6 +84,11 @@ class Collected:
             "errors": dict(sorted(errors.items())),
         }
 
+    @property
+    def files(self) -> list[ShardFile] | list[PackFile]:
+        """The shard files of the run: the packs once packed, else the per-video files."""
+        return self.packs if self.packs is not None else self.shards
+
     def counts(self) -> dict[str, Any]:
         failed = sum(1 for v in self.videos if v.get("error"))
         return {
@@ -89,8 +98,8 @@ class Collected:
             "clips": len(self.clips),
             "rejected": len(self.rejected),
             "rejected_by_reason": dict(Counter(f"{r['stage']}/{r['reason']}" for r in self.rejected)),
-            "shards": len(self.shards),
-            "shard_bytes": sum(s.bytes for s in self.shards),
+            "shards": len(self.files),
+            "shard_bytes": sum(s.bytes for s in self.files),
             "clip_seconds": round(sum(c["end_s"] - c["start_s"] for c in self.clips), 3),
         }
 
@@ -255,6 +264,32 @@ def select_events(data: Collected, cfg: EventConfig) -> dict[str, Any] | None:
     }
 
 
+def pack_run(run_dir: Path, data: Collected, cfg: RunConfig) -> None:
+    """Make sure the packed shard files of the run's per-video files exist (`curation.packing`), and point every
+    clip's `shard`/`shard_row` at its row in them. Deletes nothing: see `write_tables`."""
+    members = [Member(s.name, s.rows, s.bytes) for s in data.shards]
+    every = max(1, cfg.runtime.progress_every_s)
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] >= every or done == total:
+            last[0] = time.monotonic()
+            logger.info("packing shards: %d of %d files written", done, total)
+
+    packs, where = pack_shards(
+        run_dir / "shards",
+        members,
+        cfg.shards.target_mb,
+        cfg.shards.tensor_compression_level,
+        workers=min(4, os.cpu_count() or 1),
+        progress=progress,
+    )
+    for clip in data.clips:
+        pack, offset = where[clip["shard"]]
+        clip["shard"], clip["shard_row"] = pack, clip["shard_row"] + offset
+    data.packs = packs
+
+
 def remove_stale_temp_files(run_dir: Path) -> int:
     """Delete temporary files a killed run left behind (called when no step is running)."""
     stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
@@ -267,4 +302,9 @@ def write_tables(run_dir: Path, data: Collected, config_hash: str, with_manifest
     for name in ("videos", "scenes", "clips", "rejected"):
         write_run_table(run_dir, name, getattr(data, name))
     if with_manifest:
-        write_manifest(run_dir, data.shards, config_hash, extra)
+        files = data.files
+        if data.packs is not None:
+            extra = {**extra, "packing": packing_summary(data.packs)}
+        write_manifest(run_dir, files, config_hash, extra)
+        if data.packs is not None:  # only now: until this manifest is in place, the rerun may need these files
+            remove_unlisted(run_dir / "shards", [f.name for f in files])

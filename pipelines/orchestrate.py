@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.clip_writer import flow_grid, tensor_columns
 from pipelines.config import RunConfig
-from pipelines.finalize import Collected, collect, curate, remove_stale_temp_files, write_tables
+from pipelines.finalize import Collected, collect, curate, pack_run, remove_stale_temp_files, write_tables
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
-from pipelines.steps import WorkDir, flow_grid, tensor_columns
+from pipelines.steps import WorkDir
 from pipelines.throughput import bottleneck, run_throughput
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,13 @@ def manifest_extra(cfg: RunConfig) -> dict:
 
         nc = cfg.noise
         grid = dims.grid(nc.factor)
-        tensors["warped_noise"] = {"dtype": "float16", "shape": [t, nc.channels, *grid]}
+        tensors["warped_noise"] = {"dtype": "float16", "shape": [dims.latent_t(nc.temporal_factor), nc.channels, *grid]}
         extra["noise"] = {
             "channels": nc.channels,
             "factor": nc.factor,
             "grid": grid,
+            "temporal_factor": nc.temporal_factor,
+            "temporal": nc.temporal if nc.temporal_factor > 1 else "every frame",
             "warp_scale": nc.warp_scale,
             "seed": nc.seed,
             "warper_version": WARPER_VERSION,
@@ -115,19 +118,36 @@ def manifest_extra(cfg: RunConfig) -> dict:
     if "event_activity" in columns:
         ec = cfg.events
         grid = dims.grid(ec.cell)
-        tensors["event_activity"] = {"dtype": "float16", "shape": [t, *grid], "layout": "frame t: change t-1 -> t"}
-        tensors["event_active"] = {"dtype": "uint8", "shape": [t, *grid]}
-        tensors["event_phase"] = {"dtype": "float16", "shape": [t]}
+        et = dims.latent_t(ec.temporal_factor)
+        layout = "frame t: change t-1 -> t" if ec.temporal_factor == 1 else "latent frame k: max over frames 4k-3..4k"
+        tensors["event_activity"] = {"dtype": "float16", "shape": [et, *grid], "layout": layout}
+        tensors["event_active"] = {"dtype": "uint8", "shape": [et, *grid]}
+        tensors["event_phase"] = {"dtype": "float16", "shape": [et]}
         extra["events"] = {
             "grid": grid,
+            "temporal_factor": ec.temporal_factor,
             "cell": ec.cell,
             "use_camera": ec.use_camera,
             "frame_change": ec.frame_change,
             "hysteresis": {"on": ec.on, "off": ec.off},
-            "score_units": "frame diagonals per second, camera-compensated",
+            "source": ec.source,
+            "score_units": "frame diagonals per second, camera-compensated"
+            if ec.source == "flow"
+            else "normalised latent units per latent step, camera-compensated",
         }
     if "clip_embedding" in columns:
         tensors["clip_embedding"] = {"dtype": "float16", "shape": ["D"], "layout": "unit-norm mean image embedding"}
+    if "latents" in columns:
+        extra["latents"] = latents_block(cfg)
+        spec = extra["latents"]
+        shape = [spec["channels"], dims.latent_t(spec["temporal_factor"]), *dims.grid(spec["spatial_factor"])]
+        tensors["latents"] = {"dtype": cfg.latents.store_dtype, "shape": shape, "layout": "normalised, (C, T', h, w)"}
+    if "text_embedding" in columns:
+        from annotators.text_encoder import check_text_encoder
+
+        extra["text_encoder"] = check_text_encoder(cfg.text_encoder)
+        dim = extra["text_encoder"]["dim"]
+        tensors["text_embedding"] = {"dtype": "float16", "shape": ["L", dim], "layout": "trimmed to the real tokens"}
     extra["appearance"] = appearance_block(cfg)
     return extra
 
@@ -151,10 +171,35 @@ class Dims:
     def steps(self) -> int | str:
         return self.t - 1 if isinstance(self.t, int) else "T-1"
 
+    def latent_t(self, factor: int) -> int | str:
+        """Latent frames of a VAE with temporal factor `factor` (1: every frame)."""
+        if factor == 1:
+            return self.t
+        return 1 + (self.t - 1) // factor if isinstance(self.t, int) else f"1+(T-1)/{factor}"
+
     def grid(self, factor: int) -> list[int | str]:
         if isinstance(self.h, int) and isinstance(self.w, int):
             return [self.h // factor, self.w // factor]
         return [f"H/{factor}", f"W/{factor}"]
+
+
+def latents_block(cfg: RunConfig) -> dict:
+    """The VAE behind the `latents` tensor: class, config and weights hashes, normalisation, frame rule, settings."""
+    from pathlib import Path
+
+    from annotators.vae import describe_vae, folder_hashes
+
+    lc = cfg.latents
+    spec = describe_vae(lc.model_path)
+    config_sha, weights_sha = folder_hashes(Path(lc.model_path).expanduser())
+    spec = dataclasses.replace(spec, config_sha256=config_sha, weights_sha256=weights_sha)
+    return {
+        **spec.as_dict(),
+        "posterior": "sample" if lc.sample else "mean",
+        "seed": lc.seed if lc.sample else None,
+        "dtype": lc.dtype,
+        "store_dtype": lc.store_dtype,
+    }
 
 
 def frames_store_block(cfg: RunConfig) -> dict:
@@ -162,7 +207,9 @@ def frames_store_block(cfg: RunConfig) -> dict:
     fc = cfg.frames
     if fc.store != "video":
         return {"store": fc.store}
-    return {"store": "video", **dataclasses.asdict(fc.video_codec), "container": "matroska", "dtype": "uint8 RGB"}
+    codec = fc.video_codec
+    bitstream = "Annex-B" if codec.codec == "h264" else "OBU"  # no container: curation.video_store's header
+    return {"store": "video", **dataclasses.asdict(codec), "bitstream": bitstream, "dtype": codec.dtype}
 
 
 def buckets_block(cfg: RunConfig) -> dict:
@@ -297,6 +344,10 @@ def _finish(
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)
     extra = manifest_extra(cfg)
+    if "clips" in STEPS_OF[stage]:
+        t0 = time.perf_counter()
+        pack_run(run_dir, data, cfg)  # before curation: dedup reads the embeddings from the packed files
+        wall["pack"] = time.perf_counter() - t0
     extra["curation"] = curate(data, cfg, run_dir)
     if "clip_embedding" in extra["tensors"] and extra["curation"].get("dedup", {}).get("embedding_dim"):
         extra["tensors"]["clip_embedding"]["shape"] = [extra["curation"]["dedup"]["embedding_dim"]]

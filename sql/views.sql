@@ -28,7 +28,7 @@ CREATE OR REPLACE VIEW shard_rows AS
 SELECT
     COLUMNS(lambda c: c NOT IN ('frames', 'flow', 'global_homography', 'warped_noise', 'camera_c2w',
                                 'camera_tokens', 'camera_intrinsics', 'event_activity', 'event_active', 'event_phase',
-                                'clip_embedding',
+                                'clip_embedding', 'latents', 'text_embedding',
                                 'filename', 'file_row_number')
                       AND NOT ends_with(c, '_dtype')),
     parse_filename(filename) AS shard,

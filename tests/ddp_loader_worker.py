@@ -26,14 +26,16 @@ def main(source: str, out: str) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     cfg = DataConfig(source=source, batch_size=3, shuffle_buffer=8, drop_last=False, num_workers=1)
     batches: list[list[str]] = []
+    shapes: list[list[int]] = []
     with make_loader(cfg, rank=rank, world_size=world) as loader:
         for batch in loader:
             step = torch.tensor([float(batch["latents"].shape[0])])
             dist.all_reduce(step)  # stands in for DDP's gradient all-reduce
             batches.append(batch["clip_id"])
+            shapes.append(list(batch["latents"].shape[2:]))  # (T, h, w): a bucketed run changes it per step
         padded = loader.stats.padded_samples
     gathered: list[dict | None] = [None] * world
-    dist.all_gather_object(gathered, {"rank": rank, "batches": batches, "padded": padded})
+    dist.all_gather_object(gathered, {"rank": rank, "batches": batches, "shapes": shapes, "padded": padded})
     if rank == 0:
         Path(out).write_text(json.dumps(gathered))
     dist.barrier()

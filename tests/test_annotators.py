@@ -14,7 +14,7 @@ from annotators.noise_warp import WARPER_VERSION
 from annotators.warped_noise import clip_noise_seed
 from curation.ids import uri_key
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
-from pipelines import steps
+from pipelines import clip_writer, steps
 from pipelines.annotate import ClipAnnotators, ClipRejected
 from pipelines.config import RunConfig, load_config
 from pipelines.finalize import collect
@@ -48,19 +48,42 @@ def chain() -> ClipAnnotators:
     return ClipAnnotators(load_config(SMOKE))
 
 
+NEEDS_WEIGHTS = ("latents", "text_encoder")  # off unless a model folder is configured
+
+
+def tiny_models(name: str, folder) -> list[str]:
+    """Overrides that point `name` at a tiny random model saved in `folder` (the others run without weights)."""
+    import torch
+
+    torch.manual_seed(0)
+    if name == "latents":
+        from tests.test_vae import tiny_wan
+
+        tiny_wan().save_pretrained(folder)
+        return [f"latents.model_path={folder}", "frames.num_frames=9"]
+    from tests.test_text_encoder import save_tokenizer, tiny_encoder
+
+    tiny_encoder("t5").save_pretrained(folder)
+    save_tokenizer(folder)
+    return [f"text_encoder.model_path={folder}"]
+
+
 @pytest.mark.parametrize("name", sorted(ANNOTATORS))
-def test_every_annotator_returns_exactly_its_declared_columns(name: str):
-    cfg = load_config(SMOKE)
+def test_every_annotator_returns_exactly_its_declared_columns(name: str, tmp_path):
+    cfg = load_config(SMOKE, tiny_models(name, tmp_path) if name in NEEDS_WEIGHTS else [])
     frames = textured_clip()
+    short = 5 if name == "latents" else 3  # a video VAE needs 1 + 4k frames
     batch = {
         "clip_id": np.array(["c0", "c1"], dtype=object),
-        "frames": object_array([frames, frames[:3]]),
-        "frame_pts": object_array([np.arange(5) / 8, np.arange(3) / 8]),
-        "frame_indices": object_array([np.arange(5) * 3, np.arange(3) * 3]),
+        "frames": object_array([frames, frames[:short]]),
+        "frame_pts": object_array([np.arange(5) / 8, np.arange(short) / 8]),
+        "frame_indices": object_array([np.arange(5) * 3, np.arange(short) * 3]),
         "source_size": object_array([(64, 64), (64, 64)]),
         "decoded_size": object_array([(64, 64), (64, 64)]),
     }
     for upstream in list(ANNOTATORS)[: list(ANNOTATORS).index(name)]:  # what the chain feeds it
+        if upstream in NEEDS_WEIGHTS:
+            continue
         batch.update(annotator_class(upstream)(getattr(cfg, ANNOTATORS[upstream][1]))(batch))
     cls = annotator_class(name)
     out = cls(getattr(cfg, ANNOTATORS[name][1]))(batch)
@@ -126,4 +149,4 @@ def test_flow_off_stores_frames_only(corpus_dir, tmp_path):
     row = _run_steps_directly(corpus_dir / "pan_right.mp4", tmp_path, cfg)
     data = collect(tmp_path, [row])
     assert data.clips and all(c.get("motion_mean") is None for c in data.clips)
-    assert steps.tensor_columns(cfg) == {}
+    assert clip_writer.tensor_columns(cfg) == {}

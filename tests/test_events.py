@@ -18,7 +18,7 @@ from pipelines.samples import get_spec, load_truth
 
 # Wide frames keep the whole 16:9 corpus frame (cover-cropping to a square would cut the objects off), and 28
 # frames at 8 fps span the objects' rest-move-rest story.
-GOLDEN = ["frames.width=448", "frames.height=256", "frames.num_frames=28"]
+GOLDEN = ["frames.width=448", "frames.height=256", "frames.num_frames=28", "buckets.aspect_ratios=[]"]
 OBJECT_VIDEOS = ("objects", "pan_objects")
 CAMERA_ONLY = ("pan_right", "pan_left", "tilt_up", "zoom_in", "forward", "backward", "strafe_right")
 
@@ -169,9 +169,10 @@ def test_bad_event_settings_fail_up_front(override):
 
 
 def test_frames_must_sit_on_the_event_grid():
+    fixed = "buckets.aspect_ratios=[]"  # frames.width is the stored width only without buckets
     with pytest.raises(ConfigError, match="events.cell"):
-        load_config(None, ["frames.width=264", "noise.factor=8"])
-    assert load_config(None, ["frames.width=264", "events.enabled=false", "noise.factor=8"]).frames.width == 264
+        load_config(None, ["frames.width=264", "noise.factor=8", fixed])
+    assert load_config(None, ["frames.width=264", "events.enabled=false", "noise.factor=8", fixed]).frames.width == 264
 
 
 def test_change_everywhere_is_diffuse_not_an_event():

@@ -301,3 +301,41 @@ def test_open_clip_text_encoder_errors(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ModelLoadError, match=r"text\.model_path"):
         OpenClipTextEncoder(str(empty))
+
+
+@pytest.mark.parametrize("pos", ["sincos", "learned"])
+def test_one_model_takes_a_new_shape_every_call(pos: str) -> None:
+    """Buckets: (T, h, w) changes from step to step. Each shape gives what a fresh model gives it, whatever came
+    before (no position table sized or cached for another shape leaks in), and gradients flow for each."""
+    torch.manual_seed(0)
+    model = randomize(VideoDiT(config(pos_embed=pos, max_grid=(32, 32, 32))))
+    torch.manual_seed(0)
+    fresh = randomize(VideoDiT(config(pos_embed=pos, max_grid=(32, 32, 32))))
+    shapes = [(5, 8, 14), (17, 14, 8), (9, 6, 16), (5, 8, 14)]
+    first = {}
+    for shape in shapes:
+        x = inputs(frames=shape[0], h=shape[1], w=shape[2], seed=sum(shape))
+        cam = torch.randint(0, 81, (2, shape[0] - 1), generator=gen(3))
+        field = torch.rand(2, *model.token_grid(shape), generator=gen(4))
+        out = model(**x, camera_tokens=cam, event_field=field)
+        assert out.velocity.shape == x["x"].shape and out.event_logits.shape == (2, *model.token_grid(shape))
+        assert torch.isfinite(out.velocity).all()
+        first.setdefault(shape, out.velocity)
+        torch.testing.assert_close(out.velocity, first[shape], rtol=0, atol=0)
+        alone = VideoDiT.forward(fresh, **x, camera_tokens=cam, event_field=field)
+        torch.testing.assert_close(out.velocity, alone.velocity, rtol=1e-5, atol=1e-6)
+    model.train()
+    model.zero_grad()
+    x = inputs(frames=3, h=6, w=10)
+    model(**x).velocity.square().mean().backward()
+    assert model.x_embed.weight.grad is not None and torch.isfinite(model.x_embed.weight.grad).all()
+
+
+def test_shapes_the_patch_or_tables_cannot_take_are_clear_errors() -> None:
+    model = VideoDiT(config(patch=(1, 2, 2)))
+    with pytest.raises(ValueError, match=r"\(T, h, w\) = \(5, 8, 15\) is not divisible by the patch \(1, 2, 2\)"):
+        model.token_grid((3, 5, 8, 15))
+    learned = VideoDiT(config(pos_embed="learned", max_grid=(4, 4, 4)))
+    with pytest.raises(ValueError, match="exceeds model.max_grid"):
+        learned.token_grid((5, 8, 8))
+    assert learned.token_grid((4, 8, 8)) == (4, 4, 4)

@@ -12,27 +12,11 @@ import pytest
 from curation.buckets import Bucket
 from curation.shards import iter_clips, read_manifest
 from pipelines.config import load_config
-from tests.conftest import SMOKE, run_pipeline
-
-ASPECTS = '["9:16","3:4","1:1","4:3","16:9","2.39:1"]'
-BUCKETED = [
-    f"buckets.aspect_ratios={ASPECTS}",
-    "buckets.area=6144",  # about 112x64 at 16:9: small, for a 2-core test
-    "buckets.frames=[5,9,17]",
-    "frames.windows=3",
-]
+from tests.conftest import BUCKETED, SMOKE, run_pipeline
 
 
 def overrides(*items: str) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
-
-
-@pytest.fixture(scope="module")
-def bucketed_run(corpus_dir: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("buckets") / "run"
-    args = ["--stage=all", "--input", str(corpus_dir), "--output", str(run_dir), *overrides(*BUCKETED)]
-    assert run_pipeline(*args) == 0
-    return run_dir
 
 
 def clips_table(run_dir: Path) -> list[dict]:
@@ -122,13 +106,6 @@ def test_the_fixed_size_config_fills_the_bucket_columns(smoke_run):
         assert (c["frame_height"], c["frame_width"]) == (cfg.frames.height, cfg.frames.width)
         assert 0.0 <= c["crop_fraction"] < 1.0
     assert not read_manifest(smoke_run)["buckets"]["enabled"]
-
-
-def test_training_refuses_a_bucketed_run_with_a_clear_error(bucketed_run):
-    from training.data import DataConfig, make_loader
-
-    with pytest.raises(ValueError, match="buckets .*the loader batches one clip shape so far"):
-        make_loader(DataConfig(source=str(bucketed_run), batch_size=2))
 
 
 def test_bucket_distribution_counts_every_curated_clip(bucketed_run):

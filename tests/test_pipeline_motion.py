@@ -29,6 +29,8 @@ def test_shards_carry_flow_and_warped_noise_as_the_manifest_says(smoke_run):
         "channels": 4,
         "factor": 8,
         "grid": [8, 8],
+        "temporal_factor": 1,
+        "temporal": "every frame",
         "warp_scale": 16,
         "seed": 0,
         "warper_version": WARPER_VERSION,

@@ -135,7 +135,7 @@ def test_clip_quality_and_scorer_batch():
 
 def corpus_scores(corpus_dir: Path, name: str) -> dict:
     spec = next(s for s in SPECS if s.name == name)
-    cfg = load_config(None, ["flow.backend=none"])  # quality only: no flow, no models
+    cfg = load_config(None, ["flow.backend=none", "buckets.aspect_ratios=[]"])  # quality only: no flow, no models
     return annotate_file(str(spec.video_path(corpus_dir)), cfg)
 
 

@@ -106,6 +106,9 @@ def test_kill_9_then_rerun_gives_the_clean_clip_set(corpus_dir, smoke_run, tmp_p
     assert sorted(s["name"] for s in manifest["shards"]) == sorted(
         p.name for p in (run_dir / "shards").glob("*.parquet")
     )
+    # Packed files: the same names, so the same members, as the uninterrupted run (what snapshots rely on).
+    assert [s["name"] for s in manifest["shards"]] == [s["name"] for s in read_manifest(smoke_run)["shards"]]
+    assert len(manifest["shards"]) > 1 and manifest["shards"][0]["name"].startswith("part-")
     assert not [p for p in run_dir.rglob(".*.tmp")], "temporary files left behind"
     assert [r["clip_id"] for r in iter_clips(run_dir, columns=["clip_id"])] == [
         r["clip_id"] for r in iter_clips(smoke_run, columns=["clip_id"])

@@ -17,6 +17,7 @@ import pytest
 
 from pipelines.samples import SPECS, generate_corpus, get_spec, load_flow, load_truth, spec_names
 from pipelines.samples.copies import build_copy, crop_box, transform_frame
+from pipelines.samples.specs import BUILDERS
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_VIDEOS = ["pan_right", "tilt_up", "pan_left", "zoom_in", "forward", "backward", "strafe_right"]
@@ -31,14 +32,15 @@ def corpus(corpus_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def decode(corpus: Path) -> Callable[[str], Decoded]:
-    """Decode a corpus video with PyAV (cached): (truth, RGB frames)."""
+    """Decode a corpus video with PyAV (cached): (truth, RGB frames on screen, i.e. turned by the display matrix)."""
     cache: dict[str, Decoded] = {}
 
     def _decode(name: str) -> Decoded:
         if name not in cache:
             truth = load_truth(corpus / f"{name}.json")
             with av.open(str(corpus / truth["file"])) as container:
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                # PyAV reports the display matrix counter-clockwise, as np.rot90 turns
+                frames = [np.rot90(f.to_ndarray(format="rgb24"), k=f.rotation // 90) for f in container.decode(video=0)]
             cache[name] = (truth, frames)
         return cache[name]
 
@@ -74,6 +76,9 @@ def test_decodes_to_declared_frames(decode: Callable[[str], Decoded], corpus: Pa
         stream = container.streams.video[0]
         assert stream.codec.canonical_name == truth["codec"]
         assert float(stream.average_rate) == pytest.approx(truth["fps"])
+        coded = [stream.codec_context.width, stream.codec_context.height]
+        assert coded == truth.get("coded_size", [truth["width"], truth["height"]])
+        assert -next(container.decode(video=0)).rotation % 360 == truth.get("rotation", 0)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -102,7 +107,7 @@ def test_hard_cuts_show_as_frame_differences(decode: Callable[[str], Decoded]) -
     assert at_cuts.min() > 3 * elsewhere.max()
 
 
-@pytest.mark.parametrize("name", ["cuts", "pan_right", "forward", "objects"])
+@pytest.mark.parametrize("name", ["cuts", "pan_right", "forward", "objects", "square", "portrait_rotated"])
 def test_scenedetect_agrees_with_truth(corpus: Path, name: str) -> None:
     scenedetect = pytest.importorskip("scenedetect")
     truth = load_truth(corpus / f"{name}.json")
@@ -352,8 +357,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255**2 / max(mse, 1e-12))
 
 
+# Appended after the copies for the aspect-ratio buckets: display aspect (width / height on screen) of each.
+ASPECT_SOURCES = {"wide_long": 2.39, "square": 1.0, "portrait_rotated": 9 / 16}
+
+
 def test_copies_are_appended_after_the_originals() -> None:
-    assert spec_names() == [*ORIGINALS, *COPIES]
+    assert spec_names() == [*ORIGINALS, *COPIES, *ASPECT_SOURCES]
     for name, source in COPIES.items():
         spec = get_spec(name)
         assert spec.kind == "copy" and spec.params["of"] == source
@@ -434,3 +443,45 @@ def test_copies_regenerate_identically_and_leave_their_sources_alone(corpus: Pat
     assert [p.name for p in paths] == ["sharp_twin.webm", "blurry.webm"]
     for name in ("sharp_twin.webm", "sharp_twin.json", "blurry.webm", "blurry.json"):
         assert (tmp_path / name).read_bytes() == (corpus / name).read_bytes(), name
+
+
+# --- aspect-ratio sources (for the buckets) ------------------------------------------------------------------------
+
+
+def test_the_corpus_spans_portrait_square_wide_and_cinemascope(corpus: Path) -> None:
+    index = json.loads((corpus / "corpus.json").read_text())
+    aspects = {v["name"]: v["width"] / v["height"] for v in index["videos"]}  # on screen
+    for name, aspect in ASPECT_SOURCES.items():
+        assert aspects[name] == pytest.approx(aspect, rel=0.01)
+    for target in (9 / 16, 1.0, 16 / 9, 2.39):
+        assert any(a == pytest.approx(target, rel=0.02) for a in aspects.values()), target
+
+
+@pytest.mark.parametrize("name", ["square", "portrait_rotated"])
+def test_cuts_of_the_aspect_sources_show_as_frame_differences(decode: Callable[[str], Decoded], name: str) -> None:
+    truth, frames = decode(name)
+    diffs = np.array([mean_abs_diff(frames[i - 1], frames[i]) for i in range(1, len(frames))])
+    at_cuts = diffs[np.asarray(truth["cuts"]) - 1]
+    elsewhere = np.delete(diffs, np.asarray(truth["cuts"]) - 1)
+    assert truth["cuts"] and at_cuts.min() > 30 and elsewhere.max() < 15
+
+
+def test_rotated_portrait_turns_back_into_the_rendered_frames(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("portrait_rotated")
+    spec = get_spec("portrait_rotated")
+    assert truth["rotation"] == 90 and truth["coded_size"] == [480, 270] == list(spec.coded_size)
+    rendered = BUILDERS[spec.kind](spec, truth["seed"]).frames
+    n = len(frames)
+    for i in range(0, n, n // 4):
+        same = psnr(frames[i], rendered[i])
+        assert same > 30 and psnr(frames[i], rendered[i][::-1, ::-1]) < same - 10, i  # not upside down
+
+
+def test_the_long_shot_is_ten_seconds_panning_right(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("wide_long")
+    assert truth["shots"] == [{"start": 0, "end": truth["n_frames"]}] and truth["duration_s"] == 10.0
+    assert np.all(np.asarray(truth["camera"]["per_frame_rotation_deg"])[:, 0] > 0)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    for i in (0, len(frames) // 2, len(frames) - 2):
+        a, b = (gray(f).astype(np.uint8) for f in (frames[i], frames[i + 1]))
+        assert dis.calc(a, b, None)[16:-16, 16:-16, 0].mean() < -0.5  # yaw right: content moves left

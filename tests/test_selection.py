@@ -158,6 +158,13 @@ def test_snapshot_records_lineage_and_streams_the_selection(retuned_run, tmp_pat
         np.testing.assert_array_equal(clip["warped_noise"], by_id[clip["clip_id"]]["warped_noise"])
     only = next(iter_snapshot(snap.path, columns=["frames"]))
     assert set(only) == {"frames"}
+    # The snapshot carries each clip's bucket and stored shape, as the clips table has them.
+    import pyarrow.parquet as pq
+
+    placed = ["clip_id", "bucket", "crop_fraction", "frame_height", "frame_width"]
+    got = {r["clip_id"]: r for r in pq.read_table(snap.path / "clips.parquet", columns=placed).to_pylist()}
+    table = {r["clip_id"]: r for r in pq.read_table(retuned_run / "clips", columns=placed).to_pylist()}
+    assert got and all(got[c] == table[c] and got[c]["bucket"] for c in got)
 
     # Same selection, same runs: same id. Another parameter: another id.
     assert create_snapshot(retuned_run, tmp_path / "again").snapshot_id == snap.snapshot_id

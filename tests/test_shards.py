@@ -115,3 +115,23 @@ def test_aborted_writer_leaves_nothing(tmp_path):
 def test_iter_clips_on_unfinished_run_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
         list(iter_clips(tmp_path))
+
+
+def test_files_get_the_umask_mode_not_mkstemps(tmp_path):
+    """Shards, packs and records are renamed from temporary files: they must be readable as any file the run
+    writes is (a team shares run directories), not mkstemp's owner-only 0600."""
+    import importlib
+    import os
+
+    import curation.tables as tables
+
+    old = os.umask(0o022)
+    try:
+        importlib.reload(tables)  # the mode is read from the umask once, at import
+        path = tmp_path / "x.json"
+        tables.atomic_write_json({"a": 1}, path)
+        assert path.stat().st_mode & 0o777 == 0o644
+        assert tables.temp_path(tmp_path / "y").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+        importlib.reload(tables)

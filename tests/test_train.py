@@ -55,7 +55,9 @@ def test_debug_model_loss_falls(trained):
     assert {"model", "ema", "optimizer", "scheduler", "loader", "config", "step", "lineage"} <= set(state)
 
 
-def test_resume_repeats_the_uninterrupted_run(smoke_run, tmp_path):
+@pytest.mark.parametrize("source", ["smoke_run", "bucketed_run"])
+def test_resume_repeats_the_uninterrupted_run(source, request, tmp_path):
+    smoke_run = request.getfixturevalue(source)  # bucketed_run: the kill falls between batches of other shapes
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ("--set=steps=12", "--set=checkpoint_every=5", "--set=keep_checkpoints=5")
     assert _train(smoke_run, full, *args) == 0
@@ -68,6 +70,7 @@ def test_resume_repeats_the_uninterrupted_run(smoke_run, tmp_path):
     assert _train(smoke_run, cut, *args, "--resume") == 0
     a, b = list(iter_metrics(full)), list(iter_metrics(cut))
     assert [m["step"] for m in b] == list(range(1, 13))
+    assert [m["bucket"] for m in b] == [m["bucket"] for m in a]
     for x, y in zip(a, b, strict=True):
         for key in ("loss", "fm", "act", "lr"):
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x["step"], key)
@@ -166,3 +169,51 @@ def test_trains_on_cuda_with_bf16_autocast(smoke_run, tmp_path):
     assert _train(smoke_run, out, "--set=steps=6", "--set=device=cuda", "--set=precision=bf16") == 0
     assert all(np.isfinite(m["loss"]) for m in iter_metrics(out))
     assert sample_main(["--checkpoint", str(out), "--out", str(tmp_path / "g.gif"), "--steps", "3"]) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_on_buckets(bucketed_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "buckets"
+    assert _train(bucketed_run, out, "--set=steps=60", "--set=checkpoint_every=60") == 0
+    return out
+
+
+def test_debug_model_loss_falls_over_mixed_buckets(trained_on_buckets):
+    metrics = list(iter_metrics(trained_on_buckets))
+    assert [m["step"] for m in metrics] == list(range(1, 61))
+    shapes = {m["bucket"] for m in metrics}  # one bucket per step, several over the run
+    assert len(shapes) >= 2 and len({tuple(map(int, s.split("x"))) for s in shapes}) == len(shapes)
+    losses = np.array([m["loss"] for m in metrics])
+    assert np.isfinite(losses).all()
+    assert losses[-10:].mean() < 0.9 * losses[:10].mean(), losses
+    state = load_checkpoint(list_checkpoints(trained_on_buckets)[-1])
+    assert shapes <= set(state["latent_shapes"]) and state["latent_shape"] == next(
+        iter(state["latent_shapes"].values())
+    )
+    for name, (c, t, h, w) in state["latent_shapes"].items():
+        frames, height, width = map(int, name.split("x"))
+        assert (c, t, h, w) == (3, frames, height // 8, width // 8)  # pixel space on the warped-noise grid
+
+
+def test_sampler_takes_any_trained_bucket(trained_on_buckets, bucketed_run, tmp_path):
+    shapes = load_checkpoint(list_checkpoints(trained_on_buckets)[-1])["latent_shapes"]
+    name, (_, frames, h, w) = list(shapes.items())[-1]  # not the default (the most frequent) one
+    out = tmp_path / "b.mp4"
+    base = ["--checkpoint", str(trained_on_buckets), "--steps", "2", "--scale", "1"]
+    assert sample_main([*base, "--out", str(out), "--bucket", name, "--camera", "W/right"]) == 0
+    with av.open(str(out)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == frames and decoded[0].shape[:2] == (h + h % 2, w + w % 2)  # mp4 pads odd sides
+    drive = tmp_path / "d.gif"
+    assert sample_main([*base, "--out", str(drive), "--driving", str(bucketed_run), "--image"]) == 0
+    record = json.loads(drive.with_suffix(".json").read_text())
+    assert record["driving"]["clip_id"]
+    assert sample_main([*base, "--out", str(tmp_path / "x.mp4"), "--bucket", "3x16x16"]) == 2
+
+
+def test_a_bucket_the_patch_cannot_divide_stops_before_training(bucketed_run, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert _train(bucketed_run, out, "--set=model.patch=[1,3,3]") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bucket " in err and "not divisible by the patch (1, 3, 3)" in err, err
+    assert not list_checkpoints(out) and not (out / "metrics.jsonl").exists()

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, load_dataclass
+from curation.typed_config import ConfigError, load_dataclass
 from training.data import DataConfig
 from training.model import ModelConfig
 from training.objective import ObjectiveConfig

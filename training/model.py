@@ -3,7 +3,8 @@
 Layout of one forward pass (x (B, C, T, h, w), t (B,) with t = 0 noise and t = 1 data):
 
 1. 3D patchify (Conv3d, kernel = stride = patch (pt, ph, pw)) -> N = T'*H'*W' tokens of width D, flattened in
-   (t, h, w) order, plus a fixed 3D sin-cos (or learned, factorised) position embedding.
+   (t, h, w) order, plus a fixed 3D sin-cos (or learned, factorised) position embedding. Both are built for the
+   input's own grid, so (T, h, w) may change from one call to the next (aspect-ratio/duration buckets).
 2. QCM camera conditioning: one embedding per latent frame (81 QCM tokens, a learned "start" for frame 0, a null
    for "unknown / dropped"), averaged over the pt frames of a token frame and added to every token of that frame.
    Step i of `camera_tokens` (B, T-1) moves frame i to frame i+1, so its embedding goes to frame i+1.
@@ -21,6 +22,7 @@ and the event injection adds exactly 0 (alpha = 0), so enabling the event module
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -37,6 +39,7 @@ CAMERA_NULL_ROW = NUM_TOKENS + 1  # embedding row of "no camera information"
 CAMERA_NULL = -1  # value of a step in `camera_tokens` without a token (condition dropout / has_camera False)
 EVENT_NULL = -1.0  # value of an event-field entry without a field (event dropout / no pseudo-target)
 POS_EMBEDS = ("sincos", "learned")
+POS_CACHE_SIZE = 64  # sin-cos tables kept (one per token grid and device)
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ class VideoDiT(nn.Module):
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.final_proj = nn.Linear(d, math.prod(self.patch) * cfg.in_channels)
         self.event_head = EventHead(d) if cfg.event_head else None
-        self._pos_cache: dict[tuple[tuple[int, int, int], str], torch.Tensor] = {}
+        # Fixed sin-cos tables per (token grid, device): one per bucket shape, computed on first use.
+        self._pos_cache: OrderedDict[tuple[tuple[int, int, int], str], torch.Tensor] = OrderedDict()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -289,12 +293,18 @@ class VideoDiT(nn.Module):
             self.event_head.reset_last()
 
     def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
-        """(T', H', W') of a (..., T, h, w) shape; raises when a size is not a multiple of the patch."""
+        """(T', H', W') of a (..., T, h, w) shape; raises when a size is not a multiple of the patch or (learned
+        position tables) the grid exceeds `max_grid`. Any shape that passes can follow any other, step to step."""
         t, h, w = shape[-3:]
         pt, ph, pw = self.patch
         if t % pt or h % ph or w % pw:
             raise ValueError(f"input (T, h, w) = {(t, h, w)} is not divisible by the patch {self.patch}")
-        return t // pt, h // ph, w // pw
+        grid = (t // pt, h // ph, w // pw)
+        if self.cfg.pos_embed == "learned" and any(g > m for g, m in zip(grid, self.cfg.max_grid, strict=True)):
+            raise ValueError(
+                f"token grid {grid} of input (T, h, w) = {(t, h, w)} exceeds model.max_grid {self.cfg.max_grid}"
+            )
+        return grid
 
     def _pos(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         if self.cfg.pos_embed == "learned":
@@ -304,10 +314,12 @@ class VideoDiT(nn.Module):
             pos = self.pos_t[:gt, None, None] + self.pos_h[None, :gh, None] + self.pos_w[None, None, :gw]
             return pos.reshape(gt * gh * gw, -1)
         key = (grid, str(device))
-        if key not in self._pos_cache:
-            if len(self._pos_cache) > 16:
-                self._pos_cache.clear()
+        if key in self._pos_cache:
+            self._pos_cache.move_to_end(key)
+        else:
             self._pos_cache[key] = sincos_3d(grid, self.hidden_size, device)
+            if len(self._pos_cache) > POS_CACHE_SIZE:  # least recently used first: a few dozen buckets fit
+                self._pos_cache.popitem(last=False)
         return self._pos_cache[key]
 
     def _camera(self, tokens: torch.Tensor | None, b: int, frames: int, device: torch.device) -> torch.Tensor:

@@ -5,8 +5,9 @@ Per batch (conventions of `training.flow_matching`: t = 0 noise, t = 1 data):
 * x0 = make_noise (warped noise degraded by gamma and mixed by beta, else i.i.d.), t = sample_t (time shift),
   x_t = t*x1 + (1-t)*x0, target v = x1 - x0.
 * STIV: with probability 1 - p_image_drop a clip is image-conditioned: frame 0 of x_t is replaced by its clean
-  latent (bit for bit) and masked out of every loss. Text is replaced by the empty string with p_text_drop and the
-  camera tokens by the null token with p_camera_drop, independently, so that CFG has an unconditional branch.
+  latent (bit for bit) and masked out of every loss. Text is replaced by the empty string (precomputed embeddings:
+  an all-masked row) with p_text_drop and the camera tokens by the null token with p_camera_drop, independently,
+  so that CFG has an unconditional branch.
 * EVD input injection gets the event pseudo-target (shrunk towards 0.5 by a random amount, see below) with dropout
   `event_dropout` to the null field.
 * Loss = FM (masked MSE) + w(t)*c*(l_real*L_real + l_cons*L_cons + l_ord*L_ord) + l_act*BCE(head, pseudo-target)*c,
@@ -129,8 +130,7 @@ def compute_losses(
     xt, loss_mask = replace_first_frame(interpolate(x0, x1, t), x1, replace)
     target = velocity_target(x0, x1)
 
-    texts = [""] * b if batch.get("text") is None else [str(s) for s in batch["text"]]
-    text_emb, text_mask = text_encoder(["" if d else s for s, d in zip(texts, drop_text, strict=True)])
+    text_emb, text_mask = text_encoder.encode_batch(batch, drop_text)
     text_emb, text_mask = text_emb.to(device), text_mask.to(device)
 
     camera = None

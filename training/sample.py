@@ -2,14 +2,21 @@
 
     python -m training.sample --checkpoint OUT_DIR [--out sample.mp4|sample.gif] [--prompt TEXT]
         [--driving RUN_OR_SNAPSHOT [--clip-id ID]] [--camera W/right] [--steps 50] [--solver heun] [--cfg-scale 4]
-        [--no-gating] [--seed 0] [--scale 4]
+        [--no-gating] [--seed 0] [--scale 4] [--bucket TxHxW]
 
 `--checkpoint` is a training output directory (its newest checkpoint) or a checkpoint file; the EMA weights are used.
 `--driving` takes a curated clip (the first one, or `--clip-id`) whose warped noise initialises the sample (its
 motion carries over: EquiVDM), whose camera tokens steer the camera unless `--camera` is given, and whose first
-frame conditions the sample with `--image` (STIV). `--camera KEYS/MOUSE` holds one QCM token for every step, keys
-in `none W S A D W+A W+D S+A S+D`, mouse in `none right left up down up-right up-left down-right down-left` (or the
-arrows). A JSON file next to the video records the checkpoint, its data lineage and every setting.
+frame conditions the sample with `--image` (STIV). The sample's (T, h, w) is the driving clip's, else the trained
+bucket with the most clips, or `--bucket TxHxW`, another bucket the model was trained on. `--camera KEYS/MOUSE`
+holds one QCM token for every step, keys in `none W S A D W+A W+D S+A S+D`, mouse in
+`none right left up down up-right up-left down-right down-left` (or the arrows). A JSON file next to the video
+records the checkpoint, its data lineage and every setting.
+
+A model trained in latent space samples VAE latents: `--vae DIR` (the local diffusers folder of the VAE the shards
+were encoded with; its hash must be the checkpoint's) decodes them to frames at full resolution (`--scale` 1 by
+default). With precomputed text embeddings a `--prompt` needs `--text-encoder DIR` (the encoder the shards were
+embedded with, hash checked); without one the driving clip's stored embedding conditions the sample, or no text.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 
 from annotators.qcm import KEYS, MOUSE
 from training.config import ConfigError, TrainConfig
+from training.latent import load_checked_vae
 from training.sampling import SamplerConfig, sample
 from training.train import UsageError, ema_weights_into, list_checkpoints, load_checkpoint
 
@@ -59,7 +67,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def load_trained(path: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """(model, text encoder, checkpoint state) with the EMA weights, ready to sample."""
-    from pipelines.config import build
+    from curation.typed_config import build
     from training.model import build_model
 
     state = load_checkpoint(path)
@@ -69,24 +77,42 @@ def load_trained(path: Path, device: torch.device) -> tuple[Any, Any, dict[str, 
     return model.to(device).eval(), text_encoder.to(device).eval(), state
 
 
-def driving_clip(source: str, clip_id: str | None, state: dict[str, Any], grid: tuple[int, int, int]) -> dict:
-    """One clip as the training loader decodes it (latents, warped noise, camera tokens) at the model's sizes."""
+def trained_shapes(state: dict[str, Any]) -> dict[str, list[int]]:
+    """bucket name -> [C, T, h, w] the checkpoint was trained on (one entry for checkpoints before buckets)."""
+    if state.get("latent_shapes"):
+        return dict(state["latent_shapes"])
+    c, frames, h, w = state["latent_shape"]
+    return {f"{frames}x{h}x{w}": [c, frames, h, w]}
+
+
+def driving_clip(source: str, clip_id: str | None, state: dict[str, Any], patch: tuple[int, int, int]) -> dict:
+    """One clip as the training loader decodes it (latents, warped noise, camera tokens, events on its token grid).
+    A model trained on one shape decodes it at that shape; one trained on buckets at the clip's own bucket."""
     from training.data import DataConfig, make_loader
     from training.train import resolve_source
 
+    shapes = trained_shapes(state)
     c, frames, h, w = state["latent_shape"]
+    data = state["config"]["data"]
+    latent = data.get("space") == "latent"
+    size = None if latent else (h, w) if len(shapes) == 1 else data.get("latent_size")
     cfg = DataConfig(
         source=str(resolve_source(source)),
         batch_size=1,
         shuffle_buffer=0,
         num_workers=0,
-        latent_size=(h, w),
-        token_grid=grid,
+        space=data.get("space", "pixel"),
+        latent_size=size,
+        vae_hash=data.get("vae_hash", ""),  # a driving clip from another VAE is refused
+        text_embeddings=bool(data.get("text_embeddings")),
+        text_encoder_hash=data.get("text_encoder_hash", ""),
+        token_patch=patch,
         drop_last=False,
     )
     with make_loader(cfg) as loader:
-        if loader.geo.num_frames != frames:
-            raise UsageError(f"--driving clips have {loader.geo.num_frames} frames, the model {frames}")
+        if len(shapes) == 1 and {b.num_frames for b in loader.geo.buckets} != {frames}:
+            found = sorted({b.num_frames for b in loader.geo.buckets})
+            raise UsageError(f"--driving clips have {found} frames, the model {frames}")
         for batch in loader:
             if clip_id is None or batch["clip_id"][0] == clip_id:
                 return batch
@@ -103,6 +129,42 @@ def to_video_frames(x: torch.Tensor, scale: int) -> np.ndarray:
         size = (frames.shape[2] * scale, frames.shape[1] * scale)
         frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_NEAREST) for f in frames])
     return frames
+
+
+def side_by_side(frames: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 (B, T, H, W, 3) → (T, H*scale, B*W*scale, 3), samples side by side."""
+    import cv2
+
+    out = np.concatenate(list(frames), axis=2)
+    if scale > 1:
+        size = (out.shape[2] * scale, out.shape[1] * scale)
+        out = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_NEAREST) for f in out])
+    return out
+
+
+def prompt_embeddings(folder: str, prompts: list[str], state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts through the text encoder in `folder` (hash checked against the checkpoint's), zero-padded to the
+    trained length with a mask: what the loader makes of stored embeddings."""
+    from annotators.text_encoder import TextEncoder, TextEncoderConfig
+    from training.data.space import text_encoder_id
+
+    expected = state["config"]["data"].get("text_encoder_hash", "")
+    if not expected:
+        raise UsageError("--text-encoder: the checkpoint was not trained on precomputed text embeddings")
+    length = int(state["config"]["model"]["text"]["max_length"])
+    encoder = TextEncoder(TextEncoderConfig(model_path=folder, device="cpu", dtype="float32", max_length=length))
+    loaded = encoder.encoder
+    found = text_encoder_id(
+        {"cls": loaded.cls, "weights_sha256": loaded.weights_sha256, "max_length": loaded.max_length}
+    )
+    if found != expected:
+        raise UsageError(f"--text-encoder {folder}: encoder {found}, the checkpoint was trained on {expected}")
+    rows = [torch.from_numpy(e.astype(np.float32)) for e in encoder.encode(prompts)]
+    emb = torch.zeros((len(rows), length, rows[0].shape[1]))
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        emb[i, : len(r)], mask[i, : len(r)] = r, True
+    return emb, mask
 
 
 def write_video(frames: np.ndarray, path: Path, fps: float) -> None:
@@ -148,9 +210,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-gating", action="store_true", help="switch EVD event gating off")
     p.add_argument("--gate-floor", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the written video")
+    p.add_argument("--scale", type=int, help="nearest-neighbour upscaling (default 4 in pixel space, 1 decoded)")
+    p.add_argument("--vae", help="latent space: the local diffusers VAE folder the shards were encoded with")
+    p.add_argument("--text-encoder", help="precomputed text: the local encoder folder, to embed --prompt")
     p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--bucket", help="sample at this trained bucket's shape (TxHxW; default: the one with most clips)")
     return p.parse_args(argv)
 
 
@@ -162,7 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = find_checkpoint(args.checkpoint)
         model, text_encoder, state = load_trained(ckpt, device)
         train_cfg = state["config"]
-        c, frames, h, w = state["latent_shape"]
+        latent = train_cfg["data"].get("space") == "latent"
+        if latent and not args.vae:
+            raise UsageError("the checkpoint was trained on VAE latents: give --vae DIR to decode them")
+        vae = load_checked_vae(args.vae, state, str(device)) if args.vae else None  # before the slow part
+        shapes = trained_shapes(state)
+        if args.bucket and args.driving:
+            raise UsageError("--bucket and --driving exclude each other: the driving clip's bucket sets the shape")
+        if args.bucket and args.bucket not in shapes:
+            raise UsageError(f"--bucket {args.bucket}: the model was trained on {', '.join(shapes)}")
+        c, frames, h, w = shapes[args.bucket] if args.bucket else state["latent_shape"]
         sampler = SamplerConfig(
             steps=args.steps,
             solver=args.solver,
@@ -172,10 +246,22 @@ def main(argv: list[str] | None = None) -> int:
             gate_floor=args.gate_floor,
             beta=train_cfg["objective"]["beta"],
         )
-        grid = model.token_grid((1, c, frames, h, w))
-        drive = driving_clip(args.driving, args.clip_id, state, grid) if args.driving else None
+        drive = driving_clip(args.driving, args.clip_id, state, tuple(model.patch)) if args.driving else None
+        if drive is not None:
+            c, frames, h, w = drive["latents"].shape[1:]  # the driving clip's bucket
+        model.token_grid((c, frames, h, w))  # a clear error for a shape the patch does not divide
         prompts = args.prompt or ([drive["text"][0]] if drive else [""])
         b = len(prompts)
+        text = None
+        if train_cfg["model"]["text"].get("kind") == "precomputed":
+            if args.prompt and not args.text_encoder:
+                raise UsageError("the model reads precomputed text embeddings: --prompt needs --text-encoder DIR")
+            if args.prompt:
+                text = prompt_embeddings(args.text_encoder, prompts, state)
+            elif drive is not None:
+                text = (drive["text_embedding"].float(), drive["text_mask"])
+            else:
+                text = text_encoder.null(b)
         camera = None
         if args.camera:
             camera = torch.full((b, frames - 1), camera_token(args.camera), dtype=torch.long)
@@ -196,9 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             warped_noise=noise,
             camera_tokens=camera,
             first_frame=first,
+            text=text,
         )
         out = Path(args.out)
-        write_video(to_video_frames(x, args.scale), out, args.fps)
+        if vae is not None:
+            video = side_by_side(vae.decode(x), args.scale or 1)
+        else:
+            video = to_video_frames(x, 4 if args.scale is None else args.scale)
+        write_video(video, out, args.fps)
     except (ConfigError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -213,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         "sampler": dataclasses.asdict(sampler),
         "seed": args.seed,
         "gate_mean": trace["gate_mean"],
+        "vae": {"path": args.vae, "vae_hash": vae.spec.vae_hash, "cls": vae.spec.cls} if vae else None,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
-    print(f"wrote {out} ({len(prompts)} sample(s), {frames} frames, {args.steps} {args.solver} steps)")
+    print(f"wrote {out} ({len(prompts)} sample(s), {len(video)} frames, {args.steps} {args.solver} steps)")
     return 0
 
 

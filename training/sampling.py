@@ -93,10 +93,12 @@ def sample(
     warped_noise: torch.Tensor | None = None,
     camera_tokens: torch.Tensor | None = None,
     first_frame: torch.Tensor | None = None,
+    text: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """Generate len(texts) videos of `shape` = (C, T, h, w): returns (B, C, T, h, w) in about [-1, 1] and a trace
     (mean gate per step). `warped_noise` (B, C, T, h, w) starts from a driving clip's motion (mixed with fresh noise
-    at `cfg.beta`); `camera_tokens` (B, T-1) steer the camera; `first_frame` (B, C, h, w) is kept clean (STIV)."""
+    at `cfg.beta`); `camera_tokens` (B, T-1) steer the camera; `first_frame` (B, C, h, w) is kept clean (STIV);
+    `text` (embeddings (B, L, D), mask (B, L)) replaces encoding `texts` (precomputed embeddings)."""
     model.eval()
     device = next(model.parameters()).device
     b = len(texts)
@@ -104,7 +106,7 @@ def sample(
         x = mix_noise(warped_noise.to(device).float(), cfg.beta, generator)
     else:
         x = torch.randn((b, *shape), generator=generator, device=generator.device).to(device)
-    cond = tuple(e.to(device) for e in text_encoder(list(texts)))
+    cond = tuple(e.to(device) for e in (text if text is not None else text_encoder(list(texts))))
     uncond = tuple(e.to(device) for e in text_encoder([""] * b))
     camera = camera_tokens.to(device).long() if camera_tokens is not None else None
     if camera is not None and model.camera_embed is None:

@@ -1,12 +1,19 @@
 """Text conditioning: list[str] -> (per-token embeddings (B, L, D) float32, mask (B, L) bool, True = real token).
 
-Two encoders share one interface:
+Three encoders share one interface:
 
 * `ByteTextEncoder`: a small trainable encoder over UTF-8 bytes (no vocabulary file, no weights), used when no text
   model is configured, e.g. on a fresh machine or in tests. It trains together with the DiT.
 * `OpenClipTextEncoder`: a frozen open_clip text tower loaded from a local folder or checkpoint (never from a hub).
   It returns the per-token features of the text transformer after its final LayerNorm, not only the pooled vector,
   so that the DiT's cross-attention sees every token.
+* `PrecomputedTextEncoder`: no model at all; the batch carries the shards' stored `text_embedding` (a frozen
+  T5/UMT5/CLIP run by the pipeline), zero-padded by the loader to the encoder's maximum length, with `text_mask`.
+  Its null prompt (text dropout, the unconditional branch of CFG) is an all-masked row: no key to attend to, so the
+  cross-attention adds exactly 0 and the pooled text is 0.
+
+`encode_batch(batch, drop)` is what the objective calls: strings for the first two, the stored tensors for the
+third.
 
 Both always produce at least one valid token per row (a start token), also for the empty string that condition
 dropout uses as the null prompt, so attention over the text never has an empty key set. L is the longest sequence in
@@ -16,7 +23,7 @@ the batch, not the configured maximum, which keeps cross-attention cheap for sho
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +35,10 @@ from annotators.models import ModelLoadError, require_path, resolve_device
 
 @dataclass(frozen=True, kw_only=True)
 class TextConfig:
-    """Which text encoder to build. An empty `model_path` selects the byte encoder."""
+    """Which text encoder to build. kind auto: open_clip when `model_path` is set, else (training resolves it from the
+    data) precomputed when the shards store text embeddings, else the byte encoder."""
 
+    kind: str = "auto"  # auto | byte | open_clip | precomputed
     model_path: str = ""  # open_clip folder (hub layout) or checkpoint file; "" = ByteTextEncoder
     model_name: str = ""  # built-in open_clip architecture of a checkpoint FILE (a folder names its own)
     device: str = "cpu"  # where the encoder runs (auto | cpu | cuda | cuda:N)
@@ -38,12 +47,30 @@ class TextConfig:
     layers: int = 2  # ByteTextEncoder transformer layers
     heads: int = 4  # ByteTextEncoder attention heads
     max_length: int = 256  # bytes (including start/end) for the byte encoder; a token cap for open_clip (0 = model's)
+    # precomputed: the stored embeddings' width (`dim`) and padded length (`max_length`) come from the manifest's
+    # text_encoder block (training sets them; data.text_encoder_hash pins the encoder they come from).
 
     def __post_init__(self) -> None:
+        if self.kind not in TEXT_KINDS:
+            raise ValueError(f"model.text.kind must be one of {', '.join(TEXT_KINDS)}, got {self.kind!r}")
+        if self.kind == "open_clip" and not self.model_path:
+            raise ValueError("model.text.kind=open_clip needs model.text.model_path")
+        if self.kind in ("byte", "precomputed") and self.model_path:
+            raise ValueError(f"model.text.kind={self.kind} takes no model.text.model_path")
         if self.dim < 1 or self.layers < 0 or self.heads < 1 or self.dim % self.heads:
             raise ValueError(f"text encoder: dim {self.dim} must be a positive multiple of heads {self.heads}")
-        if self.max_length < 0 or (not self.model_path and self.max_length < 2):
+        if self.max_length < 0 or (self.resolved == "byte" and self.max_length < 2):
             raise ValueError(f"text.max_length must be >= 2 for the byte encoder, got {self.max_length}")
+
+    @property
+    def resolved(self) -> str:
+        """The kind without data to look at: auto is open_clip with a model path, else byte."""
+        if self.kind != "auto":
+            return self.kind
+        return "open_clip" if self.model_path else "byte"
+
+
+TEXT_KINDS = ("auto", "byte", "open_clip", "precomputed")
 
 
 class TextEncoder(nn.Module, abc.ABC):
@@ -59,6 +86,11 @@ class TextEncoder(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
+
+    def encode_batch(self, batch: Mapping[str, Any], drop: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's text (caption, else camera text), with the empty prompt where `drop` is set."""
+        texts = [""] * len(drop) if batch.get("text") is None else [str(s) for s in batch["text"]]
+        return self(["" if d else s for s, d in zip(texts, drop, strict=True)])
 
 
 class ByteTextEncoder(TextEncoder):
@@ -166,8 +198,42 @@ class OpenClipTextEncoder(TextEncoder):
         return x * mask.unsqueeze(-1), mask
 
 
+class PrecomputedTextEncoder(TextEncoder):
+    """The shards' stored embeddings (`text_embedding`, `text_mask` from the loader); no parameters, nothing run."""
+
+    def __init__(self, dim: int, max_length: int) -> None:
+        super().__init__()
+        if dim < 1 or max_length < 1:
+            raise ValueError(
+                f"precomputed text: dim {dim} and max_length {max_length} must be >= 1 (the shards' text_encoder block)"
+            )
+        self.dim, self.max_length, self.trainable = dim, max_length, False
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the null prompt: strings need the encoder the shards were embedded with (see training.sample)."""
+        if isinstance(texts, str) or any(texts):
+            raise ValueError("precomputed text embeddings: a prompt string needs its text encoder (--text-encoder DIR)")
+        return self.null(len(texts))
+
+    def null(self, b: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, D) zeros, mask all False: no text at all."""
+        return torch.zeros((b, 1, self.dim), device=device), torch.zeros((b, 1), dtype=torch.bool, device=device)
+
+    def encode_batch(self, batch: Mapping[str, Any], drop: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, mask = batch.get("text_embedding"), batch.get("text_mask")
+        if emb is None or mask is None:
+            raise ValueError("precomputed text: the batch has no text_embedding (do the shards store them?)")
+        if emb.shape[-1] != self.dim:
+            raise ValueError(f"precomputed text: embeddings of width {emb.shape[-1]}, the model takes {self.dim}")
+        keep = ~torch.as_tensor(list(drop), dtype=torch.bool, device=mask.device)
+        return emb.float() * keep[:, None, None], mask & keep[:, None]
+
+
 def build_text_encoder(cfg: TextConfig) -> TextEncoder:
-    """An `OpenClipTextEncoder` when `cfg.model_path` is set (errors name `text.model_path`), else a byte encoder."""
-    if cfg.model_path:
+    """By `cfg.kind` (auto: open_clip with a `model_path`, errors naming `text.model_path`, else byte); precomputed
+    takes the width and length of the stored embeddings from `cfg.dim` / `cfg.max_length`."""
+    if cfg.kind == "precomputed":
+        return PrecomputedTextEncoder(cfg.dim, cfg.max_length)
+    if cfg.resolved == "open_clip":
         return OpenClipTextEncoder(cfg.model_path, cfg.model_name, cfg.device, cfg.dtype, cfg.max_length)
     return ByteTextEncoder(cfg.dim, cfg.layers, cfg.heads, cfg.max_length).to(resolve_device(cfg.device))

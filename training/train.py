@@ -31,8 +31,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from training.buckets import fit_loader, latent_shapes
 from training.config import ConfigError, OptimConfig, TrainConfig, load_train_config
-from training.data import make_loader
+from training.latent import fit_to_data, space_record
 from training.model import build_model
 from training.objective import compute_losses
 
@@ -267,6 +268,10 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     """Run the training loop; returns a summary (steps, final loss, seconds, data-wait share)."""
     out = Path(out)
     source = resolve_source(shards)
+    # Pixel or latent space, the VAE's channels and the text encoder come from the data; a resume must find the
+    # VAE and text encoder it was started with.
+    started = json.loads((out / "config.json").read_text()) if resume and (out / "config.json").exists() else None
+    cfg, space = fit_to_data(cfg, source, started)
     on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     world = init_distributed("cuda" if on_gpu else "cpu")
     device = resolve_device(cfg.device, world.local_rank)
@@ -279,19 +284,19 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     torch.manual_seed(cfg.seed)
     model, text_encoder = build_model(cfg.model)
     model, text_encoder = model.to(device), text_encoder.to(device)
-    probe = make_loader(data_cfg, world.rank, world.world, device)
-    grid = model.token_grid((1, probe.geo.channels, probe.geo.num_frames, *probe.geo.latent_size))
-    if probe.geo.token_grid is not None and tuple(probe.geo.token_grid) != tuple(grid):
-        probe.close()
-        probe = make_loader(dataclasses.replace(data_cfg, token_grid=grid), world.rank, world.world, device)
-    loader = probe
+    # Every bucket's shape is checked against the patch here, before any step.
+    loader, _ = fit_loader(data_cfg, model, world.rank, world.world, device)
+    shapes = latent_shapes(loader)
     if world.main:
         logger.info(
-            "data: %s, %d samples per rank per epoch, latents %s x %d frames, noise: %s",
+            "data: %s (%s space%s), %d samples per rank per epoch in %d batches, latents (C, T, h, w) by bucket %s, "
+            "noise: %s",
             source,
+            space.kind,
+            f", VAE {space.vae['cls']} {space.vae_hash}" if space.vae else "",
             loader.num_samples,
-            loader.geo.latent_size,
-            loader.geo.num_frames,
+            loader.num_batches,
+            shapes,
             loader.noise_source,
         )
 
@@ -358,6 +363,7 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                     "data_wait_s": round(t1 - t0, 6),
                     "step_s": round(t2 - t0, 6),
                     "epoch": loader.epoch,
+                    "bucket": batch["bucket"],
                 }
                 if metrics is not None:
                     metrics.write(json.dumps(last) + "\n")
@@ -383,7 +389,9 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "loader": loader.state_dict(),
-                        "latent_shape": [loader.geo.channels, loader.geo.num_frames, *loader.geo.latent_size],
+                        "latent_shape": next(iter(shapes.values())),  # the sampler's default: most clips
+                        "latent_shapes": shapes,
+                        "space": space_record(space),
                         "config": cfg.to_dict(),
                         "lineage": data_lineage,
                     }

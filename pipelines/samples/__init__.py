@@ -14,7 +14,10 @@ backward (same world as forward), strafe_right, zoom_in, objects, pan_objects, s
 odd_size (333x187 MJPEG in AVI: odd sizes survive there and both PyAV and decord decode it), then the
 near-duplicates (kind ``copy``, tagged ``duplicate``, never ``camera``): objects_reencoded (objects as VP9 in
 WebM), pan_right_small (pan_right at 320x180), cuts_cropped (cuts with 3% cut from each side, 452x254 MPEG-4 in
-AVI) and sharp_twin (blurry rendered without its blur: same scene and camera path, VP9 in WebM).
+AVI) and sharp_twin (blurry rendered without its blur: same scene and camera path, VP9 in WebM), then the
+aspect-ratio sources for the buckets: wide_long (one 10 s shot at 2.39:1, 430x180, panning right), square
+(256x256, two shots) and portrait_rotated (two shots at 270x480 on screen, stored as 480x270 frames with a
+90-degree display matrix, as phones record).
 
 Truth JSON schema::
 
@@ -23,6 +26,8 @@ Truth JSON schema::
       "codec": "h264", "encoder": "libx264", "container": "mp4", "pix_fmt": "yuv420p",
       "fps": 30.0, "n_frames": 90, "width": 480, "height": 270, "duration_s": 3.0,
       "tags": ["camera", "rotation"],
+      "rotation": 90, "coded_size": [480, 270],  # only when stored turned: clockwise degrees a player turns the
+                                            # coded frames by; width / height (and all truth) are on screen
       "cuts": [41, 89],                     # first frames of shots that start with a HARD cut (0 excluded)
       "fades": [{"start": 40, "end": 73}],  # gradual transitions; frames [start, end) belong to the transition:
                                             # start = first frame dimmer than shot A, end = first full frame of B

@@ -73,6 +73,9 @@ def _truth(spec: VideoSpec, seed: int, rendered: Rendered) -> dict[str, Any]:
         "tags": list(spec.tags),
         "objects": [],
     }
+    if spec.rotation:  # only then, so the older sidecars keep their bytes
+        truth["rotation"] = spec.rotation
+        truth["coded_size"] = list(spec.coded_size)
     truth.update(rendered.truth)
     if rendered.flow is not None:
         truth["flow"] = {

@@ -25,7 +25,12 @@ CODEC_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """One video of the corpus: how to encode it and which builder renders it (``kind`` + ``params``)."""
+    """One video of the corpus: how to encode it and which builder renders it (``kind`` + ``params``).
+
+    ``width`` x ``height`` is the display size the builder renders. ``rotation`` (clockwise degrees, 0/90/180/270)
+    stores the frames turned the other way with a display matrix that turns them back, as phones write portrait
+    video: the coded size is then ``coded_size``.
+    """
 
     name: str
     kind: str
@@ -38,6 +43,16 @@ class VideoSpec:
     tags: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     pix_fmt: str = "yuv420p"
+    rotation: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rotation not in (0, 90, 180, 270):
+            raise ValueError(f"{self.name}: rotation must be 0, 90, 180 or 270, got {self.rotation}")
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the encoded stream: the display size, swapped by a quarter turn."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
     @property
     def file_name(self) -> str:

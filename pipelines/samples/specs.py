@@ -236,6 +236,36 @@ SPECS: tuple[VideoSpec, ...] = (
         ("duplicate", "sharp_twin"),
         {"of": "blurry", "overrides": {"blur_sigma": 0}, "twin": True},
     ),
+    # Aspect ratios for the buckets (wide, square, portrait stored with a display matrix), appended so the older
+    # videos keep their registry order. wide_long is one 10 s shot: the longest clip the default preset keeps
+    # whole (scenes.max_clip_s), so it is cut into several windows.
+    VideoSpec(
+        "wide_long",
+        "rotation",
+        "libx264",
+        "mp4",
+        25,
+        430,
+        180,
+        250,
+        (*_CAM, "rotation", "wide", "long_shot"),
+        {"yaw": 0.15, "motion": "yaw_right", "mouse": "right"},
+    ),
+    VideoSpec("square", "cuts", "libx264", "mkv", 24, 256, 256, 132, ("cuts", "shots", "square"), {"starts": (0, 60)}),
+    # Filmed upright on a phone: 270x480 on screen, stored as 480x270 frames with a 90-degree display matrix.
+    VideoSpec(
+        "portrait_rotated",
+        "cuts",
+        "libx264",
+        "mp4",
+        24,
+        270,
+        480,
+        136,
+        ("cuts", "shots", "portrait", "rotated"),
+        {"starts": (0, 64)},
+        rotation=90,
+    ),
 )
 
 

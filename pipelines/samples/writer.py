@@ -46,7 +46,8 @@ def _tmp_path(path: Path) -> Path:
 
 
 def encode_video(path: Path, frames: Iterable[np.ndarray], spec: VideoSpec) -> None:
-    """Encode RGB uint8 frames to ``path`` with the spec's encoder, pixel format and frame rate."""
+    """Encode RGB uint8 frames to ``path`` with the spec's encoder, pixel format and frame rate; with a
+    ``rotation``, each display-oriented frame is stored turned back and the display matrix records the turn."""
     tmp = _tmp_path(path)
     if spec.encoder == "libsvtav1":
         # SVT-AV1 prints an info banner straight to stderr; its own env switch is the only way to quiet it.
@@ -55,9 +56,15 @@ def encode_video(path: Path, frames: Iterable[np.ndarray], spec: VideoSpec) -> N
     try:
         with av.open(str(tmp), "w", options=_CONTAINER_OPTIONS) as container:
             stream = container.add_stream(spec.encoder, rate=Fraction(spec.fps), options=ENCODER_OPTIONS[spec.encoder])
-            stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
+            stream.width, stream.height = spec.coded_size
+            stream.pix_fmt = spec.pix_fmt
             stream.codec_context.gop_size = spec.fps  # one key frame per second: cheap seeking for the pipeline
+            if spec.rotation:
+                # PyAV counts counter-clockwise; a player turns the coded frames clockwise by spec.rotation
+                stream.set_display_rotation(-spec.rotation)
             for rgb in frames:
+                if spec.rotation:
+                    rgb = np.rot90(rgb, k=spec.rotation // 90)  # counter-clockwise: undone by the display matrix
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                 container.mux(stream.encode(frame))
                 count += 1

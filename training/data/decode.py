@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from annotators.qcm import NUM_TOKENS
 from curation.video_store import decode_video, is_video_dtype
 from training.data.config import NOISE_KEY
-from training.data.source import _Geometry, _Run, _Source, _Unit
+from training.data.source import _Bucket, _Geometry, _Source, _Unit
+from training.data.space import camera_tokens_to_latent, events_to_frames
 
 if TYPE_CHECKING:  # annotation only: the loader module imports this one
     from training.data.loader import LoaderStats
@@ -93,10 +94,13 @@ def _tensor(columns: dict[str, pa.Array], name: str, i: int) -> tuple[np.ndarray
         return None, f"{name}: {e}"
 
 
-def _check(array: np.ndarray, name: str, layout: tuple[tuple[int, ...], np.dtype]) -> str | None:
+def _check(array: np.ndarray, name: str, layout: tuple[tuple[int | None, ...], np.dtype]) -> str | None:
+    """A problem when the array is not the layout's dtype and shape (None: any size on that axis)."""
     shape, dtype = layout
-    if array.shape != shape or array.dtype != dtype:
-        return f"{name}: {array.shape} {array.dtype}, expected {shape} {dtype}"
+    fits = len(array.shape) == len(shape) and all(e is None or a == e for a, e in zip(array.shape, shape, strict=True))
+    if not fits or array.dtype != dtype:
+        expected = tuple("*" if e is None else e for e in shape)
+        return f"{name}: {array.shape} {array.dtype}, expected {expected} {dtype}"
     return None
 
 
@@ -105,10 +109,18 @@ class _Decoder:
 
     def __init__(self, src: _Source, geo: _Geometry, stats: LoaderStats, lock: threading.Lock) -> None:
         self.src, self.geo, self.stats, self.lock = src, geo, stats, lock
-        wanted = ["clip_id", "frames", "event_confidence", "caption", "camera_text"]
+        # Latent space reads the stored latents and never the frames (the bytes that make pixel space slow).
+        self.source_key = "latents" if geo.latent else "frames"
+        wanted = ["clip_id", self.source_key, "event_confidence", "caption", "camera_text"]
         wanted += [NOISE_KEY] * geo.noise + ["camera_tokens"] * geo.camera + ["event_activity"] * geo.events
-        self.tensors = [t for t in ("frames", NOISE_KEY, "camera_tokens", "event_activity") if t in wanted]
+        wanted += ["text_embedding"] * geo.text
+        tensors = (self.source_key, NOISE_KEY, "camera_tokens", "event_activity", "text_embedding")
+        self.tensors = [t for t in tensors if t in wanted]
         self.wanted = wanted + [f"{t}_{p}" for t in self.tensors for p in ("dtype", "shape")]
+        # The expected layout of every (run, stored shape) that rows use: the manifest's symbols resolved.
+        self.layouts = {
+            (r, k): src.runs[r].expected(src.shapes[k]) if src.shapes else src.runs[r].layout for r, k in geo.bucket_of
+        }
 
     def read(self, unit: _Unit, items: Sequence[int]) -> list[dict[str, Any] | _BadRow]:
         t0 = time.perf_counter()
@@ -120,31 +132,48 @@ class _Decoder:
         if offsets != list(range(table.num_rows)):
             table = table.take(pa.array(offsets, pa.int64()))
         cols = {name: table.column(name).combine_chunks() for name in table.column_names}
-        run = self.src.runs[shard.run]
-        out = [self._sample(cols, k, unit.clip_ids[i], run) for k, i in enumerate(items)]
+        layout = self.layouts[(shard.run, unit.shape)]
+        bucket = self.geo.buckets[self.geo.bucket_of[(shard.run, unit.shape)]]
+        factor = self.src.runs[shard.run].temporal_factor
+        out = [self._sample(cols, k, unit.clip_ids[i], layout, bucket, factor) for k, i in enumerate(items)]
         with self.lock:
             self.stats.decode_s += time.perf_counter() - t0
             self.stats.rows_decoded += len(out)
             self.stats.bytes_read += table.nbytes
         return out
 
-    def _sample(self, cols: dict[str, pa.Array], i: int, clip_id: str, run: _Run) -> dict[str, Any] | _BadRow:
-        geo = self.geo
+    def _sample(
+        self,
+        cols: dict[str, pa.Array],
+        i: int,
+        clip_id: str,
+        layout: dict[str, tuple[tuple[int | None, ...], np.dtype]],
+        bucket: _Bucket,
+        factor: int,
+    ) -> dict[str, Any] | _BadRow:
+        """One row as tensors; `factor` is the run's frames per latent frame (1 without a video VAE)."""
+        geo, frames = self.geo, bucket.num_frames  # frames: of the latents (T' in latent space)
         found = cols["clip_id"][i].as_py()
         if found != clip_id:
             return _BadRow(clip_id, f"clip_id: the row holds {found}")
         arrays: dict[str, np.ndarray | None] = {}
         for name in self.tensors:
             array, problem = _tensor(cols, name, i)
-            if problem is None and array is not None and name in run.layout:
-                problem = _check(array, name, run.layout[name])
-            if problem is None and array is None and name in ("frames", NOISE_KEY):
+            if problem is None and array is not None and name in layout:
+                problem = _check(array, name, layout[name])
+            if problem is None and array is None and name in (self.source_key, NOISE_KEY):
                 problem = f"{name}: null"
             if problem:
                 return _BadRow(clip_id, problem)
             arrays[name] = array
         sample: dict[str, Any] = {"clip_id": clip_id}
-        sample["latents"] = _frames_to_latents(arrays["frames"], geo.latent_size)
+        if geo.latent:
+            latents = torch.from_numpy(arrays["latents"].astype(np.float32))  # (C, T', h, w), already normalised
+            if tuple(latents.shape) != (geo.channels, *bucket.latent_shape) or not bool(torch.isfinite(latents).all()):
+                return _BadRow(clip_id, f"latents: shape {tuple(latents.shape)} or not finite")
+            sample["latents"] = latents
+        else:
+            sample["latents"] = _frames_to_latents(arrays["frames"], bucket.latent_size)
         if geo.noise:
             noise = torch.from_numpy(arrays[NOISE_KEY][:, : geo.channels].astype(np.float32))  # (T, C, h, w)
             if not bool(torch.isfinite(noise).all()):
@@ -154,29 +183,47 @@ class _Decoder:
         if geo.camera:
             if tokens is not None and (tokens.min(initial=0) < 0 or tokens.max(initial=0) >= NUM_TOKENS):
                 return _BadRow(clip_id, f"camera_tokens: outside 0..{NUM_TOKENS - 1}")
-            if tokens is not None and tokens.shape != (geo.num_frames - 1,):
+            if tokens is not None and geo.latent and factor > 1:  # per source step -> per latent step
+                if tokens.ndim != 1 or (len(tokens) % factor) or len(tokens) // factor != frames - 1:
+                    return _BadRow(clip_id, f"camera_tokens: shape {tokens.shape} for {frames} latent frames")
+                tokens = camera_tokens_to_latent(tokens, factor)
+            if tokens is not None and tokens.shape != (frames - 1,):
                 return _BadRow(clip_id, f"camera_tokens: shape {tokens.shape}")
             sample["camera_tokens"] = (
                 torch.from_numpy(tokens.astype(np.int64))
                 if tokens is not None
-                else torch.zeros(geo.num_frames - 1, dtype=torch.int64)
+                else torch.zeros(frames - 1, dtype=torch.int64)
             )
         sample["has_camera"] = tokens is not None
         maps = arrays.get("event_activity")
-        if geo.events and geo.token_grid is not None:
+        if geo.events and bucket.token_grid is not None:
             if maps is not None:
-                events = torch.from_numpy(maps.astype(np.float32))
-                if events.dim() != 3 or events.shape[0] != geo.num_frames or not bool(torch.isfinite(events).all()):
+                try:  # stored per frame (T) or per latent frame (T'): onto the latents' frames
+                    aligned = events_to_frames(maps, frames, factor) if maps.ndim == 3 else maps
+                except ValueError as e:
+                    return _BadRow(clip_id, f"event_activity: {e}")
+                events = torch.from_numpy(aligned.astype(np.float32))
+                if events.dim() != 3 or events.shape[0] != frames or not bool(torch.isfinite(events).all()):
                     return _BadRow(clip_id, f"event_activity: shape {tuple(events.shape)} or not finite")
-                sample["event_activity"] = pool_event_maps(events.clamp_(0.0, 1.0)[None], geo.token_grid)[0]
+                sample["event_activity"] = pool_event_maps(events.clamp_(0.0, 1.0)[None], bucket.token_grid)[0]
             else:
-                sample["event_activity"] = torch.zeros(geo.token_grid, dtype=torch.float32)
+                sample["event_activity"] = torch.zeros(bucket.token_grid, dtype=torch.float32)
         sample["has_events"] = maps is not None
         confidence = cols["event_confidence"][i].as_py() if "event_confidence" in cols else None
         sample["event_confidence"] = float(confidence) if confidence is not None and math.isfinite(confidence) else 0.0
         caption = cols["caption"][i].as_py() if "caption" in cols else None
         camera_text = cols["camera_text"][i].as_py() if "camera_text" in cols else None
         sample["text"] = caption or camera_text or ""
+        if geo.text:
+            embedding = arrays.get("text_embedding")
+            if embedding is None:  # the encoder failed on this clip: the null prompt, as text dropout gives
+                embedding = np.zeros((0, geo.space.text_dim), np.float16)
+            if embedding.ndim != 2 or embedding.shape[0] > geo.space.text_length:
+                return _BadRow(clip_id, f"text_embedding: shape {embedding.shape}, max {geo.space.text_length} tokens")
+            emb = torch.from_numpy(embedding.astype(np.float16))
+            if not bool(torch.isfinite(emb).all()):
+                return _BadRow(clip_id, "text_embedding: not finite")
+            sample["text_embedding"] = emb
         return sample
 
 
@@ -200,7 +247,9 @@ def _frames_to_latents(frames: np.ndarray, size: tuple[int, int]) -> torch.Tenso
     return x.permute(1, 0, 2, 3).mul(2.0 / 255.0).sub_(1.0).contiguous()
 
 
-def _collate(samples: list[dict[str, Any]], geo: _Geometry, pin: bool) -> dict[str, Any]:
+def _collate(samples: list[dict[str, Any]], geo: _Geometry, bucket: _Bucket, pin: bool) -> dict[str, Any]:
+    """One batch of one bucket's samples (equal shapes), stacked; in pinned memory for a CUDA device."""
+
     def stack(key: str) -> torch.Tensor:
         parts = [s[key] for s in samples]
         if not pin:
@@ -215,10 +264,24 @@ def _collate(samples: list[dict[str, Any]], geo: _Geometry, pin: bool) -> dict[s
     if geo.camera:
         batch["camera_tokens"] = stack("camera_tokens")
     batch["has_camera"] = torch.tensor([s["has_camera"] for s in samples], dtype=torch.bool)
-    if geo.events and geo.token_grid is not None:
+    if geo.events and bucket.token_grid is not None:
         batch["event_activity"] = stack("event_activity")
     batch["has_events"] = torch.tensor([s["has_events"] for s in samples], dtype=torch.bool)
     batch["event_confidence"] = torch.tensor([s["event_confidence"] for s in samples], dtype=torch.float32)
     batch["text"] = [s["text"] for s in samples]
+    if geo.text:
+        batch.update(_pad_text([s["text_embedding"] for s in samples], geo.space.text_length, geo.space.text_dim, pin))
     batch["clip_id"] = [s["clip_id"] for s in samples]
+    batch["bucket"] = bucket.name
     return batch
+
+
+def _pad_text(embeddings: list[torch.Tensor], length: int, dim: int, pin: bool) -> dict[str, torch.Tensor]:
+    """Trimmed embeddings (L_i, D) -> `text_embedding` (B, length, D) float16 zero-padded to the encoder's maximum
+    (what Wan's pipeline feeds its DiT), `text_mask` (B, length) bool (True = real token) and `text_length` (B,)."""
+    out = torch.zeros((len(embeddings), length, dim), dtype=torch.float16, pin_memory=pin)
+    lengths = torch.tensor([int(e.shape[0]) for e in embeddings], dtype=torch.int64)
+    for i, e in enumerate(embeddings):
+        out[i, : e.shape[0]] = e
+    mask = torch.arange(length)[None] < lengths[:, None]
+    return {"text_embedding": out, "text_mask": mask, "text_length": lengths}

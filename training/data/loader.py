@@ -17,7 +17,7 @@ import torch
 
 from training.data.config import STATE_VERSION, DataConfig
 from training.data.decode import _BadRow, _collate, _Decoder
-from training.data.order import _Plan, _plan
+from training.data.order import _Plan, _plan, bucket_sizes
 from training.data.producer import _Keyed, _Producer
 from training.data.source import _geometry, _open_source, _Source
 
@@ -37,7 +37,8 @@ class LoaderStats:
     rows_decoded: int = 0
     rows_skipped: int = 0  # bad rows met (each time one is met), replaced in their batch
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> count
-    padded_samples: int = 0  # per epoch: samples this rank repeats so every rank has as many
+    padded_samples: int = 0  # per epoch: samples this rank repeats so every rank has as many (per bucket)
+    batches_per_bucket: dict[str, int] = dataclasses.field(default_factory=dict)  # bucket name -> batches yielded
     wait_s: float = 0.0  # consumer time blocked on the next batch
     last_wait_s: float = 0.0
     decode_s: float = 0.0  # read + decode time summed over threads
@@ -70,31 +71,47 @@ class Loader:
         self._plan_cache: _Plan | None = None
         self._warned: set[tuple[str, str]] = set()
         self.epoch, self.cursor = 0, 0
-        total = src.num_samples
-        self.num_samples = -(-total // world_size)  # per rank, padded
+        # Each unit's bucket: the batch shape its rows decode to.
+        self._unit_bucket = np.array(
+            [self.geo.bucket_of[(src.shards[u.shard].run, u.shape)] for u in src.units], np.int64
+        )
+        sizes = bucket_sizes(src, cfg, world_size, self._unit_bucket)
+        self.num_samples = int(sizes[:, 0].sum())  # per rank, padded per bucket
+        self.bucket_samples = {b.name: int(n) for b, n in zip(self.geo.buckets, sizes[:, 0], strict=True)}
+        self.bucket_batches = {b.name: int(n) for b, n in zip(self.geo.buckets, sizes[:, 1], strict=True)}
+        self._num_batches = int(sizes[:, 1].sum())
+        b = cfg.batch_size
+        self._emitted = int(np.minimum(sizes[:, 0], sizes[:, 1] * b).sum())  # positions in batches per epoch
         if self.num_batches == 0:
             raise ValueError(
                 f"{self.num_samples} samples per rank < batch_size {cfg.batch_size} with drop_last: no batch per epoch"
+                + (f" (every bucket is smaller: {self.bucket_samples})" if len(sizes) > 1 else "")
+            )
+        small = [f"{k} ({n})" for k, n in self.bucket_samples.items() if n < b and cfg.drop_last]
+        if small:
+            logger.warning(
+                "data: buckets with fewer samples per rank than batch_size %d are never batched (drop_last): %s",
+                b,
+                ", ".join(small),
             )
 
     # -- sizes and state --------------------------------------------------------------------------------------
 
     @property
     def num_batches(self) -> int:
-        n, b = self.num_samples, self.cfg.batch_size
-        return n // b if self.cfg.drop_last else -(-n // b)
+        """Batches per rank per epoch: the sum over buckets (each batch is one bucket), equal on every rank."""
+        return self._num_batches
 
     def __len__(self) -> int:
         return self.num_batches
 
     def _epoch_end(self) -> int:
-        """The last output position (exclusive) of the epoch, from the current cursor."""
-        n, b, c = self.num_samples, self.cfg.batch_size, self.cursor
-        return c + ((n - c) // b) * b if self.cfg.drop_last else n
+        """The last output position (exclusive) of the epoch: the end of its last batch."""
+        return self._emitted
 
     def _epoch_plan(self, epoch: int) -> _Plan:
         if self._plan_cache is None or self._plan_cache.epoch != epoch:
-            self._plan_cache = _plan(self.src, self.cfg, epoch, self.rank, self.world_size)
+            self._plan_cache = _plan(self.src, self.cfg, epoch, self.rank, self.world_size, self._unit_bucket)
         return self._plan_cache
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,6 +125,7 @@ class Loader:
             shard = self.src.shards[unit.shard]
             item = int(plan.stream_item[stream])
             position = {
+                "bucket": self.geo.buckets[int(self._unit_bucket[int(plan.stream_unit[stream])])].name,
                 "run": self.src.runs[shard.run].key or str(self.src.runs[shard.run].path),
                 "shard": shard.name,
                 "row_group": unit.group,
@@ -125,12 +143,13 @@ class Loader:
             "world_size": self.world_size,
             "rank": self.rank,
             "source": self.src.fingerprint,
+            "buckets": [b.name for b in self.geo.buckets],
             "next": position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` was taken. Refuses (ValueError) when the order would differ: another
-        source content, seed, shuffle buffer or world size."""
+        source content, seed, shuffle buffer, world size or buckets."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')}, this code reads {STATE_VERSION}")
         mine = self.state_dict()
@@ -140,9 +159,16 @@ class Loader:
                     f"loader state does not match this loader: {key} {state.get(key)!r} != {mine[key]!r} "
                     "(exact resume needs the same data, seed, shuffle buffer and world size)"
                 )
+        if "buckets" in state and state["buckets"] != mine["buckets"]:  # states written before buckets lack it
+            raise ValueError(
+                f"loader state does not match this loader: buckets {state['buckets']} != {mine['buckets']} "
+                "(exact resume needs the same batch shapes: latent_size, token grid)"
+            )
         epoch, cursor = int(state["epoch"]), int(state["cursor"])
         if epoch < 0 or not 0 <= cursor <= self.num_samples:
             raise ValueError(f"loader state: bad epoch/cursor {epoch}/{cursor}")
+        if cursor < self._epoch_end() and cursor not in set(self._epoch_plan(epoch).batch_start.tolist()):
+            raise ValueError(f"loader state: cursor {cursor} is not the start of a batch of epoch {epoch}")
         self._stop()
         self.epoch, self.cursor = epoch, cursor
         if self._epoch_end() <= self.cursor:  # nothing left in that epoch: start the next one
@@ -173,6 +199,7 @@ class Loader:
                         return
                 stop, batch = item
                 batch = self._to_device(batch)
+                bucket = batch["bucket"]
                 waited = time.perf_counter() - t0
                 # State first: once the caller holds the batch, a checkpoint must point past it.
                 self.cursor = stop
@@ -183,6 +210,7 @@ class Loader:
                     self.stats.last_wait_s = waited
                     self.stats.batches_yielded += 1
                     self.stats.samples_yielded += len(batch["clip_id"])
+                    self.stats.batches_per_bucket[bucket] = self.stats.batches_per_bucket.get(bucket, 0) + 1
                 yield batch
         finally:
             # Only this iterator's thread: an abandoned iterator collected later must not stop a newer one.
@@ -206,7 +234,6 @@ class Loader:
     def _batches(self, plan: _Plan, cursor: int, end: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """(cursor after the batch, CPU batch) for positions [cursor, end), decoding only what is emitted."""
         self.stats.padded_samples = plan.padded
-        b = self.cfg.batch_size
         # Numpy over the epoch (a few int arrays), no per-sample Python objects: epochs may hold millions of clips.
         pos_of = np.empty(plan.samples, np.int64)
         pos_of[plan.order] = np.arange(plan.samples)
@@ -243,9 +270,12 @@ class Loader:
                 del pending[r]
             return sample
 
+        first_batch = int(np.searchsorted(plan.batch_start, cursor))
         try:
-            for start in range(cursor, end, b):
-                stop = min(start + b, end)
+            for k in range(first_batch, len(plan.batch_start) - 1):
+                start, stop = int(plan.batch_start[k]), int(plan.batch_start[k + 1])
+                if start >= end:
+                    break
                 # Keep the decode threads busy with the reads needed next, a bounded number ahead.
                 while submitted < len(schedule) and (
                     first[schedule[submitted]] < stop or sum(1 for r in pending if first[r] >= stop) < ahead
@@ -253,31 +283,34 @@ class Loader:
                     submit(schedule[submitted])
                     submitted += 1
                 samples = [take(p) for p in range(start, stop)]
-                yield stop, _collate(self._replace_bad(samples, plan, stop), self.geo, self.pin)
+                bucket = self.geo.buckets[int(plan.batch_bucket[k])]
+                yield stop, _collate(self._replace_bad(samples, plan, k), self.geo, bucket, self.pin)
         finally:
             for got in pending.values():
                 if isinstance(got, _Keyed):
                     got.future.cancel()
 
-    def _replace_bad(self, samples: list[Any], plan: _Plan, stop: int) -> list[dict[str, Any]]:
+    def _replace_bad(self, samples: list[Any], plan: _Plan, batch: int) -> list[dict[str, Any]]:
         bad = [i for i, s in enumerate(samples) if isinstance(s, _BadRow)]
         if not bad:
             return samples
         for i in bad:
             self._note_bad(samples[i])
         good = [s for s in samples if not isinstance(s, _BadRow)]
-        # A wholly bad batch borrows the next valid samples of the epoch (wrapping): a function of the data and
-        # the plan only, so a resumed run borrows the same ones.
-        p = stop
-        while not good:
-            if p - stop >= plan.samples:
-                raise ValueError(f"epoch {plan.epoch}: no valid sample on rank {self.rank}; see the warnings")
-            s = int(plan.order[p % plan.samples])
+        # A wholly bad batch borrows the next valid samples of its bucket (wrapping, so the shapes hold): a function
+        # of the data and the plan only, so a resumed run borrows the same ones.
+        for i in plan.bucket_positions(batch, len(samples)) if not good else ():
+            s = int(plan.by_bucket[i])
             unit = self.src.units[int(plan.stream_unit[s])]
             found = self._decoder.read(unit, [int(plan.stream_item[s])])[0]
             if not isinstance(found, _BadRow):
                 good.append(found)
-            p += 1
+                break
+        if not good:
+            bucket = self.geo.buckets[int(plan.batch_bucket[batch])].name
+            raise ValueError(
+                f"epoch {plan.epoch}: no valid sample of bucket {bucket} on rank {self.rank}; see the warnings"
+            )
         return [good[k % len(good)] if isinstance(s, _BadRow) else s for k, s in enumerate(samples)]
 
     def _note_bad(self, row: _BadRow) -> None:

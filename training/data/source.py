@@ -1,5 +1,6 @@
-"""Opening a source (a run or a snapshot directory): its shards, the curated rows grouped into row-group units,
-each run's tensor layout, and the batch geometry that follows from the manifests."""
+"""Opening a source (a run or a snapshot directory): its shards, the curated rows grouped into row-group units (one
+stored clip shape each), each run's tensor layout, and the per-bucket batch geometry that follows from the
+manifests."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.buckets import Bucket
 from curation.shards import read_manifest
 from curation.snapshot import CLIPS_FILE, SNAPSHOT_FILE, load_snapshot, verify_snapshot
 from training.data.config import NOISE_KEY, DataConfig
+from training.data.space import DataSpace, resolve_space
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +41,58 @@ class _Shard:
 
 @dataclasses.dataclass(frozen=True)
 class _Unit:
-    """The selected rows of one row group, in source order."""
+    """The selected rows of one row group that share one stored clip shape, in source order."""
 
     shard: int
     group: int
     rows: tuple[int, ...]  # offsets inside the row group
     clip_ids: tuple[str, ...]
+    shape: int = 0  # index into `_Source.shapes`
+
+
+Dim = int | str  # a manifest dimension: a number, or a symbol of the clip's bucket ("T", "H/8", "T-1", "D")
+Shape = tuple[int, int, int]  # a stored clip shape (num_frames, height, width)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
     key: str  # snapshot run_id, or "" for a run directory
     path: Path
-    layout: dict[str, tuple[tuple[int, ...], np.dtype]]  # tensor -> (shape, dtype) from the manifest
-    noise_grid: tuple[int, int] | None
-    noise_channels: int
+    layout: dict[str, tuple[tuple[Dim, ...], np.dtype]]  # tensor -> (shape, dtype) from the manifest
+    shapes: tuple[Shape, ...]  # the stored clip shapes: the buckets, or the one [frames] shape
+    bucketed: bool  # rows carry their shape in the `bucket` column
+    manifest: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame of the run's VAE (1 without one): how its T' annotations align to frames."""
+        block = self.manifest.get("latents") or self.manifest.get("noise") or {}
+        return int(block.get("temporal_factor") or 1)
+
+    def expected(self, shape: Shape) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
+        """The layout of a row stored at `shape`: symbols resolved, None where a size is not fixed by the shape."""
+        return {name: (resolve_dims(dims, shape), dtype) for name, (dims, dtype) in self.layout.items()}
+
+
+_SYMBOL = re.compile(r"^([THW])(?:([-+/*])(\d+))?$")
+
+
+def resolve_dims(dims: tuple[Dim, ...], shape: Shape) -> tuple[int | None, ...]:
+    """Manifest dims on one stored clip shape (T, H, W): "T-1", "H/8" (floor division, as the pipeline sizes grids)
+    and numbers resolve; other symbols ("D", flow's "h") are None: any size."""
+    values = dict(zip("THW", shape, strict=True))
+    out: list[int | None] = []
+    for d in dims:
+        if isinstance(d, int):
+            out.append(d)
+            continue
+        m = _SYMBOL.match(str(d).replace(" ", ""))
+        if m is None:
+            out.append(None)
+            continue
+        v, op, k = values[m.group(1)], m.group(2), int(m.group(3) or 0)
+        out.append({None: v, "-": v - k, "+": v + k, "*": v * k, "/": v // k if k else None}[op])
+    return tuple(out)
 
 
 @dataclasses.dataclass
@@ -64,6 +105,8 @@ class _Source:
     fingerprint: str
     dropped_refs: int
 
+    shapes: list[Shape] = dataclasses.field(default_factory=list)  # the distinct stored clip shapes, sorted
+
     @property
     def num_samples(self) -> int:
         return sum(len(u.rows) for u in self.units)
@@ -71,16 +114,8 @@ class _Source:
 
 def _run_layout(run_dir: Path, key: str) -> _Run:
     manifest = read_manifest(run_dir)
-    buckets = manifest.get("buckets", {})
-    if buckets.get("enabled"):
-        names = buckets.get("buckets", [])
-        raise ValueError(
-            f"{run_dir}: its clips are stored in {len(names)} buckets ({', '.join(names[:4])}"
-            f"{', ...' if len(names) > 4 else ''}); the loader batches one clip shape so far: curate with an empty "
-            "[buckets] section (the [frames] shape) to train on the run"
-        )
     layout = {
-        name: (tuple(int(s) for s in spec["shape"]), np.dtype(spec["dtype"]))
+        name: (tuple(s if isinstance(s, int) else str(s) for s in spec["shape"]), np.dtype(spec["dtype"]))
         for name, spec in manifest.get("tensors", {}).items()
     }
     if "frames" not in layout:
@@ -88,10 +123,19 @@ def _run_layout(run_dir: Path, key: str) -> _Run:
             f"{run_dir}: the manifest lists no frames tensor (a frames.store=none run keeps annotations only); the "
             "loader needs frames"
         )
-    if NOISE_KEY not in layout:
-        return _Run(key, run_dir, layout, None, 0)
-    shape = layout[NOISE_KEY][0]  # (T, C, H/f, W/f)
-    return _Run(key, run_dir, layout, (shape[2], shape[3]), shape[1])
+    block = manifest.get("buckets") or {}
+    if block.get("enabled"):
+        try:
+            shapes = tuple(sorted({dataclasses.astuple(Bucket.parse(str(n))) for n in block.get("buckets", [])}))
+        except ValueError as e:
+            raise ValueError(f"{run_dir}: malformed bucket names in the manifest: {e}") from e
+        if not shapes:
+            raise ValueError(f"{run_dir}: the manifest says buckets are enabled but lists none")
+        return _Run(key, run_dir, layout, shapes, True, manifest)
+    frames = layout["frames"][0]
+    if len(frames) != 4 or not all(isinstance(d, int) for d in frames[:3]):
+        raise ValueError(f"{run_dir}: the manifest's frames shape {list(frames)} is not (T, H, W, 3) numbers")
+    return _Run(key, run_dir, layout, (tuple(frames[:3]),), False, manifest)
 
 
 def _shard_info(run: int, run_dir: Path, name: str) -> _Shard:
@@ -102,6 +146,24 @@ def _shard_info(run: int, run_dir: Path, name: str) -> _Shard:
     counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     starts = tuple(int(x) for x in np.cumsum([0, *counts]))
     return _Shard(run, name, path, starts, frozenset(meta.schema.to_arrow_schema().names), meta)
+
+
+def _bucket_names(table: pa.Table, rows: list[int], runs: list[_Run], where: str) -> list[str | None]:
+    """The `bucket` of each ref (None for rows of a run without buckets, whose one shape is in its manifest)."""
+    if not any(r.bucketed for r in runs):
+        return [None] * table.num_rows
+    if "bucket" not in table.column_names:
+        raise ValueError(f"{where}: the run stores clips in buckets but its clips table has no bucket column")
+    names = table.column("bucket").to_pylist()
+    return [names[i] if runs[r].bucketed else None for i, r in enumerate(rows)]
+
+
+def _read_selection(path: Path, columns: list[str]) -> pa.Table:
+    """The selection table of a snapshot or a run, with `bucket` when it has one."""
+    files = [path / CLIPS_FILE] if (path / SNAPSHOT_FILE).exists() else sorted((path / "clips").glob("*.parquet"))
+    names = set(pq.read_schema(files[0]).names) if files else set()
+    wanted = [*columns, *(["bucket"] if "bucket" in names else [])]
+    return pa.concat_tables(pq.read_table(p, columns=wanted) for p in files)
 
 
 def _open_source(source: str) -> _Source:
@@ -115,11 +177,15 @@ def _open_source(source: str) -> _Source:
         located = verify_snapshot(snapshot)  # refuses when a source shard changed since the snapshot
         keys = list(located)
         runs = [_run_layout(Path(located[k]), k) for k in keys]
-        table = pq.read_table(path / CLIPS_FILE, columns=["run_id", "shard", "shard_row", "clip_id"])
+        table = _read_selection(path, ["run_id", "shard", "shard_row", "clip_id"])
         index = {k: i for i, k in enumerate(keys)}
+        run_of = [index[r] for r in table.column("run_id").to_pylist()]
+        buckets = _bucket_names(table, run_of, runs, str(path))
         refs = [
-            (index[r], s, int(row), c)
-            for r, s, row, c in zip(*(table.column(n).to_pylist() for n in table.column_names), strict=True)
+            (r, s, int(row), c, b)
+            for r, s, row, c, b in zip(
+                run_of, *(table.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), buckets, strict=True
+            )
         ]
         kind, identity = "snapshot", snapshot.snapshot_id
     elif (path / "shards").is_dir():
@@ -129,12 +195,12 @@ def _open_source(source: str) -> _Source:
             raise ValueError(str(e)) from e
         manifest = read_manifest(path)
         order = {s["name"]: i for i, s in enumerate(manifest["shards"])}
-        clip_files = sorted((path / "clips").glob("*.parquet"))
-        if not clip_files:
+        if not sorted((path / "clips").glob("*.parquet")):
             raise ValueError(f"{path}: no clips table (clips/*.parquet): not a finished run")
-        table = pa.concat_tables(pq.read_table(p, columns=["clip_id", "shard", "shard_row"]) for p in clip_files)
-        rows = zip(*(table.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), strict=True)
-        refs = sorted(((0, s, int(r), c) for s, r, c in rows if s in order), key=lambda x: (order[x[1]], x[2]))
+        table = _read_selection(path, ["clip_id", "shard", "shard_row"])
+        buckets = _bucket_names(table, [0] * table.num_rows, runs, str(path))
+        rows = zip(*(table.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), buckets, strict=True)
+        refs = sorted(((0, s, int(r), c, b) for s, r, c, b in rows if s in order), key=lambda x: (order[x[1]], x[2]))
         if len(refs) != table.num_rows:
             raise ValueError(f"{path}: clips reference shards that the manifest does not list")
         kind, identity = "run", manifest.get("config_hash", "")
@@ -145,14 +211,22 @@ def _open_source(source: str) -> _Source:
     if not refs:
         raise ValueError(f"data.source {source!r} selects 0 clips: nothing to train on")
 
+    shapes = sorted({s for r in runs for s in r.shapes})
+    shape_index = {s: i for i, s in enumerate(shapes)}
     shards: list[_Shard] = []
     shard_index: dict[tuple[int, str], int] = {}
     units: list[_Unit] = []
     dropped = 0
+    # Consecutive refs in one row group form a block; a block holds one unit per stored shape, in order of first
+    # appearance (a run without buckets has one shape: one unit per block).
     current: tuple[int, int] | None = None
-    rows: list[int] = []
-    ids: list[str] = []
-    for run, name, row, clip_id in refs:
+    block: dict[int, tuple[list[int], list[str]]] = {}
+
+    def flush() -> None:
+        if current is not None:
+            units.extend(_Unit(current[0], current[1], tuple(r), tuple(i), k) for k, (r, i) in block.items())
+
+    for run, name, row, clip_id, bucket in refs:
         if (run, name) not in shard_index:
             shard_index[(run, name)] = len(shards)
             shards.append(_shard_info(run, runs[run].path, name))
@@ -164,73 +238,193 @@ def _open_source(source: str) -> _Source:
             )
             dropped += 1
             continue
+        shape = runs[run].shapes[0] if bucket is None else _parse_bucket(bucket, runs[run], clip_id)
         group = bisect.bisect_right(shard.starts, row) - 1
         if (si, group) != current:
-            if current is not None:
-                units.append(_Unit(current[0], current[1], tuple(rows), tuple(ids)))
-            current, rows, ids = (si, group), [], []
-        rows.append(row - shard.starts[group])
-        ids.append(clip_id)
-    if current is not None:
-        units.append(_Unit(current[0], current[1], tuple(rows), tuple(ids)))
+            flush()
+            current, block = (si, group), {}
+        rows_, ids_ = block.setdefault(shape_index[shape], ([], []))
+        rows_.append(row - shard.starts[group])
+        ids_.append(clip_id)
+    flush()
     if not units:
         raise ValueError(f"data.source {source!r}: none of its {len(refs)} clips exist in the shards")
-    # The order depends on the refs and the row-group layout: both go into the fingerprint.
+    # The order depends on the refs, the row-group layout and (with several) the shapes: all go into the
+    # fingerprint. One shape adds nothing, so single-shape sources keep the fingerprint they always had.
     digest = hashlib.sha256(json.dumps([kind, identity], sort_keys=True).encode())
+    if len(shapes) > 1:
+        digest.update(json.dumps(shapes).encode())
     for u in units:
         s = shards[u.shard]
-        digest.update(f"{runs[s.run].key}/{s.name}/{u.group}/{s.starts[u.group]}:{','.join(u.clip_ids)};".encode())
-    return _Source(kind, path, runs, shards, units, digest.hexdigest()[:16], dropped)
+        tag = f"@{u.shape}" if len(shapes) > 1 else ""
+        digest.update(f"{runs[s.run].key}/{s.name}/{u.group}/{s.starts[u.group]}{tag}:{','.join(u.clip_ids)};".encode())
+    return _Source(kind, path, runs, shards, units, digest.hexdigest()[:16], dropped, shapes)
+
+
+def _parse_bucket(name: object, run: _Run, clip_id: str) -> Shape:
+    try:
+        shape = dataclasses.astuple(Bucket.parse(str(name)))
+    except ValueError:
+        raise ValueError(f"{run.path}: clip {clip_id} has a malformed bucket {name!r} (expected TxHxW)") from None
+    if shape not in run.shapes:
+        raise ValueError(f"{run.path}: clip {clip_id} is in bucket {name}, which the manifest does not list")
+    return shape
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Geometry: what every batch holds, fixed at construction from the manifests
+# Geometry: what every batch of a bucket holds, fixed at construction from the manifests
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bucket:
+    """One batch shape: the samples of every stored clip shape that decodes to it (each batch is one bucket)."""
+
+    name: str  # the stored shape(s) "TxHxW" (joined by "+" when a fixed latent_size merges several)
+    num_frames: int
+    latent_size: tuple[int, int]
+    token_grid: tuple[int, int, int] | None  # event maps pooled to this; None without events
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(T, h, w) of the batch's latents."""
+        return (self.num_frames, *self.latent_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Geometry:
-    num_frames: int
-    latent_size: tuple[int, int]
     channels: int
     noise: bool
     noise_source: str
     camera: bool
     events: bool
-    token_grid: tuple[int, int, int] | None
+    buckets: tuple[_Bucket, ...]  # sorted by (T, h, w): bucket 0 keeps the unbucketed loader's random streams
+    bucket_of: dict[tuple[int, int], int]  # (run, stored shape index) -> bucket
+    space: DataSpace = dataclasses.field(default_factory=lambda: DataSpace("pixel", 3, 1, None, None))
+    text: bool = False  # batches carry the stored text embeddings, padded to `space.text_length`
+
+    @property
+    def latent(self) -> bool:
+        return self.space.kind == "latent"
+
+    def _single(self) -> _Bucket:
+        if len(self.buckets) != 1:
+            names = ", ".join(b.name for b in self.buckets)
+            raise ValueError(f"the source has {len(self.buckets)} batch shapes ({names}): read geo.buckets")
+        return self.buckets[0]
+
+    # The one bucket of a source without buckets (an error with several: their sizes differ).
+    @property
+    def num_frames(self) -> int:
+        return self._single().num_frames
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self._single().latent_size
+
+    @property
+    def token_grid(self) -> tuple[int, int, int] | None:
+        return self._single().token_grid
+
+
+def _patched(shape: tuple[int, int, int], patch: tuple[int, int, int], what: str) -> tuple[int, int, int]:
+    if any(s % p for s, p in zip(shape, patch, strict=True)):
+        raise ValueError(f"{what}: latent (T, h, w) = {shape} is not divisible by data.token_patch {patch}")
+    return tuple(s // p for s, p in zip(shape, patch, strict=True))
+
+
+def data_space(cfg: DataConfig, src: _Source) -> DataSpace:
+    """The source's space (pixel or latent), VAE and text encoder, checked against the config's pins."""
+    manifests = [(str(r.path), r.manifest) for r in src.runs]
+    return resolve_space(manifests, cfg.space, cfg.vae_hash, cfg.text_encoder_hash)
+
+
+def _latent_grid(r: _Run, shape: Shape, where: str) -> tuple[int, int, int]:
+    """(T', h, w) of the run's stored latents at one clip shape, from the manifest."""
+    dims = r.expected(shape)["latents"][0]
+    if len(dims) != 4 or None in dims:
+        raise ValueError(f"{where}: the manifest's latents shape {list(r.layout['latents'][0])} is not (C, T', h, w)")
+    return int(dims[1]), int(dims[2]), int(dims[3])
 
 
 def _geometry(cfg: DataConfig, src: _Source) -> _Geometry:
-    frames = [r.layout["frames"][0] for r in src.runs]
-    if len({f[0] for f in frames}) != 1:
-        raise ValueError(f"the source's runs store different frame counts {sorted({f[0] for f in frames})}")
-    num_frames = frames[0][0]
+    space = data_space(cfg, src)
+    c = space.channels
+    if cfg.latent_channels is not None and cfg.latent_channels != c:
+        raise ValueError(
+            f"data.latent_channels {cfg.latent_channels} != the data's {c} channels ({space.kind} space"
+            + (f", {space.vae['cls']}" if space.vae else "")
+            + "): leave it unset"
+        )
+    if space.kind == "latent" and cfg.latent_size is not None:
+        raise ValueError("data.latent_size is for pixel space: VAE latents are used at their stored size")
+    pairs = sorted({(src.shards[u.shard].run, u.shape) for u in src.units})  # (run, shape) that rows use
     first = src.runs[0]
-    latent = cfg.latent_size or first.noise_grid or (frames[0][1], frames[0][2])
-    c = cfg.latent_channels
-    reasons = []
-    for r in src.runs:
-        if NOISE_KEY not in r.layout:
+    reasons: list[str] = []
+    signature: dict[tuple[int, int], tuple[int, tuple[int, int]]] = {}
+    event_grids: dict[tuple[int, int], tuple[int | None, ...]] = {}
+    for run_i, shape_i in pairs:
+        r, shape = src.runs[run_i], src.shapes[shape_i]
+        expected, lead = r.expected(shape), first.expected(shape)
+        where = f"({r.path})" if not r.bucketed else f"(bucket {'x'.join(map(str, shape))}, {r.path})"
+        if space.kind == "latent":
+            t, *latent = _latent_grid(r, shape, where)
+        else:
+            t = shape[0]
+            # The first run's noise grid sizes every run's latents (as before buckets), else the frames.
+            grid = tuple(lead[NOISE_KEY][0][2:4]) if NOISE_KEY in lead else ()
+            latent = cfg.latent_size or (grid if len(grid) == 2 and None not in grid else (shape[1], shape[2]))
+        signature[(run_i, shape_i)] = (t, (int(latent[0]), int(latent[1])))
+        if "event_activity" in expected:  # stored at T or T': served at the latents' t either way
+            event_grids[(run_i, shape_i)] = (t, *expected["event_activity"][0][1:])
+        if NOISE_KEY not in expected:
             reasons.append(f"run {r.path} has no warped_noise")
-        elif r.noise_grid != tuple(latent):
-            reasons.append(f"noise grid {r.noise_grid} != latent_size {tuple(latent)} ({r.path})")
-        elif r.layout[NOISE_KEY][0][1] < c:
-            reasons.append(f"{r.layout[NOISE_KEY][0][1]} noise channels < latent_channels {c} ({r.path})")
-        elif r.layout[NOISE_KEY][0][0] != num_frames:
-            reasons.append(f"noise has {r.layout[NOISE_KEY][0][0]} frames, frames have {num_frames} ({r.path})")
+            continue
+        noise = expected[NOISE_KEY][0]  # (T, C, H/f, W/f)
+        if tuple(noise[2:4]) != tuple(latent):
+            reasons.append(f"noise grid {tuple(noise[2:4])} != latent_size {tuple(latent)} {where}")
+        elif noise[1] is None or noise[1] < c:
+            reasons.append(f"{noise[1]} noise channels < latent_channels {c} {where}")
+        elif noise[0] != t:
+            reasons.append(f"noise has {noise[0]} frames, the latents {t} {where}")
+    if space.kind == "latent" and reasons:
+        # Pixel space falls back to i.i.d. noise; latents whose noise is not on their grid is a broken run.
+        raise ValueError(f"latent space needs the warped noise on the latent grid: {'; '.join(dict.fromkeys(reasons))}")
     noise_source = NOISE_KEY if not reasons else "absent: " + "; ".join(dict.fromkeys(reasons))
-    events = [r.layout["event_activity"][0] for r in src.runs if "event_activity" in r.layout]
-    grid = cfg.token_grid
-    if events and grid is None:
-        if len(set(events)) != 1:
-            raise ValueError(f"the source's event maps have different grids {sorted(set(events))}: set token_grid")
-        grid = events[0]
+    events = bool(event_grids)
+    text = space.text is not None if cfg.text_embeddings is None else cfg.text_embeddings
+    if text and space.text is None:
+        raise ValueError("data.text_embeddings is set, but not every run stores text embeddings (text_encoder.*)")
+
+    # Pairs with equal (T, h, w) batch together; then each bucket's event grid.
+    keys = sorted(set(signature.values()))
+    members = {k: [p for p in pairs if signature[p] == k] for k in keys}
+    buckets = []
+    for t, latent in keys:
+        names = sorted({"x".join(map(str, src.shapes[s])) for _, s in members[(t, latent)]})
+        name = "+".join(names)
+        grid: tuple[int, ...] | None = None
+        if events and cfg.token_grid is not None:
+            grid = cfg.token_grid
+        elif events and cfg.token_patch is not None:
+            grid = _patched((t, *latent), cfg.token_patch, f"bucket {name}")
+        elif events:
+            stored = {event_grids[p] for p in members[(t, latent)] if p in event_grids}
+            if len(stored) != 1 or None in next(iter(stored)):
+                found = sorted(str(g) for g in stored) or ["none"]
+                raise ValueError(
+                    f"bucket {name}: event maps on grids {', '.join(found)}: set data.token_grid or data.token_patch"
+                )
+            grid = next(iter(stored))
+        buckets.append(_Bucket(name, t, latent, tuple(int(g) for g in grid) if grid else None))
+    index = {k: i for i, k in enumerate(keys)}
     return _Geometry(
-        num_frames=num_frames,
-        latent_size=(int(latent[0]), int(latent[1])),
         channels=c,
         noise=not reasons,
         noise_source=noise_source,
         camera=any("camera_tokens" in r.layout for r in src.runs),
-        events=bool(events),
-        token_grid=tuple(int(g) for g in grid) if events and grid else None,
+        events=events,
+        buckets=tuple(buckets),
+        bucket_of={p: index[signature[p]] for p in pairs},
+        space=space,
+        text=text,
     )
