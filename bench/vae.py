@@ -4,7 +4,9 @@ Builds tiny randomly initialised diffusers VAEs (the test configs: Wan, CogVideo
 each to a folder and loads it back through `annotators.vae.load_vae`, then encodes real corpus clips (17 frames
 at 64x112, a 16:9 bucket of the test preset) at batch sizes 1, 4 and 16. The baseline is decoding those frames
 from the source video in the same run (`curation.decode.iter_frames`): encode_time / decode_time says how much the
-latents stage adds to a clip's cost. With `--gpu`, also a Wan-sized random VAE (base_dim 96, z_dim 16) at 480p in
+latents stage adds to a clip's cost. It also reports bytes per clip-second of the same clips stored raw (uint8),
+as video (the default `frames.store = video` codec) and as latents (float16 at a Wan-shaped 16-channel grid,
+zstd level 1 as the shards compress them). With `--gpu`, also a Wan-sized random VAE (base_dim 96, z_dim 16) at 480p in
 bfloat16: clips/s and peak memory.
 
     python bench/vae.py [--clips 16] [--gpu]
@@ -73,6 +75,44 @@ def time_encode(vae, clips: list[np.ndarray], batch: int) -> float:
     return time.perf_counter() - t0
 
 
+def storage(clips: list[np.ndarray], fps: float = 8.0) -> dict:
+    """Bytes per clip-second of `clips` stored raw, as video and as Wan-shaped latents (16 channels, 8x, 4x)."""
+    import tempfile as tf
+
+    import pyarrow as pa
+
+    from curation.video_store import VideoCodec, encode_video
+
+    with tf.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "wan16"
+        import diffusers
+
+        torch.manual_seed(0)
+        diffusers.AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            latents_mean=[0.0] * 16,
+            latents_std=[1.0] * 16,
+        ).save_pretrained(folder)
+        vae = load_vae(LatentConfig(model_path=str(folder), device="cpu"))
+        seconds = sum(len(c) for c in clips) / fps
+        raw = sum(c.nbytes for c in clips)
+        video = sum(len(encode_video(c, VideoCodec(), fps)) for c in clips)
+        latents = [vae.encode(c[None])[0].numpy().astype(np.float16) for c in clips]
+        codec = pa.Codec("zstd", compression_level=1)
+        latent = sum(len(codec.compress(z.tobytes())) for z in latents)
+    return {
+        "raw_kb_per_s": round(raw / seconds / 1e3, 1),
+        "video_kb_per_s": round(video / seconds / 1e3, 1),
+        "latent_kb_per_s": round(latent / seconds / 1e3, 1),
+        "raw_over_video": round(raw / video, 1),
+        "raw_over_latent": round(raw / latent, 1),
+        "latent_shape": list(latents[0].shape),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=16)
@@ -81,6 +121,9 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     clips, decode_s = corpus_clips(args.clips, 17, (64, 112))
     report: dict = {"clips": len(clips), "decode_s": round(decode_s, 3), "threads": torch.get_num_threads()}
+    report["storage_17x64x112"] = storage(clips)
+    big, _ = corpus_clips(min(args.clips, 6), 17, (256, 448))
+    report["storage_17x256x448"] = storage(big)
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("wan", "cogvideox", "image"):
             folder = Path(tmp) / kind

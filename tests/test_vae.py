@@ -163,3 +163,18 @@ def test_config_is_validated():
     with pytest.raises(ValueError, match="store_dtype"):
         LatentConfig(store_dtype="bfloat16")
     assert not LatentConfig().enabled
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_encode_matches_cpu(vae_dir):
+    """On a GPU the default dtype is bfloat16: the latents stay within bfloat16's precision of the CPU float32 ones,
+    and a batch too large for the GPU is split rather than failing the clips."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cpu = load_vae(LatentConfig(model_path=str(vae_dir), device="cpu"))
+    gpu = load_vae(LatentConfig(model_path=str(vae_dir), device="cuda"))
+    assert gpu.dtype == torch.bfloat16
+    frames = np.stack([clip(), clip(seed=5)])
+    torch.testing.assert_close(gpu.encode(frames).cpu(), cpu.encode(frames), atol=0.1, rtol=0.05)
+    out = encode_batches(gpu, [clip(seed=i) for i in range(8)])
+    assert len(out) == 8 and all(isinstance(o, np.ndarray) for o in out)
