@@ -19,6 +19,7 @@ Python loop over pixels, and all randomness comes from the caller's generator in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -222,12 +223,14 @@ def warped_noise_video(
     warp_scale: int,
     seed: int,
     device: str | torch.device = "cpu",
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """A (T, C, nh, nw) float32 noise video transported along `flows` ((T-1, 2, h, w), pixels of the (h, w) grid).
 
     The state lives on the warp grid (nh*warp_scale, nw*warp_scale); each flow is resized to it, frame 0 is
     i.i.d. N(0,1) from torch.Generator(device).manual_seed(seed), and every output frame is the state area-pooled by
-    warp_scale. Same seed and flows give bit-identical output on the same device.
+    warp_scale. Same seed and flows give bit-identical output on the same device. `step` replaces `warp_step`
+    (same signature and draws: the fused backend passes its kernel here); None = this module's `warp_step`.
     """
     if isinstance(flows, np.ndarray):
         flows = torch.from_numpy(flows)
@@ -255,7 +258,7 @@ def warped_noise_video(
     out[0] = area_pool(state, warp_scale)
     for i in range(flows.shape[0]):  # frame-sequential by nature; each step is fully vectorised
         flow = resize_flow(flows[i].to(device=device, dtype=torch.float32), big)
-        state, density = warp_step(state, density, flow, generator)
+        state, density = (step or warp_step)(state, density, flow, generator)
         out[i + 1] = area_pool(state, warp_scale)
     return out
 

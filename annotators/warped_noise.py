@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
+import warnings
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
@@ -34,6 +37,9 @@ class NoiseConfig:
     # [latents] when a VAE is configured) keeps 1 + (T - 1) / factor frames, chosen by `temporal`.
     temporal_factor: int = 1
     temporal: str = "nearest"  # nearest (frames 0, 4, 8, ...: GWTF's default) | blend (group mean, renormalised)
+    # auto | reference | fused: the numba-fused CPU warp is bit-identical to the torch reference, so the choice
+    # changes speed only; auto takes fused when numba imports (CPU devices; CUDA always runs the reference)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.factor < 1 or self.warp_scale < 1 or self.temporal_factor < 1:
@@ -42,12 +48,48 @@ class NoiseConfig:
             raise ValueError(f"noise.temporal must be nearest or blend, got {self.temporal!r}")
         if self.seed < 0:
             raise ValueError("noise.seed must be >= 0")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"noise.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+
+BACKENDS = ("auto", "reference", "fused")
+_warned_fallback = False
+
+
+def select_warper(backend: str, device_type: str) -> ModuleType:
+    """The module whose `warped_noise_video` makes the noise: `annotators.noise_warp_fused` or the reference
+    `annotators.noise_warp`. `auto` falls back to the reference when numba is missing (one warning per process)
+    or the device is not a CPU; `fused` there is a configuration error."""
+    global _warned_fallback
+    from annotators import noise_warp  # torch: loaded where noise is made, not by everything importing configs
+
+    if backend == "reference":
+        return noise_warp
+    if device_type != "cpu":
+        if backend == "fused":
+            raise ValueError(f"noise.backend = fused runs on CPU only; the noise device is {device_type}")
+        return noise_warp
+    try:
+        noise_warp_fused = importlib.import_module("annotators.noise_warp_fused")
+    except ImportError as exc:
+        if backend == "fused":
+            raise ValueError(f"noise.backend = fused needs numba: {exc}") from exc
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(f"numba unavailable ({exc}): warped noise uses the torch reference warp", stacklevel=2)
+        return noise_warp
+    noise_warp_fused.warm_up()  # compile or load the cached kernels once, not inside the first clip
+    return noise_warp_fused
 
 
 def clip_noise_seed(clip_id: str, base_seed: int) -> int:
     """A 63-bit seed that depends only on the clip and the base seed (stable across runs and machines)."""
     digest = hashlib.sha256(f"{base_seed}:{clip_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _device_type(device: str) -> str:
+    return str(device).split(":")[0]  # "cuda:1" -> "cuda"
 
 
 def noise_grid(frame_height: int, frame_width: int, factor: int) -> tuple[int, int]:
@@ -69,11 +111,12 @@ class WarpedNoiser:
     )
 
     def __init__(self, cfg: NoiseConfig) -> None:
-        from annotators import noise_warp  # torch: loaded where noise is made, not by everything importing configs
-
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.warper = noise_warp
+        from annotators import noise_warp  # torch: loaded where noise is made, not by everything importing configs
+
+        self.warper = noise_warp  # version, frame reduction; the warp itself comes from the chosen backend
+        self.backend = select_warper(cfg.backend, _device_type(self.device))
 
     def __call__(self, batch: Batch) -> Batch:
         inputs = zip(batch["clip_id"], batch["flow"], batch["frames"], strict=True)
@@ -90,7 +133,7 @@ class WarpedNoiser:
         if not np.isfinite(flow).all():
             raise AnnotatorError("flow_not_finite", "flow has NaN or inf values")
         c = self.cfg
-        noise = self.warper.warped_noise_video(
+        noise = self.backend.warped_noise_video(
             flow,
             channels=c.channels,
             noise_size=noise_grid(*frame_size, c.factor),

@@ -8,7 +8,9 @@ a wrong one (bilinear warp, copied children, dropped density) fails by orders of
 
 from __future__ import annotations
 
+import importlib
 import math
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,11 +25,19 @@ from annotators.noise_warp import (
     mix_noise,
     morans_i,
     resize_flow,
-    warp_step,
     warped_noise_video,
 )
 
 MOTIONS = ("translate", "zoom_in", "zoom_out", "rotate")
+BACKENDS = {"reference": "annotators.noise_warp", "fused": "annotators.noise_warp_fused"}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def warper(request: pytest.FixtureRequest) -> ModuleType:
+    """Each property test that warps runs on both implementations (the torch reference and the numba-fused one)."""
+    if request.param == "fused":
+        pytest.importorskip("numba")
+    return importlib.import_module(BACKENDS[request.param])
 
 
 def motion_flow(kind: str, h: int, w: int, scale: float = 1.0) -> torch.Tensor:
@@ -92,14 +102,14 @@ def test_version_string() -> None:
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
-def test_warp_step_keeps_every_frame_white(motion: str) -> None:
+def test_warp_step_keeps_every_frame_white(motion: str, warper: ModuleType) -> None:
     """At the warp grid, every state over 25 frames is i.i.d. N(0,1); so is its 2x pooled version."""
     c, h, w = 4, 128, 128
     flow = motion_flow(motion, h, w)
     gen = torch.Generator().manual_seed(7)
     noise, density = torch.randn((c, h, w), generator=gen), torch.ones(h, w)
     for t in range(1, 26):
-        noise, density = warp_step(noise, density, flow, gen)
+        noise, density = warper.warp_step(noise, density, flow, gen)
         assert noise.dtype == torch.float32 and noise.shape == (c, h, w)
         assert_white(noise, f"{motion} state frame {t}")
         assert_white(area_pool(noise, 2), f"{motion} pooled state frame {t}")
@@ -108,7 +118,7 @@ def test_warp_step_keeps_every_frame_white(motion: str) -> None:
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
-def test_warp_step_transports_noise(motion: str) -> None:
+def test_warp_step_transports_noise(motion: str, warper: ModuleType) -> None:
     """The noise moves with the flow rather than being redrawn: each target stays strongly correlated with the
     previous frame at its (rounded) backward position. Fresh noise every frame would pass the whiteness checks
     but give ~0 here."""
@@ -117,8 +127,8 @@ def test_warp_step_transports_noise(motion: str) -> None:
     gen = torch.Generator().manual_seed(3)
     noise, density = torch.randn((c, h, w), generator=gen), torch.ones(h, w)
     for _ in range(10):  # let the density become non-uniform first
-        noise, density = warp_step(noise, density, flow, gen)
-    nxt, _ = warp_step(noise, density, flow, gen)
+        noise, density = warper.warp_step(noise, density, flow, gen)
+    nxt, _ = warper.warp_step(noise, density, flow, gen)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     sy, sx = (ys - flow[1]).round().long(), (xs - flow[0]).round().long()
     ok = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
@@ -128,11 +138,11 @@ def test_warp_step_transports_noise(motion: str) -> None:
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
-def test_video_frames_are_white(motion: str) -> None:
+def test_video_frames_are_white(motion: str, warper: ModuleType) -> None:
     """warped_noise_video output (pooled from a 4x warp grid, flow given on a different frame grid) stays white."""
     frame_hw, noise_hw, scale, frames = (96, 120), (64, 80), 4, 24
     flow = motion_flow(motion, *frame_hw)
-    video = warped_noise_video(
+    video = warper.warped_noise_video(
         flow.expand(frames - 1, 2, *frame_hw).numpy(), channels=4, noise_size=noise_hw, warp_scale=scale, seed=11
     )
     assert video.shape == (frames, 4, *noise_hw) and video.dtype == torch.float32
@@ -148,26 +158,26 @@ def test_video_frames_are_white(motion: str) -> None:
     assert r > 0.3, f"{motion}: temporal correlation along the flow {r:.3f}"
 
 
-def test_zero_flow_keeps_noise_identical() -> None:
-    video = warped_noise_video(torch.zeros(9, 2, 40, 48), channels=3, noise_size=(20, 24), warp_scale=2, seed=5)
+def test_zero_flow_keeps_noise_identical(warper: ModuleType) -> None:
+    video = warper.warped_noise_video(torch.zeros(9, 2, 40, 48), channels=3, noise_size=(20, 24), warp_scale=2, seed=5)
     for t in range(1, 10):
         assert torch.equal(video[t], video[0])
     # also bit-exact with a non-uniform density (a/sqrt(a*a) must be exactly 1)
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn((4, 64, 64), generator=gen)
     density = torch.rand((64, 64), generator=gen) * 20 + 1e-3
-    nxt, _ = warp_step(noise, density, torch.zeros(2, 64, 64), gen)
+    nxt, _ = warper.warp_step(noise, density, torch.zeros(2, 64, 64), gen)
     assert torch.equal(nxt, noise)
 
 
 @pytest.mark.parametrize("uniform_density", [True, False])
-def test_integer_shift_is_exact_copy_with_fresh_entering_strip(uniform_density: bool) -> None:
+def test_integer_shift_is_exact_copy_with_fresh_entering_strip(uniform_density: bool, warper: ModuleType) -> None:
     c, h, w, dx, dy = 4, 128, 128, 24, -16
     gen = torch.Generator().manual_seed(2)
     noise = torch.randn((c, h, w), generator=gen)
     density = torch.ones(h, w) if uniform_density else torch.rand((h, w), generator=gen) * 5 + 0.1
     flow = torch.stack((torch.full((h, w), float(dx)), torch.full((h, w), float(dy))))
-    nxt, new_density = warp_step(noise, density, flow, gen)
+    nxt, new_density = warper.warp_step(noise, density, flow, gen)
     # target (y + dy, x + dx) holds source (y, x) exactly
     assert torch.equal(nxt[:, : h + dy, dx:], noise[:, -dy:, : w - dx])
     entering = torch.ones(h, w, dtype=torch.bool)
@@ -183,13 +193,13 @@ def test_integer_shift_is_exact_copy_with_fresh_entering_strip(uniform_density: 
     assert abs(corr(strip, noise[:, entering])) < 5 / math.sqrt(n)  # unrelated to what was there before
 
 
-def test_integer_shift_through_video_and_pooling() -> None:
+def test_integer_shift_through_video_and_pooling(warper: ModuleType) -> None:
     """A whole-pixel pan is an exact shifted copy of the pooled output too, once the warp-grid shift is a whole
     number of pooling blocks. Frames are 2x the noise grid, so (2, 1) frame px = (1, 0.5) noise px = (4, 2) warp
     px per frame: every 2 frames the noise moves by exactly (dx, dy) = (2, 1) noise px."""
     flows = torch.zeros(4, 2, 48, 64)
     flows[:, 0], flows[:, 1] = 2.0, 1.0
-    video = warped_noise_video(flows, channels=2, noise_size=(24, 32), warp_scale=4, seed=9)
+    video = warper.warped_noise_video(flows, channels=2, noise_size=(24, 32), warp_scale=4, seed=9)
     assert torch.equal(video[2, :, 1:, 2:], video[0, :, :-1, :-2])
     assert torch.equal(video[4, :, 2:, 4:], video[0, :, :-2, :-4])
     assert not torch.equal(video[2, :, 2:, 1:], video[0, :, :-2, :-1])  # x and y not swapped
@@ -197,14 +207,16 @@ def test_integer_shift_through_video_and_pooling() -> None:
 
 
 @pytest.mark.parametrize(("warp_scale", "expected"), [(10, (6, -4)), (8, (6, -4)), (1, (0, 0))])
-def test_subpixel_pan_accumulates_only_on_a_fine_grid(warp_scale: int, expected: tuple[int, int]) -> None:
+def test_subpixel_pan_accumulates_only_on_a_fine_grid(
+    warp_scale: int, expected: tuple[int, int], warper: ModuleType
+) -> None:
     """(0.3, -0.2) px/frame for 20 frames moves the noise by (6, -4) px when the warp grid is fine enough (within
     1.5 px: rounding at the warp grid quantises the speed to 1/warp_scale px); at warp_scale=1 each step rounds
     to 0 and the noise sticks -- the reason to warp on an upsampled grid."""
     frames = 21
     flows = torch.zeros(frames - 1, 2, 48, 48)
     flows[:, 0], flows[:, 1] = 0.3, -0.2
-    video = warped_noise_video(flows, channels=2, noise_size=(48, 48), warp_scale=warp_scale, seed=4)
+    video = warper.warped_noise_video(flows, channels=2, noise_size=(48, 48), warp_scale=warp_scale, seed=4)
     dx, dy, r = best_shift(video[0], video[-1], radius=9)
     assert abs(dx - expected[0]) <= 1.5 and abs(dy - expected[1]) <= 1.5, (dx, dy, r)
     assert r > 0.9  # the moved region is the same noise, not a faint echo
@@ -212,27 +224,29 @@ def test_subpixel_pan_accumulates_only_on_a_fine_grid(warp_scale: int, expected:
         assert torch.equal(video[-1], video[0])
 
 
-def test_same_seed_same_output_different_seed_differs() -> None:
+def test_same_seed_same_output_different_seed_differs(warper: ModuleType) -> None:
     flows = motion_flow("zoom_in", 40, 40).expand(6, 2, 40, 40).contiguous()
-    a = warped_noise_video(flows, channels=3, noise_size=(20, 20), warp_scale=2, seed=123)
-    b = warped_noise_video(flows.numpy(), channels=3, noise_size=(20, 20), warp_scale=2, seed=123)
-    c = warped_noise_video(flows, channels=3, noise_size=(20, 20), warp_scale=2, seed=124)
+    a = warper.warped_noise_video(flows, channels=3, noise_size=(20, 20), warp_scale=2, seed=123)
+    b = warper.warped_noise_video(flows.numpy(), channels=3, noise_size=(20, 20), warp_scale=2, seed=123)
+    c = warper.warped_noise_video(flows, channels=3, noise_size=(20, 20), warp_scale=2, seed=124)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert abs(corr(a, c)) < 0.05
 
 
-def test_single_frame_video() -> None:
-    video = warped_noise_video(np.zeros((0, 2, 8, 8), np.float32), channels=2, noise_size=(8, 8), warp_scale=3, seed=0)
+def test_single_frame_video(warper: ModuleType) -> None:
+    video = warper.warped_noise_video(
+        np.zeros((0, 2, 8, 8), np.float32), channels=2, noise_size=(8, 8), warp_scale=3, seed=0
+    )
     assert video.shape == (1, 2, 8, 8)
 
 
 @pytest.mark.parametrize("beta", [0.9, 0.5])
-def test_mix_noise_gives_beta_squared_temporal_correlation(beta: float) -> None:
+def test_mix_noise_gives_beta_squared_temporal_correlation(beta: float, warper: ModuleType) -> None:
     c, h, w, dx, dy = 4, 128, 128, 3, 2
     flows = torch.zeros(1, 2, h, w)
     flows[:, 0], flows[:, 1] = dx, dy
-    warped = warped_noise_video(flows, channels=c, noise_size=(h, w), warp_scale=1, seed=21)
+    warped = warper.warped_noise_video(flows, channels=c, noise_size=(h, w), warp_scale=1, seed=21)
     gen = torch.Generator().manual_seed(22)
     m0, m1 = mix_noise(warped[0], beta, gen), mix_noise(warped[1], beta, gen)
     overlap_now, overlap_before = m1[:, dy:, dx:], m0[:, : h - dy, : w - dx]
@@ -259,7 +273,7 @@ def test_degrade_noise_correlation_and_variance(gamma: float) -> None:
         degrade_noise(x, -0.1)
 
 
-def test_bilinear_warp_fails_the_same_checks() -> None:
+def test_bilinear_warp_fails_the_same_checks(warper: ModuleType) -> None:
     """Negative control: a few frames of bilinear warping along the same sub-pixel pan collapse the variance and
     correlate neighbours; the same checks our warper passes reject it by a wide margin."""
     c, h, w = 4, 128, 128
@@ -268,7 +282,7 @@ def test_bilinear_warp_fails_the_same_checks() -> None:
     ours = bil = torch.randn((c, h, w), generator=gen)
     density = torch.ones(h, w)
     for _ in range(4):
-        ours, density = warp_step(ours, density, flow, gen)
+        ours, density = warper.warp_step(ours, density, flow, gen)
         bil = bilinear_warp(bil, flow, padding="border")
     assert not white_noise_failures(ours)
     failures = white_noise_failures(bil)
@@ -276,7 +290,7 @@ def test_bilinear_warp_fails_the_same_checks() -> None:
     assert float(bil.std()) < 0.8 and morans_i(bil) > 0.3
 
 
-def test_children_of_a_split_source_are_uncorrelated() -> None:
+def test_children_of_a_split_source_are_uncorrelated(warper: ModuleType) -> None:
     """Zoom-in at warp_scale=1 splits ~8% of the pixels into two neighbouring children each frame. Copying the
     parent into both (no conditional split) would correlate those neighbours: the same Moran check catches it."""
     c, h, w = 4, 128, 128
@@ -284,7 +298,7 @@ def test_children_of_a_split_source_are_uncorrelated() -> None:
     gen = torch.Generator().manual_seed(12)
     noise, density = torch.randn((c, h, w), generator=gen), torch.ones(h, w)
     for _ in range(5):
-        noise, density = warp_step(noise, density, flow, gen)
+        noise, density = warper.warp_step(noise, density, flow, gen)
     assert not white_noise_failures(noise)
     # the naive variant: nearest-neighbour backward copy, which duplicates the sources of expanded regions
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -349,18 +363,18 @@ def test_statistics_helpers_detect_structure() -> None:
         (torch.zeros(2, 2, 8, 8), {"noise_size": (0, 8)}),
     ],
 )
-def test_invalid_input_raises(flows: torch.Tensor, kwargs: dict) -> None:
+def test_invalid_input_raises(flows: torch.Tensor, kwargs: dict, warper: ModuleType) -> None:
     args = {"channels": 2, "noise_size": (8, 8), "warp_scale": 2, "seed": 0} | kwargs
     with pytest.raises(ValueError):
-        warped_noise_video(flows, **args)
+        warper.warped_noise_video(flows, **args)
 
 
-def test_warp_step_rejects_mismatched_shapes() -> None:
+def test_warp_step_rejects_mismatched_shapes(warper: ModuleType) -> None:
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError):
-        warp_step(torch.zeros(2, 8, 8), torch.ones(8, 8), torch.zeros(2, 8, 9), gen)
+        warper.warp_step(torch.zeros(2, 8, 8), torch.ones(8, 8), torch.zeros(2, 8, 9), gen)
     with pytest.raises(ValueError):
-        warp_step(torch.zeros(8, 8), torch.ones(8, 8), torch.zeros(2, 8, 8), gen)
+        warper.warp_step(torch.zeros(8, 8), torch.ones(8, 8), torch.zeros(2, 8, 8), gen)
 
 
 @pytest.mark.gpu
