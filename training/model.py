@@ -15,6 +15,13 @@ Layout of one forward pass (x (B, C, T, h, w), t (B,) with t = 0 noise and t = 1
 5. Final adaLN + zero-initialised linear unpatchify -> velocity; the EVD event head on the final block's tokens ->
    activity logits (B, T', H', W').
 
+`model.causal = true` (AAPT, machinery in `training.causal`): self-attention is block-causal over token frames
+(optionally a sliding `window` with `sink` frames kept), the previous frame is concatenated on the channel axis
+(`recycled`, x_embed takes 2*C channels), QCM tokens are one per position (the step that leads to its target frame),
+optional per-pixel camera rays (`camera_rays`) enter through their own randomly initialised patch projection, and
+`kv_cache` streams one token frame per call. The sin-cos time axis is the absolute token-frame index (no table), so
+rollouts may outgrow the training clips. With causal = false (the default) nothing of this exists.
+
 At initialisation the velocity is exactly 0 (zero final layer), the event head outputs ~0 logits (weights N(0, 1e-5))
 and the event injection adds exactly 0 (alpha = 0), so enabling the event modules does not change the base model.
 """
@@ -23,8 +30,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +40,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from annotators.qcm import NUM_TOKENS
+from training import causal
+from training.camera_rays import RAY_CHANNELS
 from training.text import TextConfig, TextEncoder, build_text_encoder
+
+if TYPE_CHECKING:
+    from training.causal import KVCache
+
+Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (q, k, v) -> out, (B, H, N, hd)
 
 CAMERA_START = NUM_TOKENS  # embedding row of frame 0 (no step leads to it)
 CAMERA_NULL_ROW = NUM_TOKENS + 1  # embedding row of "no camera information"
@@ -82,6 +97,12 @@ class ModelConfig:
     event_injection: bool = True  # EVD input-level injection of an event field
     event_alpha: float | None = None  # None = learnable alpha initialised 0; a number = fixed alpha (0 = off)
     grad_checkpointing: bool = False  # recompute block activations in backward (memory for compute)
+    causal: bool = False  # AAPT block-causal self-attention over token frames + recycled input (training.causal)
+    window: int = 0  # causal: token frames a query frame attends to, itself included (0 = every earlier frame)
+    sink: int = 1  # causal with a window: first token frames always attended to (frame 0 holds the first frame)
+    recycle: bool = True  # causal: previous frame concatenated on the channel axis (x_embed takes 2*in_channels)
+    camera_rays: bool = False  # causal: 6-channel ray origin/direction input (training.camera_rays), random init
+    attention: str = "auto"  # causal kernel: auto (flex on CUDA, SDPA + bool mask elsewhere) | sdpa | flex
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +119,7 @@ class ModelConfig:
             raise ValueError(f"model: hidden size {self.hidden_dim} must be even and divisible by {self.heads} heads")
         if self.in_channels < 1 or self.blocks < 1 or self.mlp_ratio <= 0:
             raise ValueError("model: in_channels and depth must be >= 1 and mlp_ratio > 0")
+        causal.validate(self.causal, self.window, self.sink, self.attention, self.pos_embed, self.camera_rays)
 
     @property
     def hidden_dim(self) -> int:
@@ -129,12 +151,15 @@ def _sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """(T'*H'*W', dim) fixed position embedding: the width is split into time/row/column parts (each even)."""
+def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None = None, t0: int = 0) -> torch.Tensor:
+    """(T'*H'*W', dim) fixed position embedding: the width is split into time/row/column parts (each even).
+
+    Token frame i gets time position t0 + i: a fixed interval of 1, so a streamed frame equals the same frame of a
+    full-sequence call."""
     d_s = 2 * (dim // 6)
     d_t = dim - 2 * d_s
     gt, gh, gw = grid
-    et = _sincos_1d(torch.arange(gt, device=device), d_t)[:, None, None].expand(gt, gh, gw, d_t)
+    et = _sincos_1d(torch.arange(t0, t0 + gt, device=device), d_t)[:, None, None].expand(gt, gh, gw, d_t)
     eh = _sincos_1d(torch.arange(gh, device=device), d_s)[None, :, None].expand(gt, gh, gw, d_s)
     ew = _sincos_1d(torch.arange(gw, device=device), d_s)[None, None, :].expand(gt, gh, gw, d_s)
     return torch.cat([et, eh, ew], dim=-1).reshape(gt * gh * gw, dim).float()
@@ -172,7 +197,11 @@ class Attention(nn.Module):
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        core: Core | None = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
         if self.cross:
@@ -186,7 +215,8 @@ class Attention(nn.Module):
             # A row whose keys are all masked would give NaN; it attends to everything and is zeroed instead.
             valid = mask.any(dim=1)
             attn_mask = (mask | ~valid[:, None])[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # `core` replaces plain attention (causal masks, KV cache); it is only ever given for self-attention.
+        out = core(q, k, v) if core is not None else F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = self.proj(out.transpose(1, 2).reshape(b, n, d))
         return out if valid is None else out * valid[:, None, None].to(out.dtype)
 
@@ -205,9 +235,11 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, core: Core | None = None
+    ) -> torch.Tensor:
         sh1, sc1, g1, sh3, sc3, g3 = self.ada(c)[:, None].chunk(6, dim=-1)
-        x = x + g1 * self.attn(_modulate(self.norm1(x), sh1, sc1))
+        x = x + g1 * self.attn(_modulate(self.norm1(x), sh1, sc1), core=core)
         x = x + self.cross(self.norm2(x), text, text_mask)
         return x + g3 * self.mlp(_modulate(self.norm3(x), sh3, sc3))
 
@@ -239,7 +271,10 @@ class VideoDiT(nn.Module):
         if text_dim is None and cfg.text.model_path:
             raise ValueError("VideoDiT: pass text_dim=encoder.dim for an open_clip text encoder (or use build_model)")
         self.text_dim = text_dim or cfg.text.dim  # the byte encoder's width is in the config
-        self.x_embed = nn.Conv3d(cfg.in_channels, d, kernel_size=self.patch, stride=self.patch)
+        self.recycles = cfg.causal and cfg.recycle
+        in_ch = cfg.in_channels * (2 if self.recycles else 1)  # noisy frame + recycled previous frame
+        self.x_embed = nn.Conv3d(in_ch, d, kernel_size=self.patch, stride=self.patch)
+        self.ray_embed = nn.Conv3d(RAY_CHANNELS, d, self.patch, self.patch) if cfg.camera_rays else None
         if cfg.pos_embed == "learned":
             self.pos_t, self.pos_h, self.pos_w = (nn.Parameter(torch.zeros(n, d)) for n in cfg.max_grid)
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
@@ -267,9 +302,11 @@ class VideoDiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        w = self.x_embed.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embed.bias)
+        # The ray projection is random, not zero (AAPT: faster adaptation of the new condition).
+        for conv in (self.x_embed, self.ray_embed):
+            if conv is not None:
+                nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+                nn.init.zeros_(conv.bias)
         for lin in (self.t_embed[0], self.t_embed[2]):
             nn.init.normal_(lin.weight, std=0.02)
         if self.cfg.pos_embed == "learned":
@@ -306,13 +343,15 @@ class VideoDiT(nn.Module):
             )
         return grid
 
-    def _pos(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    def _pos(self, grid: tuple[int, int, int], device: torch.device, t0: int = 0) -> torch.Tensor:
         if self.cfg.pos_embed == "learned":
             gt, gh, gw = grid
             if gt > self.pos_t.shape[0] or gh > self.pos_h.shape[0] or gw > self.pos_w.shape[0]:
                 raise ValueError(f"token grid {grid} exceeds model.max_grid {self.cfg.max_grid}")
             pos = self.pos_t[:gt, None, None] + self.pos_h[None, :gh, None] + self.pos_w[None, None, :gw]
             return pos.reshape(gt * gh * gw, -1)
+        if t0:  # a streamed step: one small table per frame, not worth caching
+            return sincos_3d(grid, self.hidden_size, device, t0)
         key = (grid, str(device))
         if key in self._pos_cache:
             self._pos_cache.move_to_end(key)
@@ -323,9 +362,16 @@ class VideoDiT(nn.Module):
         return self._pos_cache[key]
 
     def _camera(self, tokens: torch.Tensor | None, b: int, frames: int, device: torch.device) -> torch.Tensor:
-        """(B, T, D) per-frame camera embeddings (frame 0: start, or null for a row without any token)."""
+        """(B, T, D) per-frame camera embeddings (frame 0: start, or null for a row without any token).
+
+        Causal: `tokens` is (B, T), one per position: the step leading to that position's target frame."""
         if tokens is None:
             idx = torch.full((b, frames), CAMERA_NULL_ROW, dtype=torch.long, device=device)
+        elif self.cfg.causal:
+            if tuple(tokens.shape) != (b, frames):
+                raise ValueError(f"causal camera_tokens must be (B, T) = {(b, frames)}, got {tuple(tokens.shape)}")
+            tok = tokens.to(device=device, dtype=torch.long)
+            idx = torch.where(tok >= 0, tok, CAMERA_NULL_ROW)
         else:
             if tuple(tokens.shape) != (b, frames - 1):
                 raise ValueError(f"camera_tokens must be (B, T-1) = {(b, frames - 1)}, got {tuple(tokens.shape)}")
@@ -336,27 +382,29 @@ class VideoDiT(nn.Module):
             idx = torch.cat([first, torch.where(valid, tok, CAMERA_NULL_ROW)], dim=1)
         return self.camera_embed(idx)
 
-    def forward(
+    def embed(
         self,
         x: torch.Tensor,
-        t: torch.Tensor,
-        text_emb: torch.Tensor,
-        text_mask: torch.Tensor,
         camera_tokens: torch.Tensor | None = None,
         event_field: torch.Tensor | None = None,
-    ) -> ModelOutput:
-        """Velocity and event logits for x_t (B, C, T, h, w) at t (B,) (0 = noise, 1 = data).
-
-        text_emb (B, L, text_dim) with text_mask (B, L) bool (True = real token); camera_tokens (B, T-1) int in
-        0..80 or CAMERA_NULL (-1), None = no camera; event_field (B, T', H', W') in [0, 1], negative = no field.
-        """
-        b, c, frames, h, w = x.shape
-        grid = self.token_grid(x.shape)
-        gt, gh, gw = grid
-        pt, ph, pw = self.patch
-        d = self.hidden_size
+        recycled: torch.Tensor | None = None,
+        rays: torch.Tensor | None = None,
+        t0: int = 0,
+    ) -> torch.Tensor:
+        """(B, N, D) input tokens of x (B, C, T, h, w) whose first token frame is frame t0 of the sequence."""
+        b, _, frames, h, w = x.shape
+        gt, gh, gw = grid = self.token_grid(x.shape)
+        pt, d = self.patch[0], self.hidden_size
+        if self.recycles:
+            if recycled is None or recycled.shape != x.shape:
+                raise ValueError(f"model.causal with recycle needs `recycled` of shape {tuple(x.shape)}")
+            x = torch.cat([x, recycled.to(x.dtype)], dim=1)
         tokens = self.x_embed(x).flatten(2).transpose(1, 2)  # (B, N, D), N in (t, h, w) order
-        tokens = tokens + self._pos(grid, x.device).to(tokens.dtype)
+        tokens = tokens + self._pos(grid, x.device, t0).to(tokens.dtype)
+        if self.ray_embed is not None and rays is not None:
+            if tuple(rays.shape) != (b, RAY_CHANNELS, frames, h, w):
+                raise ValueError(f"rays must be (B, 6, T, h, w) = {(b, RAY_CHANNELS, frames, h, w)}")
+            tokens = tokens + self.ray_embed(rays.to(tokens.dtype)).flatten(2).transpose(1, 2)
         if self.camera_embed is not None:
             cam = self._camera(camera_tokens, b, frames, x.device).view(b, gt, pt, d).mean(dim=2)
             tokens = (tokens.view(b, gt, gh * gw, d) + cam[:, :, None].to(tokens.dtype)).view(b, -1, d)
@@ -367,21 +415,79 @@ class VideoDiT(nn.Module):
             e = torch.where(present, event_field.clamp(0.0, 1.0), torch.zeros_like(event_field))
             feats = torch.stack([e, present.to(e.dtype)], dim=-1).view(b, -1, 2).to(tokens.dtype)
             tokens = tokens + self.event_alpha * self.event_in(feats)
+        return tokens
 
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    def condition(
+        self, t: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor, b: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(adaLN conditioning (B, D), projected text (B, L, D), text mask (B, L) bool)."""
+        device = text_emb.device
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
         t = t.expand(b) if t.ndim == 0 else t
-        text = self.text_proj(text_emb.to(tokens.dtype))
-        m = text_mask.to(device=x.device, dtype=torch.bool)
+        text = self.text_proj(text_emb.to(dtype))
+        m = text_mask.to(device=device, dtype=torch.bool)
         mf = m[..., None].to(text.dtype)
         pooled = (text * mf).sum(dim=1) / mf.sum(dim=1).clamp_min(1.0)
-        cond = self.t_embed(timestep_embedding(t).to(tokens.dtype)) + self.text_pool(pooled)
+        return self.t_embed(timestep_embedding(t).to(dtype)) + self.text_pool(pooled), text, m
 
-        for blk in self.blocks:
-            if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(blk, tokens, cond, text, m, use_reentrant=False)
+    def trunk(
+        self,
+        tokens: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        m: torch.Tensor,
+        grid: tuple[int, int, int],
+        kv_cache: KVCache | None = None,
+        taps: tuple[int, ...] = (),
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens after every block, and those after the blocks in `taps` (indices) for discriminator heads."""
+        core: Callable[[int], Core | None] = lambda _i: None  # noqa: E731
+        if kv_cache is not None:
+            core = kv_cache.core
+        elif self.cfg.causal:
+            core = causal.masked_core(self.cfg, grid, tokens.device)
+        # A cache core records K/V on call: a checkpoint recompute would record them twice.
+        ckpt = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+        tapped = []
+        for i, blk in enumerate(self.blocks):
+            if ckpt:
+                tokens = checkpoint(blk, tokens, cond, text, m, core(i), use_reentrant=False)
             else:
-                tokens = blk(tokens, cond, text, m)
+                tokens = blk(tokens, cond, text, m, core(i))
+            if i in taps:
+                tapped.append(tokens)
+        return tokens, tapped
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        camera_tokens: torch.Tensor | None = None,
+        event_field: torch.Tensor | None = None,
+        recycled: torch.Tensor | None = None,
+        rays: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Velocity and event logits for x_t (B, C, T, h, w) at t (B,) (0 = noise, 1 = data).
+
+        text_emb (B, L, text_dim) with text_mask (B, L) bool (True = real token); camera_tokens (B, T-1) int in
+        0..80 or CAMERA_NULL (-1), None = no camera (causal: (B, T), see `_camera`); event_field (B, T', H', W') in
+        [0, 1], negative = no field. Causal only: recycled (B, C, T, h, w) previous frames (`causal.teacher_forcing`),
+        rays (B, 6, T, h, w) (`camera_rays.ray_embedding`), kv_cache = stream the next token frames through the cache
+        (`causal.KVCache`: x holds the frames after those cached; call `kv_cache.commit()` afterwards).
+        """
+        b, c, frames, h, w = x.shape
+        if kv_cache is not None and not self.cfg.causal:
+            raise ValueError("kv_cache needs model.causal = true")
+        grid = self.token_grid(x.shape)
+        gt, gh, gw = grid
+        pt, ph, pw = self.patch
+        t0 = kv_cache.begin(gt, gh * gw) if kv_cache is not None else 0
+        tokens = self.embed(x, camera_tokens, event_field, recycled, rays, t0)
+        cond, text, m = self.condition(t, text_emb, text_mask, b, tokens.dtype)
+        tokens, _ = self.trunk(tokens, cond, text, m, grid, kv_cache)
         logits = self.event_head(tokens).view(b, *grid) if self.event_head is not None else None
         shift, scale = self.final_ada(cond)[:, None].chunk(2, dim=-1)
         out = self.final_proj(_modulate(self.final_norm(tokens), shift, scale))
