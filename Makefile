@@ -52,6 +52,7 @@ upgrade-deps:
 
 bench: install  ## benchmarks: ratios against a baseline in the same run
 	$(PY) bench/scenes.py
+	$(PY) bench/shot_accuracy.py
 	$(PY) bench/noise_warp.py
 	$(PY) bench/flow.py
 	$(PY) bench/camera.py

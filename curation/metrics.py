@@ -125,3 +125,77 @@ def event_mass_in_boxes(
         inside += mass_in_boxes(activity[t], boxes, frame_size) * mass
         total += mass
     return inside / total if total > 0 else 0.0
+
+
+Boundary = tuple[int, int]  # (end of the shot before, start of the shot after); a hard cut at c is (c, c)
+
+
+def truth_boundaries(n_frames: int, cuts: Sequence[int], excluded: Sequence[tuple[int, int]]) -> list[Boundary]:
+    """The shot boundaries of a labelled video: every run of frames that belong to no shot (gradual transitions,
+    flat stretches; adjacent spans are one run) and every hard cut outside them. A run at the video's start or end
+    is a boundary too (the first shot starts late, the last ends early)."""
+    out = np.zeros(n_frames + 1, bool)
+    for s, e in excluded:
+        out[max(0, s) : min(n_frames, e)] = True
+    padded = np.concatenate([[False], out[:n_frames], [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    spans = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    cut_marks = [(int(c), int(c)) for c in cuts if 0 < c < n_frames and not out[c] and not out[c - 1]]
+    return sorted(spans + cut_marks)
+
+
+def shot_boundaries(n_frames: int, shots: Sequence[tuple[int, int]]) -> list[Boundary]:
+    """The boundaries a detector's shots [start, end) imply: between consecutive shots, and before the first or after
+    the last when they do not reach the video's ends. No shot at all is one boundary over the whole video."""
+    shots = sorted(shots)
+    if not shots:
+        return [(0, n_frames)] if n_frames else []
+    out = [(0, shots[0][0])] if shots[0][0] > 0 else []
+    out += [(a[1], b[0]) for a, b in zip(shots[:-1], shots[1:], strict=True)]
+    if shots[-1][1] < n_frames:
+        out.append((shots[-1][1], n_frames))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundaryMatch:
+    """Detected shot boundaries matched one-to-one to truth: both ends within the tolerance, and how many exactly."""
+
+    match: Match
+    exact: int
+
+    @property
+    def f1(self) -> float:
+        p, r = self.match.precision, self.match.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def match_boundaries(
+    predicted: Sequence[Boundary],
+    truth: Sequence[Boundary],
+    tolerance: int = 1,
+    ignore: Sequence[tuple[int, int]] = (),
+) -> BoundaryMatch:
+    """Greedy one-to-one matching of boundaries, nearest first; a pair matches when both ends are within `tolerance`
+    frames. Predictions inside an `ignore` span (a debatable stretch of the labels) count neither way."""
+
+    def ignored(b: Boundary) -> bool:
+        return any(s - tolerance <= b[0] and b[1] <= e + tolerance for s, e in ignore)
+
+    predicted = [p for p in predicted if not ignored(p)]
+    pairs = sorted(
+        (max(abs(p[0] - t[0]), abs(p[1] - t[1])), i, j)
+        for i, p in enumerate(predicted)
+        for j, t in enumerate(truth)
+        if abs(p[0] - t[0]) <= tolerance and abs(p[1] - t[1]) <= tolerance
+    )
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    exact = 0
+    for distance, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            exact += distance == 0
+    tp = len(used_p)
+    return BoundaryMatch(Match(tp, len(predicted) - tp, len(truth) - tp), exact)

@@ -93,6 +93,10 @@ def preflight_models(cfg: RunConfig) -> None:
         from annotators.text_encoder import check_text_encoder
 
         check_text_encoder(cfg.text_encoder)
+    if cfg.scenes.uses_transnet:
+        from annotators.transnetv2 import TransNetV2Detector
+
+        TransNetV2Detector(device="cpu")  # checksum and a weights_only load of the bundled weights: 30 MB, < 1 s
 
 
 class ClipAnnotators:

@@ -3,6 +3,7 @@ annotated clip's shard row (scalar columns and tensors, checked finite and cast 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,13 @@ import numpy as np
 from annotators.flow import downscale_flow
 from curation.decode import iter_frames
 from curation.ids import clip_id
-from curation.sampling import VideoLayout, decode_size, fit_to_target
+from curation.sampling import VideoLayout, decode_size
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from curation.shards import ShardWriter, encode_tensor
 from pipelines.annotate import ClipRejected, annotators_for, enabled_annotators
 from pipelines.config import RunConfig
 from pipelines.faults import CrashGuard
-from pipelines.steps import Row, rejected_row, video_info
+from pipelines.steps import Row, clip_frame, rejected_row, scan_sizes, video_info
 
 
 class ClipWriter:
@@ -39,18 +40,19 @@ class ClipWriter:
         encoded = ["frames"] if self.video_codec else []  # a coded stream gains nothing from Parquet's zstd
         self.writer = ShardWriter(shard_dir, video["video_id"], tensors, cfg.shards, uncompressed=encoded)
 
-    def write(self, plans: list, path: str) -> None:
-        info = video_info(self.video)
-        wanted = sorted({i for _, indices, _ in plans for i in indices})
-        frames: dict[int, tuple[float, Any]] = {}
+    def write(self, plans: list, path: str, frames: Iterable[tuple[int, float, np.ndarray]] | None = None) -> None:
+        """Annotate and write the clips of `plans`. `frames`: the clips' frames already at their stored size (kept by
+        the scenes step), else they are decoded from `path`."""
         queue = list(plans)
+        if frames is None:
+            frames = self._decode(plans, path)
+        kept: dict[int, tuple[float, Any]] = {}
         seconds_before = dict(self.annotators.seconds)
         try:
-            size = decode_size(info.width, info.height, self.layout.frames)
-            for index, pts, rgb in iter_frames(path, info, size=size, indices=wanted):
-                frames[index] = (pts, fit_to_target(rgb, self.layout.frames))
+            for index, pts, rgb in frames:
+                kept[index] = (pts, rgb)
                 while queue and queue[0][1][-1] <= index:
-                    self._emit(queue.pop(0), frames)
+                    self._emit(queue.pop(0), kept)
             self._flush()
             self.record["shards"] = [vars(f) for f in self.writer.close()]
         except BaseException:
@@ -60,6 +62,15 @@ class ClipWriter:
         self.record["annotator_seconds"] = {k: v - seconds_before.get(k, 0.0) for k, v in seconds.items()}
         for span, _, _ in queue:  # frames never arrived: the file ended early
             self._reject(span, "clips", "decode_failed", "file ended before the clip's frames")
+
+    def _decode(self, plans: list, path: str) -> Iterator[tuple[int, float, np.ndarray]]:
+        """The clips' frames from the decoder, in one pass, at their stored size."""
+        info = video_info(self.video)
+        wanted = sorted({i for _, indices, _ in plans for i in indices})
+        scan, _ = scan_sizes(info, self.cfg.scenes, self.layout)  # the scenes step's decode: the same pixels
+        size = decode_size(info.width, info.height, self.layout.frames)
+        for index, pts, rgb in iter_frames(path, info, size=scan, indices=wanted):
+            yield index, pts, clip_frame(rgb, size, self.layout.frames)
 
     def _reject(self, span: dict, stage: str, reason: str, detail: str) -> None:
         self.record["rejected"].append(

@@ -41,6 +41,10 @@ MIN_FLOW_SIDE = 16  # below this no flow backend resolves anything (annotators.f
 
 FINALIZE_ONLY = ("filters", "dedup")  # config sections used only by the driver's global selection
 FINALIZE_ONLY_KEYS = {"events": ("top_fraction", "drop_diffuse")}  # keys of other sections used only there too
+# Keys that change how the per-video work runs but not what it produces (kept frames equal decoded ones bit for bit).
+HOW_ONLY_KEYS = {
+    "scenes": ("keep_frames", "frame_buffer_mb", "frame_spill_mb", "transnet_device", "transnet_batch"),
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,9 +205,10 @@ class RunConfig:
 
 def work_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a resolved config (`RunConfig.to_dict()`) that the per-video work depends on: everything but
-    the runtime and what only the run's final selection reads (`FINALIZE_ONLY`, `FINALIZE_ONLY_KEYS`)."""
+    the runtime, what only the run's final selection reads (`FINALIZE_ONLY`, `FINALIZE_ONLY_KEYS`) and settings of how
+    the work runs that do not change its results (`HOW_ONLY_KEYS`)."""
     data = {k: v for k, v in config.items() if k not in ("runtime", *FINALIZE_ONLY)}
-    for section, keys in FINALIZE_ONLY_KEYS.items():
+    for section, keys in [*FINALIZE_ONLY_KEYS.items(), *HOW_ONLY_KEYS.items()]:
         if section in data:
             data[section] = {k: v for k, v in data[section].items() if k not in keys}
     return data

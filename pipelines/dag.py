@@ -97,8 +97,9 @@ def run_video_steps(
     the rows are exhausted, `stats` gets what Ray Data reports about the execution (bytes spilled)."""
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
     if "scenes" in plan:
-        # 1:1 low-res decode + PySceneDetect
-        ds = ds.map(make_scenes_fn(cfg, run_dir, session), num_cpus=1, **_VIDEO_RETRY)
+        # 1:1: the one decode of the video (shot detection, and the clips' frames kept when clips follow)
+        scenes = make_scenes_fn(cfg, run_dir, session, keep_frames="clips" in plan)
+        ds = ds.map(scenes, num_cpus=1, **_VIDEO_RETRY)
     clips = plan.get("clips")
     if clips and clips["kind"] == "actors":
         # Models (RAFT, open_clip, the captioner) load once per actor. Each actor decodes, runs flow, scores,

@@ -15,22 +15,34 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from annotators.models import ModelLoadError
 from curation.buckets import available_frames
 from curation.decode import DecodeError, VideoInfo, iter_frames
+from curation.frame_cache import FrameBuffer, read_frames, write_frames
 from curation.ids import clip_id
 from curation.ingest import local_path, probe_input
 from curation.sampling import (
+    FramesConfig,
     VideoLayout,
     clip_windows,
+    decode_size,
+    fit_to_target,
     sampling_stride,
     video_layout,
 )
-from curation.scenes import build_shots, clip_spans, detection_size, find_fades, scan_frames, span_seconds
+from curation.scenes import (
+    FrameScan,
+    SceneConfig,
+    clip_spans,
+    detect_shots,
+    detection_size,
+    scan_frames,
+    span_seconds,
+)
 from curation.tables import atomic_write_json, create_json_once, read_json
 from pipelines.annotate import annotators_for
 from pipelines.config import RunConfig
@@ -67,6 +79,10 @@ class WorkDir:
         over from a killed run); it must not replace a good record with, say, the error it hit. False when the
         record was already there."""
         return create_json_once(record, self.record_path(step, key))
+
+    def frames_path(self, key: str) -> Path:
+        """The frames the scenes step kept for the clips step of one input (`curation.frame_cache`)."""
+        return self.root / "frames" / f"{key}.npy"
 
     def cache_dir(self, cfg: RunConfig) -> str:
         """Where non-local inputs are fetched: `ingest.cache_dir`, or RUN_DIR/_work/cache."""
@@ -188,8 +204,12 @@ def video_info(video: Row) -> VideoInfo:
     return VideoInfo(**{f.name: video[f.name] for f in dataclasses.fields(VideoInfo)})
 
 
-def make_scenes_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> Callable[[Row], Row]:
-    """Step `scenes`: detect shots and cut them into clip spans (1:1, decodes the video once at low resolution)."""
+def make_scenes_fn(
+    cfg: RunConfig, run_dir: str | Path, session: str | None = None, keep_frames: bool = False
+) -> Callable[[Row], Row]:
+    """Step `scenes`: detect shots and cut them into clip spans (1:1). With `keep_frames` (the clips step follows in
+    the same run) and `scenes.keep_frames`, the one decode of the video also keeps the frames its clips will need
+    (`curation.frame_cache`), so the clips step does not decode the video again."""
     work = WorkDir(run_dir)
     cache = work.cache_dir(cfg)
     sc = cfg.scenes
@@ -198,36 +218,23 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = No
         video = work.load("ingest", row["key"])
         info = video_info(video)
         path = local_path(video["source_uri"], cache)
-        size = detection_size(info.width, info.height, sc.detect_width)
+        layout = video_layout(info.width, info.height, cfg.frames, cfg.buckets)
+        keep = keep_frames and sc.keep_frames and not layout.problem
+        size, detect = scan_sizes(info, sc, layout if keep else None)
+        buffer = FrameBuffer(sc.frame_buffer_mb, sc.frame_spill_mb) if keep else None
         try:
-            scan = scan_frames(iter_frames(path, info, size=size), info.fps, sc)
+            net = transnet_stream(sc) if sc.uses_transnet else None
+            keeper = _keeper(buffer, layout, info) if buffer is not None else None
+            frames = iter_frames(path, info, size=size)
+            scan = scan_frames(frames, info.fps, sc, detect_size=detect, net=net, keep=keeper)
+            record = scenes_record(video, scan, info.fps, sc)
+            if buffer is not None:
+                record["frames_cache"] = keep_clip_frames(work, row["key"], record, video, layout, scan, buffer)
         except DecodeError as e:
             return {"rejected": [rejected_row("scenes", video, e.reason, e.detail)], "scenes": [], "spans": []}
-        shots = build_shots(scan.n_frames, scan.cuts, find_fades(scan.luma, sc.fade_black_level, sc.fade_min_step))
-        record: dict[str, Any] = {"n_decoded": scan.n_frames, "scenes": [], "spans": [], "rejected": []}
-        if not shots:
-            detail = f"all {scan.n_frames} frames are black or part of a fade (scenes.fade_black_level)"
-            record["rejected"].append(rejected_row("scenes", video, "no_shots", detail))
-        for i, shot in enumerate(shots):
-            start_s, end_s = span_seconds(scan.pts, shot.start, shot.end, info.fps)
-            record["scenes"].append(
-                {
-                    "scene_index": i,
-                    "start_frame": shot.start,
-                    "end_frame": shot.end,
-                    "start_s": start_s,
-                    "end_s": end_s,
-                    "transition": shot.transition,
-                }
-            )
-            next_transition = shots[i + 1].transition if i + 1 < len(shots) else None
-            kept, dropped = clip_spans(shot, next_transition, scan.pts, info.fps, sc)
-            for a, b in kept:
-                s0, s1 = span_seconds(scan.pts, a, b, info.fps)
-                record["spans"].append({"scene_index": i, "start_frame": a, "end_frame": b, "start_s": s0, "end_s": s1})
-            for a, b, reason in dropped:
-                detail = f"{(b - a)} frames, shorter than scenes.min_clip_s={sc.min_clip_s}"
-                record["rejected"].append(rejected_row("scenes", video, reason, detail, (a, b)))
+        finally:
+            if buffer is not None:
+                buffer.close()
         if scan.n_frames < info.n_frames:
             logger.warning("%s: decoded %d of %d probed frames", video["source_uri"], scan.n_frames, info.n_frames)
         return record
@@ -235,44 +242,162 @@ def make_scenes_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = No
     return _resumable("scenes", work, scenes, session, max_deaths=2)
 
 
+_TRANSNET: dict[tuple, Any] = {}  # one loaded TransNetV2 per worker process and setting
+
+
+def transnet_stream(sc: SceneConfig) -> Any:
+    """A fresh TransNetV2 prediction stream for one video; the network loads once per process (Ray reuses its
+    workers, so a run loads it once per worker, not per video)."""
+    from annotators.models import resolve_device
+    from annotators.transnetv2 import TransNetV2Detector
+
+    device = resolve_device(sc.transnet_device)
+    batch = sc.transnet_batch or (2 if device == "cpu" else 8)  # measured: larger batches are slower on a CPU
+    if (device, batch) not in _TRANSNET:
+        _TRANSNET[device, batch] = TransNetV2Detector(device=device, batch_windows=batch)
+    return _TRANSNET[device, batch].stream()
+
+
+def scan_sizes(info: VideoInfo, sc: SceneConfig, layout: VideoLayout | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(decode size, detection size). Without kept frames the video is decoded at the detection size. With them it
+    is decoded at the clips' decode size, or at the detection size when that is the larger (then the clip frames are
+    scaled down from it), and the other size is made from the decoded frame."""
+    detect = detection_size(info.width, info.height, sc.detect_width)
+    if layout is None:
+        return detect, detect
+    clip = decode_size(info.width, info.height, layout.frames)
+    return (clip if clip[0] * clip[1] >= detect[0] * detect[1] else detect), detect
+
+
+def _keeper(buffer: FrameBuffer, layout: VideoLayout, info: VideoInfo) -> Callable[[int, float, Any], None]:
+    """Keeps each scanned frame as the clips store it (`clip_frame`)."""
+    size = decode_size(info.width, info.height, layout.frames)
+
+    def keep(index: int, pts: float, rgb: Any) -> None:
+        buffer.add(index, clip_frame(rgb, size, layout.frames))
+
+    return keep
+
+
+def clip_frame(rgb: Any, size: tuple[int, int], fc: FramesConfig) -> Any:
+    """A decoded frame as the clips store it: scaled to the clips' decode `size` (when it was decoded larger, for
+    detection) and cropped or padded to the target. Kept frames and frames decoded again go through the same steps
+    from the same decode, so a clip's pixels do not depend on which path served it."""
+    if (rgb.shape[1], rgb.shape[0]) != tuple(size):
+        import cv2
+
+        rgb = cv2.resize(rgb, tuple(size), interpolation=cv2.INTER_AREA)
+    return fit_to_target(rgb, fc)
+
+
+def scenes_record(video: Row, scan: FrameScan, fps: float, sc: SceneConfig) -> dict[str, Any]:
+    """The scenes record of one scanned video: its shots, their clip spans, and what was dropped and why."""
+    shots = detect_shots(scan, sc)
+    record: dict[str, Any] = {"n_decoded": scan.n_frames, "scenes": [], "spans": [], "rejected": []}
+    if not shots:
+        detail = (
+            f"all {scan.n_frames} frames are flat (black, or spatial std < scenes.flat_std) or part of a fade or "
+            "dissolve between flat frames"
+        )
+        record["rejected"].append(rejected_row("scenes", video, "no_shots", detail))
+    for i, shot in enumerate(shots):
+        start_s, end_s = span_seconds(scan.pts, shot.start, shot.end, fps)
+        record["scenes"].append(
+            {
+                "scene_index": i,
+                "start_frame": shot.start,
+                "end_frame": shot.end,
+                "start_s": start_s,
+                "end_s": end_s,
+                "transition": shot.transition,
+            }
+        )
+        next_transition = shots[i + 1].transition if i + 1 < len(shots) else None
+        kept, dropped = clip_spans(shot, next_transition, scan.pts, fps, sc)
+        for a, b in kept:
+            s0, s1 = span_seconds(scan.pts, a, b, fps)
+            record["spans"].append({"scene_index": i, "start_frame": a, "end_frame": b, "start_s": s0, "end_s": s1})
+        for a, b, reason in dropped:
+            detail = f"{(b - a)} frames, shorter than scenes.min_clip_s={sc.min_clip_s}"
+            record["rejected"].append(rejected_row("scenes", video, reason, detail, (a, b)))
+    return record
+
+
+def keep_clip_frames(
+    work: WorkDir, key: str, record: dict, video: Row, layout: VideoLayout, scan: FrameScan, buffer: FrameBuffer
+) -> dict[str, Any] | None:
+    """Write the frames the clips of `record` will read to RUN_DIR/_work/frames/<key>.npy; their index for the
+    scenes record, or None when the buffer could not keep them (the clips step then decodes)."""
+    plans, _ = clip_plans(record.get("spans", []), video, layout)
+    wanted = sorted({i for _, indices, _ in plans for i in indices if i < scan.n_frames})
+    path = work.frames_path(key)
+    if not write_frames(buffer, wanted, path):
+        return None
+    return {"file": str(path.relative_to(work.run_dir)), "indices": wanted, "pts": [float(scan.pts[i]) for i in wanted]}
+
+
+def clip_plans(spans: list[dict], video: Row, layout: VideoLayout) -> tuple[list[tuple], list[Row]]:
+    """The clips of a video's spans, as (span, frame indices, stride) windows, and the rejection of every span that
+    cannot give one."""
+    plans, rejected = [], []
+    for span in spans:
+        bounds = (span["start_frame"], span["end_frame"])
+        if layout.problem:
+            rejected.append(rejected_row("clips", video, "below_bucket_resolution", layout.problem, bounds))
+            continue
+        windows = clip_windows(*bounds, video["fps"], layout)
+        if not windows:
+            rejected.append(rejected_row("clips", video, *too_short(span, video["fps"], layout), bounds))
+        for indices, stride in windows:
+            plans.append((window_span(span, indices, stride) if layout.bucketed else span, indices, stride))
+    return plans, rejected
+
+
 def make_clips_fn(cfg: RunConfig, run_dir: str | Path, session: str | None = None) -> Callable[[Row], Row]:
-    """Step `clips`: decode each clip's training frames in one pass over the video, run the clip annotators on
-    them (flow, motion scores, warped noise) and write the clip's shard row (1:1). `session` names the driver's
-    run, so a clip that keeps killing its worker within one run is rejected (`pipelines.faults.CrashGuard`)."""
+    """Step `clips`: the clips' training frames (kept by the scenes step, else decoded in one pass over the video),
+    the clip annotators on them (flow, motion scores, warped noise) and the clip's shard row (1:1). `session` names
+    the driver's run, so a clip that keeps killing its worker within one run is rejected
+    (`pipelines.faults.CrashGuard`)."""
     work = WorkDir(run_dir)
     cache = work.cache_dir(cfg)
-    fc = cfg.frames
     session = session or uuid.uuid4().hex
 
     def clips(row: Row) -> dict[str, Any]:
         video, scenes = work.load("ingest", row["key"]), work.load("scenes", row["key"])
         record: dict[str, Any] = {"clips": [], "rejected": [], "shards": [], "annotator_seconds": {}}
-        layout = video_layout(video["width"], video["height"], fc, cfg.buckets)
-        plans = []
-        for span in scenes.get("spans", []):  # a scenes step that failed has no spans, only its rejection
-            bounds = (span["start_frame"], span["end_frame"])
-            if layout.problem:
-                reason = "below_bucket_resolution"
-                record["rejected"].append(rejected_row("clips", video, reason, layout.problem, bounds))
-                continue
-            windows = clip_windows(*bounds, video["fps"], layout)
-            if not windows:
-                record["rejected"].append(rejected_row("clips", video, *too_short(span, video["fps"], layout), bounds))
-            for indices, stride in windows:
-                plans.append((window_span(span, indices, stride) if layout.bucketed else span, indices, stride))
+        layout = video_layout(video["width"], video["height"], cfg.frames, cfg.buckets)
+        # a scenes step that failed has no spans, only its rejection
+        plans, rejected = clip_plans(scenes.get("spans", []), video, layout)
+        record["rejected"] += rejected
+        kept = kept_frames(work, scenes, plans)
         if plans:
             guard = CrashGuard.open(work.root, row["key"], session)
             try:
                 from pipelines.clip_writer import ClipWriter  # imports this module: resolved at call time
 
                 writer = ClipWriter(video, work.run_dir / "shards", cfg, record, guard, layout)
-                writer.write(plans, local_path(video["source_uri"], cache))
+                writer.write(plans, local_path(video["source_uri"], cache), frames=kept)
             finally:  # not reached when the process dies: the marker is then the evidence for the retry
                 guard.clear()
+        record["frames_from"] = "scenes" if kept is not None else "decoder"
+        work.frames_path(row["key"]).unlink(missing_ok=True)  # used (a crash before the record just decodes again)
         return record
 
     # The crash guard needs up to 3 deaths to narrow a crash down to one clip; more means the video itself.
     return _resumable("clips", work, clips, session, max_deaths=4)
+
+
+def kept_frames(work: WorkDir, scenes: dict, plans: list[tuple]) -> Iterator[tuple[int, float, Any]] | None:
+    """The frames the scenes step kept for these clips, streamed from its frames file; None when it kept none (an
+    older run, a video too long for the buffer, `--stage scenes` run on its own) or they do not cover the plans."""
+    index = scenes.get("frames_cache")
+    if not index or not plans:
+        return None
+    path = work.run_dir / index["file"]
+    wanted = {i for _, indices, _ in plans for i in indices}
+    if not path.exists() or not wanted <= set(index["indices"]):
+        return None
+    return read_frames(path, index["indices"], index["pts"])
 
 
 def window_span(span: dict, indices: list[int], stride: int) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipelines.samples import SPECS, generate_corpus, get_spec, load_flow, load_truth, spec_names
+from pipelines.samples.boundaries import dissolve_shots
 from pipelines.samples.copies import build_copy, crop_box, transform_frame
 from pipelines.samples.specs import BUILDERS
 
@@ -85,11 +86,15 @@ def test_decodes_to_declared_frames(decode: Callable[[str], Decoded], corpus: Pa
 def test_truth_is_self_consistent(corpus: Path, spec: Any) -> None:
     truth = load_truth(corpus / spec.file_name)
     n = truth["n_frames"]
-    spans = sorted([(s["start"], s["end"]) for s in truth["shots"] + truth["fades"]])
+    fades, dissolves, flats = truth["fades"], truth.get("dissolves", []), truth.get("flats", [])
+    spans = sorted([(s["start"], s["end"]) for s in truth["shots"] + fades + dissolves + flats])
     assert spans[0][0] == 0 and spans[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))  # a partition of [0, n)
-    fade_ends = {f["end"] for f in truth["fades"]}
-    assert truth["cuts"] == [s["start"] for s in truth["shots"][1:] if s["start"] not in fade_ends]
+    assert all(a < b for a, b in spans)
+    transition_ends = {f["end"] for f in fades + dissolves}
+    assert truth["cuts"] == [s["start"] for s in truth["shots"][1:] if s["start"] not in transition_ends]
+    assert all(f.get("kind", "fade") in ("fade", "black") for f in fades)
+    assert truth.get("flat", False) == (truth["shots"] == []) == bool(flats)  # only the flat video has no shot
     if "camera" in truth:
         c2w = np.asarray(truth["camera"]["c2w"])
         assert c2w.shape == (n, 4, 4) and np.allclose(c2w[0], np.eye(4))
@@ -229,8 +234,9 @@ def test_camera_truth(corpus: Path, name: str, keys: str, mouse: str, axis: str,
         assert np.allclose(c2w[:, :3, :3], np.eye(3))
 
 
-def test_objects_move_only_inside_events(decode: Callable[[str], Decoded], corpus: Path) -> None:
-    truth, frames = decode("objects")
+@pytest.mark.parametrize("name", ["objects", "fast_object"])
+def test_objects_move_only_inside_events(decode: Callable[[str], Decoded], corpus: Path, name: str) -> None:
+    truth, frames = decode(name)
     flow = load_flow(corpus / truth["file"])
     assert flow is not None and len(truth["objects"]) == 2
     n, h, w = truth["n_frames"], truth["height"], truth["width"]
@@ -361,8 +367,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 ASPECT_SOURCES = {"wide_long": 2.39, "square": 1.0, "portrait_rotated": 9 / 16}
 
 
+# Appended after the aspect-ratio sources: the shot-boundary hard cases (boundaries.py).
+BOUNDARY_CASES = ["whip_pan", "fast_object", "dissolve", "cut_from_black", "fade_exact", "flat"]
+
+
 def test_copies_are_appended_after_the_originals() -> None:
-    assert spec_names() == [*ORIGINALS, *COPIES, *ASPECT_SOURCES]
+    assert spec_names() == [*ORIGINALS, *COPIES, *ASPECT_SOURCES, *BOUNDARY_CASES]
     for name, source in COPIES.items():
         spec = get_spec(name)
         assert spec.kind == "copy" and spec.params["of"] == source
@@ -485,3 +495,145 @@ def test_the_long_shot_is_ten_seconds_panning_right(decode: Callable[[str], Deco
     for i in (0, len(frames) // 2, len(frames) - 2):
         a, b = (gray(f).astype(np.uint8) for f in (frames[i], frames[i + 1]))
         assert dis.calc(a, b, None)[16:-16, 16:-16, 0].mean() < -0.5  # yaw right: content moves left
+
+
+# --- shot-boundary hard cases --------------------------------------------------------------------------------------
+
+
+def frame_diffs(frames: list[np.ndarray]) -> np.ndarray:
+    """Mean absolute grey-level difference of each frame from the next (n - 1 values)."""
+    return np.array([mean_abs_diff(a, b) for a, b in zip(frames[:-1], frames[1:], strict=True)])
+
+
+def lumas(frames: list[np.ndarray]) -> np.ndarray:
+    return np.array([gray(f).mean() for f in frames])
+
+
+def test_boundary_cases_carry_the_new_keys_and_the_old_videos_do_not(corpus: Path) -> None:
+    for name in BOUNDARY_CASES:
+        truth = load_truth(corpus / f"{name}.json")
+        assert isinstance(truth["dissolves"], list) and all("kind" in f for f in truth["fades"]), name
+        assert "camera" not in truth["tags"] and "duplicate_of" not in truth, name
+    for name in [*ORIGINALS, *COPIES, *ASPECT_SOURCES]:  # their sidecars keep their bytes: nothing was added
+        truth = load_truth(corpus / f"{name}.json")
+        assert not {"dissolves", "flat", "flats"} & set(truth) and all("kind" not in f for f in truth["fades"])
+    # the tests that take the first .mp4 / .mkv files of the sorted corpus still get the same ones
+    firsts = sorted(p.name for p in corpus.iterdir() if p.suffix in (".mp4", ".mkv", ".mov"))[:3]
+    assert firsts == ["cuts.mp4", "dark.mp4", "forward.mp4"]
+
+
+def test_whip_pan_is_fast_but_one_shot(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("whip_pan")
+    assert truth["cuts"] == [] and truth["fades"] == [] and truth["dissolves"] == []
+    assert truth["shots"] == [{"start": 0, "end": truth["n_frames"]}]
+    speed = np.asarray(truth["image_speed_px"])
+    fast = np.flatnonzero(speed >= 30)
+    assert 8 <= len(fast) <= 12 and np.all(np.diff(fast) == 1) and speed.max() <= 60  # one whip of 8-12 frames
+    yaw = np.asarray(truth["camera"]["per_frame_rotation_deg"])[:, 0]
+    assert np.all(yaw > 0) and np.allclose(np.radians(yaw) * truth["camera"]["K"][0][0], speed)
+    diffs = frame_diffs(frames)
+    pan = np.median(frame_diffs(decode("pan_right")[1]))  # a normal pan: ~2 px per frame
+    # (blur softens the fast frames, and grey-level differences of a detailed texture grow slower than the motion)
+    assert diffs[fast].mean() > 2 * pan and diffs[fast].mean() > 3 * np.median(diffs)
+    # ... and yet no cut: each fast frame is the one before it moved left by the pan speed (centre band, where the
+    # cylinder's image motion is the centre speed)
+    h, w = frames[0].shape[:2]
+    for t in fast:
+        a, b = gray(frames[t]), gray(frames[t + 1])
+        s, c0, c1 = round(speed[t]), w // 2 - 80, w // 2 + 80
+        band = slice(h // 2 - 60, h // 2 + 60)
+        moved = np.abs(a[band, c0:c1] - b[band, c0 - s : c1 - s]).mean()
+        assert moved < 0.4 * np.abs(a[band, c0:c1] - b[band, c0:c1]).mean(), t
+
+
+def test_fast_objects_cross_the_frame_in_a_few_frames(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("fast_object")
+    assert truth["shots"] == [{"start": 0, "end": truth["n_frames"]}] and truth["cuts"] == []
+    w = truth["width"]
+    pan = np.median(frame_diffs(decode("pan_right")[1]))
+    for obj in truth["objects"]:
+        boxes = np.asarray(obj["boxes"])
+        (event,) = obj["events"]
+        steps = np.abs(np.diff(boxes[event["start"] : event["end"] + 1, 0]))
+        assert steps.min() >= 40 and {boxes[:, 0].min(), boxes[:, 2].max()} == {0, w}  # edge to edge, fast
+        for t in range(event["start"], event["end"]):
+            x0, y0 = np.minimum(boxes[t], boxes[t + 1])[:2]
+            x1, y1 = np.maximum(boxes[t], boxes[t + 1])[2:]
+            region = np.abs(gray(frames[t + 1]) - gray(frames[t]))[y0:y1, x0:x1]
+            assert region.mean() > 3 * pan, t  # far more change than a normal pan, where the object passes
+
+
+def test_dissolve_blends_linearly_between_its_ends(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("dissolve")
+    (dissolve,) = truth["dissolves"]
+    start, end = dissolve["start"], dissolve["end"]
+    assert truth["shots"] == [{"start": 0, "end": start}, {"start": end, "end": truth["n_frames"]}]
+    assert truth["cuts"] == [] and truth["fades"] == [] and end - start >= 8
+    a, b, weights = dissolve_shots(get_spec("dissolve"), truth["seed"])
+    assert np.allclose(weights, truth["dissolve_weight"])
+    fitted = []
+    for t in range(start - 1, end + 1):
+        # B's weight that explains the decoded frame best; just outside the span the nearest A / B frame stands in
+        fa, fb = a[min(t, end - 1)], b[max(t - start, 0)]
+        d = frames[t].astype(np.float32) - fa
+        fitted.append(float((d * (fb - fa)).sum() / ((fb - fa) ** 2).sum()))
+    fitted = np.asarray(fitted)
+    assert abs(fitted[0]) < 0.02 and abs(fitted[-1] - 1) < 0.02, fitted  # start - 1 is pure A, end pure B
+    assert np.all(np.diff(fitted) > 0.04), fitted  # B's weight grows on every frame in between
+    assert np.allclose(fitted, weights[start - 1 : end + 1], atol=0.02), fitted
+    pure_a, pure_b = psnr(frames[start - 1], a[start - 1]), psnr(frames[end], b[end - start])
+    assert pure_a > 30 and pure_b > 30  # the codec's noise, nothing more
+    assert psnr(frames[start], a[start]) < pure_a - 2 and psnr(frames[end - 1], b[end - 1 - start]) < pure_b - 3
+    for t in range(start, end):  # each frame inside is the blend the truth says
+        assert psnr(frames[t], (1 - weights[t]) * a[t] + weights[t] * b[t - start]) > 30, t
+    diffs = frame_diffs(frames)
+    assert diffs.max() < 15  # no jump anywhere: a cut detector sees no cut
+    assert lumas(frames)[start : end + 1].min() > 0.8 * lumas(frames)[[start - 1, end]].min()  # never through black
+
+
+def test_cut_from_black_has_hard_edges(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("cut_from_black")
+    (black,) = truth["fades"]
+    start, end = black["start"], black["end"]
+    assert black["kind"] == "black" and truth["cuts"] == [] and truth["dissolves"] == []
+    assert truth["shots"] == [{"start": 0, "end": start}, {"start": end, "end": truth["n_frames"]}]
+    luma = lumas(frames)
+    assert luma[start:end].max() < 1.0 and end - start >= 8  # pure black in between
+    a_level, b_level = np.median(luma[:start]), np.median(luma[end:])
+    assert min(a_level, b_level) > 40
+    # hard on both sides: the last frame of A and the first of B are as bright as their neighbours, no ramp
+    assert abs(luma[start - 1] - luma[start - 2]) < 1 and abs(luma[end] - luma[end + 1]) < 1
+    assert mean_abs_diff(frames[end], frames[end + 1]) < 10  # the first frame of B is B already
+
+
+def test_fade_exact_ramps_start_and_end_on_the_frame(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("fade_exact")
+    (fade,) = truth["fades"]
+    start, end = fade["start"], fade["end"]
+    assert fade["kind"] == "fade" and truth["cuts"] == [] and truth["dissolves"] == []
+    gains = np.asarray(truth["brightness_gain"])
+    assert gains[start - 1] == 1 and gains[start] < 1 and gains[end - 1] < 1 and gains[end] == 1
+    luma = lumas(frames)
+    a_level, b_level = np.median(luma[:start]), np.median(luma[end:])
+    assert min(a_level, b_level) > 130  # bright shots, so every ramp frame is a big step
+    assert abs(luma[start - 1] - a_level) < 2 and abs(luma[end] - b_level) < 2  # the ends are at full brightness
+    assert luma[start] < a_level - 15 and luma[end - 1] < b_level - 15  # the frames inside are clearly not
+    assert luma[start:end].min() < 1.0
+    level = np.where(np.arange(len(luma)) < start + (end - start) // 2, a_level, b_level)
+    inside = slice(start, end)
+    assert np.allclose(luma[inside], gains[inside] * level[inside], atol=3)  # brightness follows the gains
+
+
+def test_flat_video_has_no_shot(decode: Callable[[str], Decoded]) -> None:
+    truth, frames = decode("flat")
+    assert truth["flat"] is True and truth["shots"] == [] and truth["cuts"] == [] and truth["dissolves"] == []
+    assert truth["fades"] == [] and truth["flats"] == [{"start": 0, "end": truth["n_frames"]}]  # no shot to fade
+    assert max(gray(f).std() for f in frames) < 1.5  # every frame is one flat colour
+    luma, gains = lumas(frames), np.asarray(truth["brightness_gain"])
+    black = np.flatnonzero(gains == 0)
+    before = np.flatnonzero(gains[: black[0]] == 1)
+    after = black[-1] + 1 + np.flatnonzero(gains[black[-1] + 1 :] == 1)
+    assert luma[black].max() < 1.0 and luma[before].min() > 60 and luma[after].min() > 60
+    assert np.ptp(luma[before]) < 1.5 and np.ptp(luma[after]) < 1.5 and abs(luma[0] - luma[-1]) > 5  # two colours
+    assert np.all(np.diff(luma[before[-1] : black[0] + 1]) < -5)  # ramps down through black...
+    assert np.all(np.diff(luma[black[-1] : after[0] + 1]) > 5)  # ...and up again into the second colour

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from curation.scenes import SceneConfig, Shot, build_shots, clip_spans, detection_size, find_fades
+from curation.scenes import SceneConfig, Shot, build_shots, clip_spans, detection_size
+from curation.transitions import find_fades
 
 
 def fade_luma(n=100, fade_out=(40, 50), black=(50, 53), fade_in=(53, 63), level=120.0):
@@ -17,8 +18,7 @@ def fade_luma(n=100, fade_out=(40, 50), black=(50, 53), fade_in=(53, 63), level=
 def test_fade_span_covers_ramps_and_black():
     fades = find_fades(fade_luma(), black_level=12.0, min_step=0.6)
     assert len(fades) == 1
-    start, end = fades[0]
-    assert abs(start - 40) <= 1 and abs(end - 63) <= 1
+    assert fades[0] == (40, 63)  # frame-exact: first ramp frame, first full-brightness frame after the fade-in
 
 
 def test_dark_but_textured_video_is_not_a_fade():
@@ -27,17 +27,17 @@ def test_dark_but_textured_video_is_not_a_fade():
 
 
 def test_cut_inside_fade_is_absorbed():
-    shots = build_shots(100, cuts=[46, 80], fades=[(40, 63)])
+    shots = build_shots(100, cuts=[46, 80], gradual=[(40, 63)])
     assert shots == [Shot(0, 40, "start"), Shot(63, 80, "fade"), Shot(80, 100, "cut")]
 
 
 def test_fade_in_from_black_at_start_is_not_a_transition():
-    shots = build_shots(60, cuts=[], fades=[(0, 10)])
+    shots = build_shots(60, cuts=[], gradual=[(0, 10)])
     assert shots == [Shot(10, 60, "start")]
 
 
 def test_shots_tile_the_video_between_cuts():
-    shots = build_shots(90, cuts=[30, 60], fades=[])
+    shots = build_shots(90, cuts=[30, 60], gradual=[])
     assert [(s.start, s.end) for s in shots] == [(0, 30), (30, 60), (60, 90)]
     assert [s.transition for s in shots] == ["start", "cut", "cut"]
 

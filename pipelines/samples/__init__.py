@@ -17,7 +17,11 @@ WebM), pan_right_small (pan_right at 320x180), cuts_cropped (cuts with 3% cut fr
 AVI) and sharp_twin (blurry rendered without its blur: same scene and camera path, VP9 in WebM), then the
 aspect-ratio sources for the buckets: wide_long (one 10 s shot at 2.39:1, 430x180, panning right), square
 (256x256, two shots) and portrait_rotated (two shots at 270x480 on screen, stored as 480x270 frames with a
-90-degree display matrix, as phones record).
+90-degree display matrix, as phones record), then the shot-boundary hard cases (``boundaries.py``; none tagged
+``camera``): whip_pan (one shot, a pan whipping to ~50 px/frame with motion blur: no cut), fast_object (a still
+camera, two large objects crossing the frame at 40-45 px/frame: no cut), dissolve (a 12-frame cross-dissolve),
+cut_from_black (hard cut to 10 black frames, hard cut out of them), fade_exact (6-frame ramps over bright shots)
+and flat (flat colours and a fade between them: no shot at all).
 
 Truth JSON schema::
 
@@ -29,17 +33,31 @@ Truth JSON schema::
       "rotation": 90, "coded_size": [480, 270],  # only when stored turned: clockwise degrees a player turns the
                                             # coded frames by; width / height (and all truth) are on screen
       "cuts": [41, 89],                     # first frames of shots that start with a HARD cut (0 excluded)
-      "fades": [{"start": 40, "end": 73}],  # gradual transitions; frames [start, end) belong to the transition:
-                                            # start = first frame dimmer than shot A, end = first full frame of B
-      "shots": [{"start": 0, "end": 41}],   # [start, end) spans of shots, transition frames excluded
-      "brightness_gain": [...],             # fade video only: per-frame multiplier applied to the shot content
+      "fades": [{"start": 40, "end": 73}],  # transitions through black; frames [start, end) belong to the
+                                            # transition: start = first frame dimmer than shot A, end = first
+                                            # full frame of B. The hard cases add "kind": "fade" (a ramp) or
+                                            # "black" (hard cut to black frames, hard cut out: start = first
+                                            # black frame, end = first frame of B); read fade.get("kind", "fade")
+      "dissolves": [{"start": 44, "end": 56}],  # hard cases only (read truth.get("dissolves", [])): cross-
+                                            # dissolves, start = first frame with any B mixed in, end = first
+                                            # pure-B frame
+      "shots": [{"start": 0, "end": 41}],   # [start, end) spans of shots, transition frames excluded; shots,
+                                            # fades, dissolves and flats tile [0, n_frames)
+      "flat": true, "flats": [{"start": 0, "end": 72}],  # flat only (read truth.get("flat", False)): no
+                                            # shot at all, every frame one flat colour; its fade between
+                                            # colours is no transition between shots, so `fades` is empty
+                                            # (brightness_gain has the ramp)
+      "brightness_gain": [...],             # fade, fade_exact, flat: per-frame multiplier applied to the content
+      "dissolve_weight": [...],             # dissolve only: per-frame weight of shot B in the blend
+      "image_speed_px": [...],              # whip_pan only: per step, pan speed at the image centre in pixels
       "objects": [{"id": 0, "shape": "rect",
                    "boxes": [[x0, y0, x1, y1], ...],  # per frame, pixels, end exclusive, integers
                    "moving": [false, ...],   # per frame: the box changes between frame t and t+1
                    "events": [{"start": 30, "end": 75}]}],  # maximal runs of moving == true, [start, end)
-      "camera": {                           # every single-shot original (`objects`: a static camera) and the
-                                            # copies that keep its geometry; not in `cuts` / `fade`, whose
-                                            # shots are unrelated scenes, nor in cropped / resized copies
+      "camera": {                           # every single-shot original (`objects`, `fast_object`: a static
+                                            # camera) and the copies that keep its geometry; not in `cuts` /
+                                            # `fade` / the other multi-shot videos, whose shots are unrelated
+                                            # scenes, nor in cropped / resized copies
         "fov_x_deg": 60.0, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],  # K of frame 0
         "c2w": [4x4 per frame],             # camera-to-world, OpenCV axes; frame 0 = identity
         "motion": "yaw_right" | "yaw_left" | "pitch_up" | "pitch_down" | "forward" | "backward" | "right" |
@@ -54,7 +72,8 @@ Truth JSON schema::
       "flow": {"file": "pan_right.flow.npz", "key": "flow", "shape": [T-1, rows, cols, 2], "scale": 0.25,
                "dtype": "float16", "convention": "..."}  # pan/tilt/pan_left/zoom (analytic homography),
                                             # forward/backward/strafe (per-plane homographies, front-most plane
-                                            # with alpha >= 0.5 wins), objects (displacement on object pixels)
+                                            # with alpha >= 0.5 wins), objects / fast_object (displacement on
+                                            # object pixels)
       # Copies only (kind "copy"): rendered from the source's spec (its name, hence its random stream) with
       # `overrides` applied to its params, centre-cropped, resized, then encoded with the copy's own encoder.
       # cuts / fades / shots (and brightness_gain) are the source's; camera, objects and flow are kept only when

@@ -41,7 +41,9 @@ __all__ = [
     "build_cuts",
     "build_fade",
     "camera_truth",
+    "fade_gains",
     "single_shot",
+    "textured_shot",
     "to_uint8",
 ]
 
@@ -164,8 +166,8 @@ def build_rotation(spec: VideoSpec, seed: int) -> Rendered:
     return Rendered(frames, truth, flow)
 
 
-def _shot(rng: np.random.Generator, spec: VideoSpec, n: int, hue: float) -> list[np.ndarray]:
-    """A short shot with mild random rotation over its own panorama, palette centred on ``hue``."""
+def textured_shot(rng: np.random.Generator, spec: VideoSpec, n: int, hue: float) -> list[np.ndarray]:
+    """A short shot (float32 frames) with mild random rotation over its own panorama, palette centred on ``hue``."""
     yaw, pitch = (float(v) for v in rng.uniform(-0.25, 0.25, 2))
     rots = rotation_path(n, yaw, pitch, 0.0)
     ks = [intrinsics(spec.width, spec.height, DEFAULT_FOV)] * n
@@ -181,7 +183,7 @@ def build_cuts(spec: VideoSpec, seed: int) -> Rendered:
     frames: list[np.ndarray] = []
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         # Hues spread around the colour wheel so consecutive shots never look alike.
-        frames += _shot(rng, spec, b - a, (base_hue + i / len(starts)) % 1.0)
+        frames += textured_shot(rng, spec, b - a, (base_hue + i / len(starts)) % 1.0)
     truth = {
         "cuts": starts[1:],
         "fades": [],
@@ -208,7 +210,7 @@ def build_fade(spec: VideoSpec, seed: int) -> Rendered:
     hue = float(rng.random())
     gains = fade_gains(start, int(p["fade_out"]), int(p["black"]), int(p["fade_in"]))
     gains += [1.0] * (spec.n_frames - len(gains))
-    frames = _shot(rng, spec, a_part, hue) + _shot(rng, spec, spec.n_frames - a_part, (hue + 0.5) % 1.0)
+    frames = textured_shot(rng, spec, a_part, hue) + textured_shot(rng, spec, spec.n_frames - a_part, (hue + 0.5) % 1.0)
     truth = {
         "cuts": [],
         "fades": [{"start": start, "end": end}],

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .boundaries import (
+    build_cut_from_black,
+    build_dissolve,
+    build_fade_exact,
+    build_fast_objects,
+    build_flat,
+    build_whip_pan,
+)
 from .copies import build_copy
 from .layers import build_layers
 from .model import Rendered, VideoSpec
@@ -23,6 +31,12 @@ BUILDERS: dict[str, Builder] = {
     "cuts": build_cuts,
     "fade": build_fade,
     "copy": build_copy,
+    "whip_pan": build_whip_pan,
+    "fast_objects": build_fast_objects,
+    "dissolve": build_dissolve,
+    "cut_from_black": build_cut_from_black,
+    "fade_exact": build_fade_exact,
+    "flat": build_flat,
 }
 
 _CAM = ("camera",)
@@ -265,6 +279,89 @@ SPECS: tuple[VideoSpec, ...] = (
         ("cuts", "shots", "portrait", "rotated"),
         {"starts": (0, 64)},
         rotation=90,
+    ),
+    # Shot-boundary hard cases (see boundaries.py), appended so the older videos keep their registry order and
+    # bytes. Fast motion that is no cut, transitions with frame-exact ends, and a video with no shot at all. The
+    # names that sort before "forward" are not stored as mp4 / mkv, so the tests that take the first .mp4 / .mkv
+    # files of the corpus keep taking the same ones.
+    VideoSpec(
+        "whip_pan",
+        "whip_pan",
+        "libx264",
+        "mp4",
+        30,
+        480,
+        270,
+        90,
+        ("shots", "fast_motion", "whip_pan"),
+        # 10 steps of 30-49 px per frame at the image centre (5.5 deg = 49 px at this focal length)
+        {
+            "fov": 50.0,
+            "slow": 0.2,
+            "peak": 5.5,
+            "whip_start": 36,
+            "ramp": 4,
+            "hold": 6,
+            "shutter": 0.5,
+            "motion": "yaw_right",
+            "mouse": "right",
+        },
+    ),
+    VideoSpec(
+        "fast_object",
+        "fast_objects",
+        "libvpx-vp9",
+        "webm",
+        30,
+        480,
+        270,
+        90,
+        ("shots", "fast_motion", "objects", "static_camera"),
+        {
+            "objects": (  # each crosses the whole frame, edge to edge, in 8 frames
+                {"shape": "rect", "size": (160, 128), "start": (0, 30), "velocity": (40, 0), "move": (30, 38)},
+                {"shape": "disc", "size": (120, 120), "start": (360, 136), "velocity": (-45, 0), "move": (60, 68)},
+            )
+        },
+    ),
+    VideoSpec(
+        "dissolve", "dissolve", "mpeg4", "avi", 25, 480, 270, 100, ("shots", "dissolve"), {"a_len": 44, "dissolve": 12}
+    ),
+    VideoSpec(
+        "cut_from_black",
+        "cut_from_black",
+        "libvpx-vp9",
+        "webm",
+        24,
+        320,
+        180,
+        84,
+        ("shots", "black"),
+        {"a_len": 36, "black": 10},
+    ),
+    VideoSpec(
+        "fade_exact",
+        "fade_exact",
+        "mpeg4",
+        "avi",
+        30,
+        320,
+        180,
+        72,
+        ("shots", "fade"),
+        {"a_len": 30, "fade_out": 6, "black": 2, "fade_in": 6, "floor": 110.0},
+    ),
+    VideoSpec(
+        "flat",
+        "flat",
+        "libvpx-vp9",
+        "webm",
+        24,
+        320,
+        180,
+        72,
+        ("flat",),
+        {"first": (128, 128, 128), "second": (70, 120, 180), "a_len": 24, "fade_out": 8, "black": 6, "fade_in": 8},
     ),
 )
 
