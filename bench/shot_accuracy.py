@@ -4,16 +4,17 @@ the hand-labelled real videos (`tests/data/shot_labels.json`, read from ../share
 A boundary is the pair (end of the shot before, start of the shot after): a hard cut at c is (c, c), a fade or a
 dissolve [s, e) is (s, e), a black or fading start or end of the video is a boundary too. A detected boundary
 matches a true one when both ends are within 1 frame (F1), and is exact when both ends are equal. Detections inside
-a labelled `ambiguous` span count neither way. Runs the scenes step itself (no Ray), one video at a time.
+a labelled `ambiguous` span count neither way. Scans each video once as the scenes step does (no Ray), then scores
+every TransNetV2 threshold asked for on the same scan.
 
-    python bench/shot_accuracy.py [--detectors content,hybrid,transnetv2] [--corpus DIR] [--media DIR] [--json OUT]
+    python bench/shot_accuracy.py [--detectors content,hybrid,transnetv2] [--thresholds 0.2,0.3,0.4,0.5]
+        [--corpus DIR] [--media DIR] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -22,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation.ids import uri_key  # noqa: E402
+from curation.decode import DecodeError, iter_frames, probe_video  # noqa: E402
 from curation.metrics import match_boundaries, shot_boundaries, truth_boundaries  # noqa: E402
+from curation.scenes import detect_shots, detection_size, scan_frames  # noqa: E402
 from pipelines import steps  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.samples import generate_corpus, load_truth  # noqa: E402
@@ -78,24 +80,41 @@ def corpus_videos(corpus: Path) -> list[dict]:
     return out
 
 
-def detect(videos: list[dict], detector: str, work: Path) -> tuple[dict[str, list], float, int]:
-    """Run ingest + scenes on each video with `detector`; (boundaries per video, seconds, frames scanned)."""
+def scan(videos: list[dict], detector: str) -> tuple[dict, float, int]:
+    """One detection scan per video, as the scenes step makes it (decode at the detection size, TransNetV2 when the
+    detector uses it); (scans by video, seconds, frames)."""
     cfg = load_config(None, [f"scenes.detector={detector}"])
-    shutil.rmtree(work, ignore_errors=True)
-    found: dict[str, list] = {}
+    scans: dict = {}
     seconds, frames = 0.0, 0
     for video in videos:
-        row = {"source_uri": str(video["path"]), "key": uri_key(str(video["path"]))}
-        steps.make_ingest_fn(cfg, work)(row)
+        path = str(video["path"])
         started = time.perf_counter()
-        steps.make_scenes_fn(cfg, work)(row)
+        try:
+            info = probe_video(path)
+            net = steps.transnet_stream(cfg.scenes) if cfg.scenes.uses_transnet else None
+            size = detection_size(info.width, info.height, cfg.scenes.detect_width)
+            scans[video["name"]] = scan_frames(iter_frames(path, info, size=size), info.fps, cfg.scenes, net=net)
+        except DecodeError as e:
+            print(f"{video['name']}: {e}", file=sys.stderr)
+            scans[video["name"]] = None
+            continue
         seconds += time.perf_counter() - started
-        record = steps.WorkDir(work).load("scenes", row["key"])
-        n = record.get("n_decoded", 0)
-        frames += n
-        shots = [(s["start_frame"], s["end_frame"]) for s in record.get("scenes", [])]
-        found[video["name"]] = shot_boundaries(n, shots) if n else []
-    return found, seconds, frames
+        frames += scans[video["name"]].n_frames
+    return scans, seconds, frames
+
+
+def detect(scans: dict, detector: str, threshold: float | None = None) -> dict[str, list]:
+    """The boundaries each scan gives under `detector` (and a TransNetV2 threshold)."""
+    sets = [f"scenes.detector={detector}"] + ([f"scenes.transnet_threshold={threshold}"] if threshold else [])
+    cfg = load_config(None, sets).scenes
+    found = {}
+    for name, result in scans.items():
+        if result is None:
+            found[name] = []
+            continue
+        shots = [(s.start, s.end) for s in detect_shots(result, cfg)]
+        found[name] = shot_boundaries(result.n_frames, shots)
+    return found
 
 
 def score(videos: list[dict], found: dict[str, list]) -> dict:
@@ -126,6 +145,7 @@ def main() -> None:
     p.add_argument("--detectors", default="content,hybrid,transnetv2")
     p.add_argument("--corpus", help="a generated sample corpus (default: generate one in a temp dir)")
     p.add_argument("--media", default=str(MEDIA))
+    p.add_argument("--thresholds", default="0.5", help="TransNetV2 thresholds to score (one scan each video)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,16 +154,21 @@ def main() -> None:
             generate_corpus(corpus)
         sets = {"corpus": corpus_videos(corpus), "real": labelled_media(Path(args.media))}
         result: dict = {"videos": {k: len(v) for k, v in sets.items()}}
+        thresholds = [float(t) for t in args.thresholds.split(",")]
         for detector in args.detectors.split(","):
             for name, videos in sets.items():
-                found, seconds, frames = detect(videos, detector, Path(tmp) / "work")
-                result.setdefault(detector, {})[name] = {
-                    **score(videos, found),
-                    "frames": frames,
-                    "seconds": round(seconds, 1),
-                    "frames_per_s": round(frames / seconds, 1) if seconds else None,
-                }
-                print(detector, name, {k: v for k, v in result[detector][name].items() if k != "wrong"}, flush=True)
+                scans, seconds, frames = scan(videos, detector)
+                uses_net = detector in ("transnetv2", "hybrid")
+                for threshold in thresholds if uses_net else [None]:
+                    key = f"{detector}@{threshold}" if uses_net else detector
+                    result.setdefault(key, {})[name] = {
+                        **score(videos, detect(scans, detector, threshold)),
+                        "frames": frames,
+                        "seconds": round(seconds, 1),
+                        "frames_per_s": round(frames / seconds, 1) if seconds else None,
+                    }
+                    shown = {k: v for k, v in result[key][name].items() if k != "wrong"}
+                    print(key, name, shown, flush=True)
     text = json.dumps(result, indent=1, default=list)
     print(text)
     if args.json:

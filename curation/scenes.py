@@ -39,7 +39,7 @@ class SceneConfig:
     adaptive_threshold: float = 3.0  # AdaptiveDetector default (PySceneDetect)
     min_scene_len: int = 15  # frames; PySceneDetect default
     detect_width: int = 256  # frames are downscaled to about this width for detection (CLI rule); 0 = full size
-    transnet_threshold: float = 0.5  # TransNetV2 transition probability above which a frame is a boundary
+    transnet_threshold: float = 0.2  # TransNetV2 probability above which a frame is a boundary (best F1, measured)
     transnet_device: str = "auto"  # auto | cpu | cuda | cuda:N
     transnet_batch: int = 0  # 100-frame windows per forward pass; 0 = 2 on a CPU (fastest there), 8 on a GPU
     transnet_max_cut_frames: int = 2  # a TransNetV2 run of at most this many frames is a hard cut, longer is gradual

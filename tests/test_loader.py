@@ -286,6 +286,6 @@ def test_bad_sources_and_configs_are_clear_errors(smoke_run: Path, tmp_path: Pat
         with pytest.raises(ValueError, match="data\\."):
             DataConfig(source=str(smoke_run), **bad)
     with pytest.raises(ValueError, match="batch_size"):
-        make_loader(DataConfig(source=str(smoke_run), batch_size=32))  # drop_last with 20 clips: no batch
+        make_loader(DataConfig(source=str(smoke_run), batch_size=4096))  # drop_last with ~40 clips: no batch
     with pytest.raises(ValueError, match="rank"):
         make_loader(DataConfig(source=str(smoke_run)), rank=2, world_size=2)

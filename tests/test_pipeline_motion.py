@@ -46,7 +46,10 @@ def test_shards_carry_flow_and_warped_noise_as_the_manifest_says(smoke_run):
         assert row["flow_backend"] == "dis/medium"
     noise = np.concatenate([r["warped_noise"].astype(np.float32).ravel() for r in rows])
     assert abs(noise.mean()) < 5 / np.sqrt(noise.size) and abs(noise.std() - 1) < 5 / np.sqrt(2 * noise.size)
-    assert ks_normal(torch.from_numpy(noise))[1] > 1e-3
+    # KS needs independent draws: the frames of a clip carry the same noise moved along the flow (a static clip
+    # repeats it exactly), so only each clip's first frame goes in; pooling every frame overstated the sample size.
+    first = np.concatenate([r["warped_noise"][0].astype(np.float32).ravel() for r in rows])
+    assert ks_normal(torch.from_numpy(first))[1] > 1e-3
 
 
 def test_motion_scores_rank_the_corpus_by_truth(smoke_run):

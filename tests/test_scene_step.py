@@ -122,3 +122,30 @@ def test_a_video_of_flat_frames_gives_no_clips_and_says_why(corpus_dir: Path, tm
     assert scenes["scenes"] == [] and scenes["spans"] == [] and clips["clips"] == []
     assert [r["reason"] for r in scenes["rejected"]] == ["no_shots"]
     assert "flat" in scenes["rejected"][0]["detail"]
+
+
+def test_hybrid_reproduces_a_hand_labelled_real_clip(tmp_path: Path) -> None:
+    """nasa_13013.mp4 (torchcodec's test media), labelled by hand in tests/data/shot_labels.json: a 29-frame
+    cross-dissolve [150, 179) and a hard cut at 240. The real TransNetV2 weights find the cut on its exact frame."""
+    import json
+
+    from curation.metrics import match_boundaries, shot_boundaries, truth_boundaries
+    from tests.conftest import SHARED_MEDIA
+
+    labels = {
+        v["path"]: v for v in json.loads((Path(__file__).parent / "data" / "shot_labels.json").read_text())["videos"]
+    }
+    label = labels["videos/torchcodec_resources/nasa_13013.mp4"]
+    path = SHARED_MEDIA / label["path"]
+    if not path.exists():
+        pytest.skip("../shared/media is absent")
+    cfg = load_config(SMOKE, ["scenes.detector=hybrid"])
+    row = {"source_uri": str(path), "key": uri_key(str(path))}
+    steps.make_ingest_fn(cfg, tmp_path)(row)
+    steps.make_scenes_fn(cfg, tmp_path)(row)
+    record = steps.WorkDir(tmp_path).load("scenes", row["key"])
+    shots = [(s["start_frame"], s["end_frame"]) for s in record["scenes"]]
+    truth = truth_boundaries(label["n_frames"], label["cuts"], [(g["start"], g["end"]) for g in label["gradual"]])
+    match = match_boundaries(shot_boundaries(record["n_decoded"], shots), truth, tolerance=1)
+    assert match.f1 == 1.0 and match.exact == len(truth) == 2, (shots, truth)
+    assert [s["transition"] for s in record["scenes"]] == ["start", "dissolve", "cut"]
