@@ -298,6 +298,17 @@ def remove_stale_temp_files(run_dir: Path) -> int:
     return len(stale)
 
 
+def remove_used_frames(run_dir: Path) -> int:
+    """Delete frames the scenes step kept for a clips step that has finished (its record exists): the clips step
+    deletes them itself, unless it failed or was killed after committing. Frames of videos still waiting for their
+    clips step stay."""
+    frames = run_dir / "_work" / "frames"
+    used = [p for p in frames.glob("*.npy") if (run_dir / "_work" / "clips" / f"{p.stem}.json").exists()]
+    for p in used:
+        p.unlink(missing_ok=True)
+    return len(used)
+
+
 def write_tables(run_dir: Path, data: Collected, config_hash: str, with_manifest: bool, extra: dict) -> None:
     for name in ("videos", "scenes", "clips", "rejected"):
         write_run_table(run_dir, name, getattr(data, name))

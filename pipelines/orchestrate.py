@@ -15,7 +15,15 @@ from pathlib import Path
 
 from pipelines.clip_writer import flow_grid, tensor_columns
 from pipelines.config import RunConfig
-from pipelines.finalize import Collected, collect, curate, pack_run, remove_stale_temp_files, write_tables
+from pipelines.finalize import (
+    Collected,
+    collect,
+    curate,
+    pack_run,
+    remove_stale_temp_files,
+    remove_used_frames,
+    write_tables,
+)
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import init_ray
 from pipelines.steps import WorkDir
@@ -343,6 +351,8 @@ def _finish(
 
     if removed := remove_stale_temp_files(run_dir):
         logger.info("removed %d temporary files left by an interrupted run", removed)
+    if removed := remove_used_frames(run_dir):
+        logger.info("removed the kept frames of %d videos whose clips step has finished", removed)
     extra = manifest_extra(cfg)
     if "clips" in STEPS_OF[stage]:
         t0 = time.perf_counter()

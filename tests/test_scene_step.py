@@ -149,3 +149,16 @@ def test_hybrid_reproduces_a_hand_labelled_real_clip(tmp_path: Path) -> None:
     match = match_boundaries(shot_boundaries(record["n_decoded"], shots), truth, tolerance=1)
     assert match.f1 == 1.0 and match.exact == len(truth) == 2, (shots, truth)
     assert [s["transition"] for s in record["scenes"]] == ["start", "dissolve", "cut"]
+
+
+def test_finalize_removes_kept_frames_of_finished_clips_only(tmp_path: Path) -> None:
+    from pipelines.finalize import remove_used_frames
+
+    work = steps.WorkDir(tmp_path)
+    done, waiting = work.frames_path("a" * 16), work.frames_path("b" * 16)
+    done.parent.mkdir(parents=True)
+    np.save(done, np.zeros((1, 2, 2, 3), np.uint8))
+    np.save(waiting, np.zeros((1, 2, 2, 3), np.uint8))
+    work.save("clips", "a" * 16, {"clips": []})  # a clips step that committed but did not get to delete its frames
+    assert remove_used_frames(tmp_path) == 1
+    assert not done.exists() and waiting.exists()
