@@ -17,6 +17,7 @@ shots, so no clip starts or ends in the middle of one. Timestamps come from the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -109,8 +110,9 @@ class FrameScan:
     def n_frames(self) -> int:
         return len(self.pts)
 
-    @property
+    @functools.cached_property
     def contrast(self) -> np.ndarray | None:
+        """(N,) spatial std of each thumbnail (computed once: the flat, fade and dissolve detectors all read it)."""
         if self.thumbs is None:
             return None
         return self.thumbs.reshape(len(self.thumbs), -1).std(axis=1)

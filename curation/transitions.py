@@ -57,13 +57,18 @@ def find_fades(
     luma = np.asarray(luma, dtype=np.float64)
     n = len(luma)
     spans: list[Span] = []
-    for run_start, run_end in runs(flat_frames(luma, contrast, black_level, flat_std)):
-        if thumbs is not None:
-            ref = thumbs[run_start:run_end].mean(axis=0)
-            dist = np.abs(thumbs.reshape(n, -1) - ref.reshape(1, -1)).mean(axis=1)
-        else:
-            dist = np.abs(luma - luma[run_start:run_end].mean())
+    flat_runs = runs(flat_frames(luma, contrast, black_level, flat_std))
+    for k, (run_start, run_end) in enumerate(flat_runs):
         floor = spans[-1][1] if spans else 0
+        # The ramps stay between the neighbouring flat runs: the distance is needed there only (each frame of the
+        # video is measured at most twice, whatever the number of runs).
+        ceiling = flat_runs[k + 1][0] if k + 1 < len(flat_runs) else n
+        dist = np.full(n, np.nan)
+        if thumbs is not None:
+            ref = thumbs[run_start:run_end].mean(axis=0).reshape(1, -1)
+            dist[floor:ceiling] = np.abs(thumbs[floor:ceiling].reshape(ceiling - floor, -1) - ref).mean(axis=1)
+        else:
+            dist[floor:ceiling] = np.abs(luma[floor:ceiling] - luma[run_start:run_end].mean())
         start, step = run_start, 0.0
         # Back up the fade-out ramp. A ramp step is at least `min_step` and not much smaller than the step before
         # it: the flicker of real content after a fade is a step of its own, never a quarter of the ramp's.
@@ -72,7 +77,7 @@ def find_fades(
         # `start` is now the last frame at full content (or still the first flat one): the fade begins after it.
         start = start + 1 if start < run_start else run_start
         end, step = run_end, 0.0
-        while end + 1 < n and (d := dist[end + 1] - dist[end]) > max(min_step, RAMP_TAIL * step):
+        while end + 1 < ceiling and (d := dist[end + 1] - dist[end]) > max(min_step, RAMP_TAIL * step):
             end, step = end + 1, d
         # `end` is the first frame that is not closer to flat than its successor: the first full-content frame.
         if spans and start <= spans[-1][1]:  # ramps that touch: one transition

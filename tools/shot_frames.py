@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from curation.decode import VideoInfo, iter_frames, probe_video  # noqa: E402
+from curation.transitions import runs  # noqa: E402
 
 STAT_WIDTH = 64
 LAG = 8
@@ -99,20 +100,12 @@ def cut_candidates(st: Stats, ratio: float = 3.0, floor: float = 6.0) -> list[tu
 def flat_runs(st: Stats, max_std: float = 8.0, min_len: int = 1) -> list[tuple[int, int, str]]:
     """Runs [start, end) of nearly uniform frames, with their mean colour."""
     flat = st.std < max_std
-    runs: list[tuple[int, int, str]] = []
-    i = 0
-    while i < len(flat):
-        if flat[i]:
-            j = i
-            while j < len(flat) and flat[j]:
-                j += 1
-            if j - i >= min_len:
-                r, g, b = st.rgb[i:j].mean(axis=0)
-                runs.append((i, j, f"rgb=({r:.0f},{g:.0f},{b:.0f})"))
-            i = j
-        else:
-            i += 1
-    return runs
+    out: list[tuple[int, int, str]] = []
+    for i, j in runs(flat):
+        if j - i >= min_len:
+            r, g, b = st.rgb[i:j].mean(axis=0)
+            out.append((i, j, f"rgb=({r:.0f},{g:.0f},{b:.0f})"))
+    return out
 
 
 def slow_changes(st: Stats, min_d8: float = 12.0, min_lin: float = 0.6) -> list[tuple[int, int, float]]:
@@ -123,18 +116,7 @@ def slow_changes(st: Stats, min_d8: float = 12.0, min_lin: float = 0.6) -> list[
     for i in range(LAG, len(st.mad)):
         top[i] = st.mad[i - LAG + 1 : i + 1].max()
     hot = (st.d8 >= min_d8) & (st.lin >= min_lin) & (top < 0.5 * st.d8)
-    runs: list[tuple[int, int, float]] = []
-    i = 0
-    while i < len(hot):
-        if hot[i]:
-            j = i
-            while j < len(hot) and hot[j]:
-                j += 1
-            runs.append((max(0, i - LAG), j, float(st.d8[i:j].max())))
-            i = j
-        else:
-            i += 1
-    return runs
+    return [(max(0, i - LAG), j, float(st.d8[i:j].max())) for i, j in runs(hot)]
 
 
 def print_stats(path: str, info: VideoInfo) -> None:

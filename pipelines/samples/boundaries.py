@@ -20,7 +20,7 @@ import numpy as np
 from .model import Rendered, VideoSpec, video_rng
 from .objects import build_objects
 from .render import intrinsics, make_c2w, rot_y
-from .scenes import camera_truth, fade_gains, single_shot, textured_shot, to_uint8
+from .scenes import camera_truth, fade_gains, fade_parts, single_shot, textured_shot, to_uint8
 from .textures import make_texture, random_palette
 
 __all__ = [
@@ -176,16 +176,8 @@ def build_fade_exact(spec: VideoSpec, seed: int) -> Rendered:
     """Like `build_fade` (same gains and truth, plus ``kind``) but meant for short ramps over bright shots, where
     every ramp frame differs from its neighbours by a large step, so a detector's off-by-one shows. params
     ``a_len``, ``fade_out``, ``black``, ``fade_in``, ``floor`` (darkest level of the brightened shots)."""
-    p = spec.params
-    rng = video_rng(spec, seed)
-    start = int(p["a_len"])
-    a_part = start + int(p["fade_out"])
-    end = a_part + int(p["black"]) + int(p["fade_in"])
-    hue = float(rng.random())
-    gains = fade_gains(start, int(p["fade_out"]), int(p["black"]), int(p["fade_in"]))
-    gains += [1.0] * (spec.n_frames - len(gains))
-    shots = textured_shot(rng, spec, a_part, hue) + textured_shot(rng, spec, spec.n_frames - a_part, (hue + 0.5) % 1)
-    frames = _brighten(shots, float(p.get("floor", 0.0)))
+    shots, gains, start, end = fade_parts(spec, seed)
+    frames = _brighten(shots, float(spec.params.get("floor", 0.0)))
     truth = {
         "cuts": [],
         "fades": [{"start": start, "end": end, "kind": "fade"}],

@@ -199,9 +199,9 @@ def fade_gains(a_len: int, fade_out: int, black: int, fade_in: int) -> list[floa
     return [1.0] * a_len + down + [0.0] * black + up
 
 
-def build_fade(spec: VideoSpec, seed: int) -> Rendered:
-    """Shot A, fade to black, a few black frames, fade in to shot B. params: ``a_len``, ``fade_out``, ``black``,
-    ``fade_in``; the transition window is [a_len, a_len + fade_out + black + fade_in)."""
+def fade_parts(spec: VideoSpec, seed: int) -> tuple[list[np.ndarray], list[float], int, int]:
+    """The two textured shots of a fade video (before the gains), the per-frame gains, and the transition window
+    [start, end). params: ``a_len``, ``fade_out``, ``black``, ``fade_in``."""
     p = spec.params
     rng = video_rng(spec, seed)
     start = int(p["a_len"])
@@ -211,6 +211,13 @@ def build_fade(spec: VideoSpec, seed: int) -> Rendered:
     gains = fade_gains(start, int(p["fade_out"]), int(p["black"]), int(p["fade_in"]))
     gains += [1.0] * (spec.n_frames - len(gains))
     frames = textured_shot(rng, spec, a_part, hue) + textured_shot(rng, spec, spec.n_frames - a_part, (hue + 0.5) % 1.0)
+    return frames, gains, start, end
+
+
+def build_fade(spec: VideoSpec, seed: int) -> Rendered:
+    """Shot A, fade to black, a few black frames, fade in to shot B. params: ``a_len``, ``fade_out``, ``black``,
+    ``fade_in``; the transition window is [a_len, a_len + fade_out + black + fade_in)."""
+    frames, gains, start, end = fade_parts(spec, seed)
     truth = {
         "cuts": [],
         "fades": [{"start": start, "end": end}],
