@@ -16,17 +16,35 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key."""
 
 
-def load_dataclass(cls: type, path: Path, overrides: typing.Sequence[str] = ()) -> Any:
-    """Build config dataclass `cls` from a TOML file plus `section.key=value` overrides; ConfigError names the key."""
+def load_dataclass(
+    cls: type, path: Path, overrides: typing.Sequence[str] = (), layers: typing.Sequence[Path] = ()
+) -> Any:
+    """Build config dataclass `cls` from a TOML file, then TOML `layers` merged over it table by table, then
+    `section.key=value` overrides; ConfigError names the key."""
+    data = read_toml(path)
+    for layer in layers:
+        merge(data, read_toml(layer))
+    for item in overrides:
+        apply_override(data, item)
+    return build(cls, data, prefix="")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-    for item in overrides:
-        apply_override(data, item)
-    return build(cls, data, prefix="")
+
+
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Deep-merge `layer` into `base` in place: tables merge key by key, other values replace."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

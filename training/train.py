@@ -1,6 +1,7 @@
 """Train the video DiT on curated shards.
 
     python -m training.train --shards RUN_DIR|SNAPSHOT_DIR --out OUT_DIR [--config FILE] [--set k=v ...] [--resume]
+        [--stage adapt|distill|adversarial|long] [--init PREVIOUS_OUT]
     torchrun --nproc_per_node=N -m training.train ...      # data parallel: gloo on CPU, NCCL on GPU
 
 OUT_DIR gets `config.json` (the resolved config), `lineage.json` (which data: the snapshot id, or the run id and
@@ -8,6 +9,11 @@ manifest digest, and the clip count), `metrics.jsonl` (one JSON object per optim
 loss term, learning rate, gradient norm, seconds waiting for data and per step) and `checkpoints/step_NNNNNNN.pt`
 (model, EMA, optimizer, schedule, step, loader state and config, written atomically; `--resume` continues from the
 newest: same batches, same random draws, so the losses match an uninterrupted run).
+
+AAPT (`--stage`, see `training.aapt`): `adapt` starts from scratch or from a bidirectional checkpoint (`--init`; the
+recycled channels start at zero), `distill` from adapt, `adversarial` from distill (the discriminator from the
+adapt weights the distill checkpoint carries as its teacher), `long` from adversarial. Each stage is resumable with
+`--resume` like any run; `lineage.json` and every checkpoint record the stage and the checkpoint it started from.
 
 Randomness is stateless per step: every draw of the objective comes from a generator seeded by (seed, step, rank),
 so nothing but the loader's cursor has to be saved to resume exactly.
@@ -20,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -31,11 +36,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from training.aapt import STAGES
 from training.buckets import fit_loader, latent_shapes
-from training.config import ConfigError, OptimConfig, TrainConfig, load_train_config
+from training.config import ConfigError, TrainConfig, load_train_config
 from training.latent import fit_to_data, space_record
 from training.model import build_model
-from training.objective import compute_losses
+from training.optim import EMA, broadcast_parameters, lr_factor
+from training.trainers import StepContext, build_trainer, ema_weights_into
+
+__all__ = ["EMA", "ema_weights_into", "lr_factor", "main", "train"]  # re-exported for callers of this module
 
 logger = logging.getLogger("training")
 
@@ -118,75 +127,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
-def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Data parallel: one all-reduce of all gradients (flattened), then the mean. Every rank starts from rank 0's
-    weights and applies the same averaged update, so the replicas stay identical (what DDP does, without its hooks,
-    which the objective's optional second forward pass would trip)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
-
-
-def broadcast_parameters(modules: list[torch.nn.Module]) -> None:
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-
-
-# -- optimisation -------------------------------------------------------------------------------------------------
-
-
-def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Multiplier of the base learning rate before optimizer step `step` (0-based): linear warm-up over
-    `warmup_steps`, then constant or cosine down to `min_lr_ratio` at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - cfg.warmup_steps - 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: biases, norms, scalars (event alpha) and embedding tables are left alone."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim < 2 or "embed" in name or "norm" in name or name.endswith(".bias"):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class EMA:
-    """Exponential moving average of trainable weights (kept in float32 next to them)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
-        self.decay = decay
-        self.shadow = [p.detach().float().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self, params: list[torch.nn.Parameter]) -> None:
-        for s, p in zip(self.shadow, params, strict=True):
-            s.lerp_(p.detach().float(), 1.0 - self.decay)
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, shadow: list[torch.Tensor]) -> None:
-        self.shadow = [s.to(self.shadow[0].device) for s in shadow]
-
-
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The objective's random draws for one step: a function of (seed, step, rank) only."""
     gen = torch.Generator(device=device)
@@ -235,13 +175,6 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 # -- the loop -----------------------------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def prepare_out_dir(out: Path, resume: bool, cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from (None = fresh start). A fresh start refuses a directory that already holds
     checkpoints; a resume refuses another config (steps may grow)."""
@@ -264,8 +197,21 @@ def prepare_out_dir(out: Path, resume: bool, cfg: TrainConfig) -> Path | None:
     return found[-1]
 
 
-def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run the training loop; returns a summary (steps, final loss, seconds, data-wait share)."""
+def resolve_init(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """`--init`: a training output directory (its newest checkpoint) or a checkpoint file, loaded."""
+    p = Path(path)
+    found = list_checkpoints(p) if p.is_dir() else [p] if p.is_file() else []
+    if not found:
+        raise UsageError(f"--init {path}: no checkpoint there (expected an output directory of a previous stage)")
+    return found[-1], load_checkpoint(found[-1])
+
+
+def train(
+    cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = False, init: str | Path | None = None
+) -> dict[str, Any]:
+    """Run the training loop of `cfg.stage`; returns a summary (steps, final terms, seconds, data-wait share).
+
+    `init`: the previous stage's output (or a checkpoint); ignored when resuming from a checkpoint in `out`."""
     out = Path(out)
     source = resolve_source(shards)
     # Pixel or latent space, the VAE's channels and the text encoder come from the data; a resume must find the
@@ -278,6 +224,7 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     start_from = prepare_out_dir(out, resume, cfg)
+    init_path, init_state = resolve_init(init) if init is not None and start_from is None else (None, None)
     out.mkdir(parents=True, exist_ok=True)
 
     data_cfg = dataclasses.replace(cfg.data, source=str(source), seed=cfg.data.seed or cfg.seed)
@@ -289,8 +236,9 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     shapes = latent_shapes(loader)
     if world.main:
         logger.info(
-            "data: %s (%s space%s), %d samples per rank per epoch in %d batches, latents (C, T, h, w) by bucket %s, "
-            "noise: %s",
+            "stage %s; data: %s (%s space%s), %d samples per rank per epoch in %d batches, latents (C, T, h, w) by "
+            "bucket %s, noise: %s",
+            cfg.stage,
             source,
             space.kind,
             f", VAE {space.vae['cls']} {space.vae_hash}" if space.vae else "",
@@ -300,33 +248,33 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
             loader.noise_source,
         )
 
-    modules = [model, text_encoder]
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    ctx = StepContext(cfg, device, world.world)
+    bank = camera_bank(cfg, source) if cfg.stage == "long" else None
+    trainer = build_trainer(model, text_encoder, ctx, init_state, bank, resuming=start_from is not None)
     if world.world > 1:
-        broadcast_parameters(modules)
-    optimizer = torch.optim.AdamW(param_groups(modules, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim, cfg.steps))
-    ema = EMA(params, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        broadcast_parameters(trainer.modules_to_sync())
     step = 0
     if start_from is not None:
         state = load_checkpoint(start_from)
-        model.load_state_dict(state["model"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+        trainer.load_state_dict(state)
         loader.load_state_dict(state["loader"])
         step = state["step"]
+        init_record = state.get("init")
         if world.main:
             logger.info("resumed from %s at step %d", start_from, step)
+    else:
+        init_record = (
+            {"path": str(init_path.resolve()), "step": init_state.get("step"), "stage": init_state.get("stage")}
+            if init_state is not None
+            else None
+        )
     first_step = step
 
     metrics_path = out / METRICS
     data_lineage = lineage(source) if world.main else None  # hashes the manifest: once, not per checkpoint
     if world.main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str))
-        (out / "lineage.json").write_text(json.dumps(data_lineage, indent=2, sort_keys=True))
+        (out / "lineage.json").write_text(json.dumps({**data_lineage, "init": init_record}, indent=2, sort_keys=True))
         _truncate_metrics(metrics_path, step)
     batches = loader.batches()
     started, wait_total, step_total, last = time.perf_counter(), 0.0, 0.0, {}
@@ -336,21 +284,7 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                 t0 = time.perf_counter()
                 batch = next(batches)
                 t1 = time.perf_counter()
-                with _autocast(device, cfg.precision):
-                    loss, terms = compute_losses(
-                        model, text_encoder, batch, cfg.objective, step_generator(cfg.seed, step, world.rank, device)
-                    )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: loss is {loss.item()} ({terms}); lower optim.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if world.world > 1:
-                    average_gradients(params, world.world)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf")).item()
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(params)
+                terms = trainer.train_step(batch, step_generator(cfg.seed, step, world.rank, device), step)
                 step += 1
                 t2 = time.perf_counter()
                 terms = _mean_across_ranks(terms, world)
@@ -358,8 +292,6 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                 last = {
                     "step": step,
                     **terms,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
                     "data_wait_s": round(t1 - t0, 6),
                     "step_s": round(t2 - t0, 6),
                     "epoch": loader.epoch,
@@ -380,14 +312,12 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                         100 * wait_total / max(step_total, 1e-9),
                         rate * (cfg.steps - step),
                     )
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if world.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     state = {
                         "step": step,
-                        "model": model.state_dict(),
-                        "text_encoder": text_encoder.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
+                        "stage": cfg.stage,
+                        "init": init_record,
+                        **trainer.state_dict(),
                         "loader": loader.state_dict(),
                         "latent_shape": next(iter(shapes.values())),  # the sampler's default: most clips
                         "latent_shapes": shapes,
@@ -395,11 +325,11 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
                         "config": cfg.to_dict(),
                         "lineage": data_lineage,
                     }
-                    if world.main:
-                        save_checkpoint(out, step, state, cfg.keep_checkpoints)
+                    save_checkpoint(out, step, state, cfg.keep_checkpoints)
     finally:
         loader.close()
     summary = {
+        "stage": cfg.stage,
         "steps": step,
         "final": last,
         "seconds": round(time.perf_counter() - started, 3),
@@ -411,6 +341,23 @@ def train(cfg: TrainConfig, shards: str | Path, out: str | Path, resume: bool = 
     return summary
 
 
+def camera_bank(cfg: TrainConfig, source: Path) -> Any | None:
+    """The corpus trajectories that drive the camera of a long rollout's extended parts (None: no camera data)."""
+    if not (cfg.aapt.camera_bank and cfg.aapt.extensions and cfg.model.camera):
+        return None
+    try:
+        from training.camera_bank import CameraBank
+    except ImportError:  # pragma: no cover - the bank ships with this package
+        return None
+    bank = CameraBank.from_source(source)
+    if len(bank) == 0:
+        logger.warning(
+            "no clip of %s has camera tokens: the extended parts of long rollouts get the null camera", source
+        )
+        return None
+    return bank
+
+
 def _mean_across_ranks(terms: dict[str, float], world: Dist) -> dict[str, float]:
     if world.world == 1:
         return terms
@@ -418,18 +365,6 @@ def _mean_across_ranks(terms: dict[str, float], world: Dist) -> dict[str, float]
     values = torch.tensor([float(terms[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(values)
     return {k: float(v) / world.world for k, v in zip(keys, values.tolist(), strict=True)}
-
-
-def ema_weights_into(model: torch.nn.Module, text_encoder: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Load a checkpoint's EMA weights (the ones to sample with) into freshly built modules."""
-    model.load_state_dict(state["model"])
-    text_encoder.load_state_dict(state["text_encoder"])
-    if state.get("ema") is None:
-        return
-    params = [p for m in (model, text_encoder) for p in m.parameters() if p.requires_grad]
-    with torch.no_grad():
-        for p, s in zip(params, state["ema"], strict=True):
-            p.copy_(s.to(p.dtype))
 
 
 def iter_metrics(out: str | Path) -> Iterator[dict[str, Any]]:
@@ -446,6 +381,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="TOML preset (default: training/configs/default.toml; debug.toml for CPU)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--stage",
+        choices=STAGES,
+        help="AAPT stage: adapt (teacher forcing), distill (consistency), adversarial (student forcing), long; "
+        "layers training/configs/stages/STAGE.toml over --config (default: bidirectional diffusion training)",
+    )
+    p.add_argument("--init", help="output directory (or checkpoint) of the previous stage to start from")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -456,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        cfg = load_train_config(args.config, args.overrides)
-        summary = train(cfg, args.shards, args.out, resume=args.resume)
+        cfg = load_train_config(args.config, args.overrides, stage=args.stage)
+        summary = train(cfg, args.shards, args.out, resume=args.resume, init=args.init)
     except (ConfigError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
