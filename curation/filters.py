@@ -10,6 +10,9 @@ or on the command line `--set filters.min.sharpness=20`. A clip below a minimum 
 for `rejected` (stage `filters`, reason `low_<column>` / `high_<column>`, the value and the rule in the detail);
 every score is kept in the shards and in `rejected`'s clip id, so thresholds can be re-tuned in DuckDB without
 recomputing. A clip whose score is null (the scorer did not run) is kept.
+
+`[filters.camera]` (`curation.camera_filter.CameraFilterConfig`) adds the camera-embedding outlier filter: a
+relative rule over the run, computed from the shards' camera tensors in `pipelines.finalize`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.camera_filter import CameraFilterConfig
 from curation.schema import CLIPS
 
 # Columns of `clips` a threshold can apply to: numeric scores, not ids, positions or bookkeeping.
@@ -44,10 +48,11 @@ FILTERABLE = tuple(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FilterConfig:
-    """Per-column thresholds: keep a clip when min <= value <= max."""
+    """Per-column thresholds: keep a clip when min <= value <= max; `camera`: the camera-embedding outlier rule."""
 
     min: dict[str, float] = dataclasses.field(default_factory=dict)
     max: dict[str, float] = dataclasses.field(default_factory=dict)
+    camera: CameraFilterConfig = dataclasses.field(default_factory=CameraFilterConfig)
 
     def __post_init__(self) -> None:
         for bound in ("min", "max"):

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from annotators.events import EventConfig
+from curation.camera_filter import REASON as CAMERA_OUTLIER
+from curation.camera_filter import CameraFilterConfig, camera_magnitude, find_outliers
 from curation.dedup import DedupConfig, find_duplicates
 from curation.filters import FilterConfig, apply_filters
 from curation.packing import Member, PackFile, pack_shards, packing_summary, remove_unlisted
@@ -178,6 +180,36 @@ def filter_scores(data: Collected, cfg: FilterConfig) -> dict[str, Any] | None:
     return {"min": cfg.min, "max": cfg.max, "kept": len(kept), "excluded": len(dropped), "by_reason": by_reason}
 
 
+def filter_camera_outliers(data: Collected, cfg: CameraFilterConfig, run_dir: Path) -> dict[str, Any] | None:
+    """`[filters.camera]`: clips whose camera embedding is an outlier of the run (stage `filters`, reason
+    `camera_outlier`), from the shards' `camera_c2w` and `camera_intrinsics`. The rule and its computed threshold,
+    for the manifest; None when off."""
+    if not cfg.enabled:
+        return None
+    shards = sorted({c["shard"] for c in data.clips})
+    poses = read_tensor_column(run_dir, shards, "camera_c2w")
+    intrinsics = read_tensor_column(run_dir, shards, "camera_intrinsics")
+    magnitudes = [camera_magnitude(poses.get(c["clip_id"]), intrinsics.get(c["clip_id"])) for c in data.clips]
+    rule, found = find_outliers(magnitudes, cfg)
+    drop_clips(data, "filters", [(data.clips[i], CAMERA_OUTLIER, detail) for i, detail in found])
+    return {**rule.as_dict(), "excluded": len(found)}
+
+
+def filter_clips(data: Collected, cfg: FilterConfig, run_dir: Path) -> dict[str, Any] | None:
+    """`[filters]`: camera outliers first (their threshold over every clip, so it does not depend on the score
+    thresholds), then the score thresholds; None when neither is set."""
+    camera = filter_camera_outliers(data, cfg.camera, run_dir)
+    scores = filter_scores(data, cfg)
+    if camera is None:
+        return scores
+    out = scores or {"min": cfg.min, "max": cfg.max, "kept": len(data.clips), "excluded": 0, "by_reason": Counter()}
+    out["camera"] = camera
+    out["excluded"] += camera["excluded"]
+    if camera["excluded"]:
+        out["by_reason"] = Counter(out["by_reason"]) + Counter({CAMERA_OUTLIER: camera["excluded"]})
+    return out
+
+
 def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[str, Any] | None:
     """Global near-duplicate removal (stage `dedup`, reason `duplicate`, the kept clip in the detail): key-frame
     hashes, plus the `clip_embedding` tensors in the shards when they exist. None when dedup is off."""
@@ -210,12 +242,12 @@ def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[
 
 
 def curate(data: Collected, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """The run's global clip selection, in order: score thresholds, near-duplicate removal (among the clips that
-    pass the thresholds, so a group never loses its keeper to a later filter), then EVD's relative event filter.
+    """The run's global clip selection, in order: camera outliers and score thresholds, near-duplicate removal (among
+    the clips that pass them, so a group never loses its keeper to a later filter), then EVD's relative event filter.
     Returns what each did, for the manifest's `curation` block."""
     out: dict[str, Any] = {"clips_before": len(data.clips)}
     stages = (  # called in turn: each sees what the previous one kept
-        ("filters", lambda: filter_scores(data, cfg.filters)),
+        ("filters", lambda: filter_clips(data, cfg.filters, run_dir)),
         ("dedup", lambda: remove_duplicates(data, cfg.dedup, run_dir)),
         ("events", lambda: select_events(data, cfg.events)),
     )

@@ -1,7 +1,9 @@
 -- The training selection, as SQL: the pipeline's global curation stages re-expressed over every shard row, so a
 -- data team can re-tune thresholds here and get exactly the set the pipeline would keep. In order:
 --   1. score thresholds ([filters]): a clip leaves when a score is below $min_scores[score] or above
---      $max_scores[score]; a null or NaN score never drops a clip;
+--      $max_scores[score]; a null or NaN score never drops a clip. The run's camera-embedding outliers
+--      ([filters.camera]: rejected rows of reason `camera_outlier`, decided from the shards' camera tensors over
+--      every clip, so independent of the thresholds) always leave;
 --   2. near-duplicates ([dedup]): with $apply_dedup, the run's own dedup decisions (rejected rows of stage `dedup`);
 --      they were made among the clips that passed the run's configured thresholds;
 --   3. EVD's event filter ([events]): with $drop_diffuse, clips flagged event_diffuse leave; then the top
@@ -53,6 +55,10 @@ below_or_above AS (
 passed AS (
     SELECT * FROM shard_rows
     WHERE (run, clip_id) NOT IN (SELECT (run, clip_id) FROM below_or_above)
+      AND (run, clip_id) NOT IN (
+          SELECT (run, clip_id) FROM rejected
+          WHERE stage = 'filters' AND reason = 'camera_outlier' AND clip_id IS NOT NULL
+      )
       AND NOT (
           $apply_dedup::BOOLEAN
           AND (run, clip_id) IN (SELECT (run, clip_id) FROM rejected WHERE stage = 'dedup' AND clip_id IS NOT NULL)

@@ -7,9 +7,11 @@ flow grid. AAPT's changes to CameraCtrl II, all made here:
 * poses relative to the *previous* frame (T_{k-1}^-1 T_k), not the first, so the embedding encodes only the camera
   change between consecutive frames and stays bounded on long rollouts (frame 0 gets the identity);
 * the ray origin o and unit direction d per pixel (6 channels), not Plücker (d, o x d);
-* scaled to about unit standard deviation (`ORIGIN_STD`, `DIRECTION_STD`, or statistics of a corpus).
+* scaled to about unit standard deviation (`ORIGIN_STD`, `DIRECTION_STD`: statistics of the sample corpus).
 
-`ray_embedding` chains the steps; `embedding_magnitude` gives the per-clip value the curation outlier filter uses.
+`ray_embedding` chains the steps; `chain_poses` undoes `relative_poses` (steps back to camera-to-world, for rollouts
+driven by sampled steps); `embedding_magnitude` / `clip_magnitude` give the per-clip value the curation outlier
+filter thresholds (`curation.camera_filter`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ from __future__ import annotations
 import torch
 
 RAY_CHANNELS = 6  # origin (3) + direction (3)
-# Default scales. Directions of a ~60 degree field of view: the x/y components have std ~0.3 and z ~0.05 around ~0.95,
-# so one common scale of 0.5 puts the channels near unit std without centring z (centring would hide forward motion
-# from nothing: the origin carries it). Per-step origins are camera translations between consecutive latent frames,
-# in the annotator's unit-free scale (unit baseline per step at most), so 0.1 is a placeholder until a corpus
-# statistic replaces it (`ray_stats`).
-ORIGIN_STD = 0.1
+# Scales measured on the sample corpus: `make run` (default preset, 8 fps, buckets of 9-49 frames) re-finalized with
+# `--set filters.camera.enabled=true`, which drops one of 42 candidates, whip_pan (a pure pan whose one bad step moves
+# 0.054, against <= 0.005 for every real move), then `CameraBank.from_source(run, temporal_factor=f).ray_origin_std()`
+# over the 32 curated clips.
+# * Origins (per-step camera translation, each clip's frame-0 identity included, as the loader serves it): std
+#   5.97e-4 per stored frame (480 frames) and 2.18e-3 per latent frame of a 4x video VAE (144 latent frames, each
+#   step 4 stored frames). Only 3 of the 32 clips translate, so the std is small and a real move is several std
+#   (forward ~6, strafe ~8.5 at most): re-measure on a production corpus.
+# * Directions (`ray_stats` on the frames / 8 grid of the same clips): std 0.487 over all channels and pixels
+#   (x 0.30, y 0.22, z 0.055 around a mean of 0.93), so one common scale of 0.5 puts them near unit std; z is not
+#   centred (the origins carry the motion, centring would add nothing).
+ORIGIN_STD = 6.0e-4  # per stored-frame step (pixel space: one latent frame per stored frame)
+LATENT_ORIGIN_STD = {1: ORIGIN_STD, 4: 2.2e-3}  # per latent step, by the VAE's temporal factor (the measured ones)
 DIRECTION_STD = 0.5
 RELATIVE = ("previous", "first")
 
@@ -37,6 +46,34 @@ def relative_poses(c2w: torch.Tensor, relative_to: str = "previous") -> torch.Te
     else:
         ref = torch.cat([c2w[..., :1, :, :], c2w[..., :-1, :, :]], dim=-3)
     return torch.linalg.solve(ref, c2w)  # ref^-1 @ c2w without forming the inverse
+
+
+def chain_poses(steps: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., S + 1, 4, 4) camera-to-world of (..., S, 4, 4) steps (each the next frame in the previous camera's frame,
+    as `relative_poses` gives for frames 1..), starting at `start` (identity when None); float64. The inverse of
+    `relative_poses`: `relative_poses(chain_poses(steps))[..., 1:, :, :] == steps`."""
+    steps = steps.double()
+    pose = torch.eye(4, dtype=torch.float64, device=steps.device).expand(*steps.shape[:-3], 4, 4)
+    if start is not None:
+        pose = start.double().expand_as(pose)
+    out = [pose]
+    for k in range(steps.shape[-3]):
+        out.append(out[-1] @ steps[..., k, :, :])
+    return torch.stack(out, dim=-3)
+
+
+def origin_std_for(temporal_factor: int) -> float:
+    """The origin scale of steps between latent frames `temporal_factor` stored frames apart: the measured one, else
+    ORIGIN_STD x factor (what constant velocity gives, an upper bound for a corpus)."""
+    if temporal_factor < 1:
+        raise ValueError(f"temporal_factor must be >= 1, got {temporal_factor}")
+    return LATENT_ORIGIN_STD.get(temporal_factor, ORIGIN_STD * temporal_factor)
+
+
+def intrinsics_size(k: torch.Tensor) -> tuple[int, int]:
+    """(width, height) of the grid a K belongs to, from its principal point: the camera annotator puts it at the
+    grid centre ((w - 1) / 2, (h - 1) / 2) of the flow grid, whose size the shards do not store."""
+    return max(1, round(2 * float(k[0, 2]) + 1)), max(1, round(2 * float(k[1, 2]) + 1))
 
 
 def scale_intrinsics(k: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
@@ -106,3 +143,12 @@ def ray_stats(rays: torch.Tensor) -> tuple[float, float]:
 def embedding_magnitude(embedding: torch.Tensor) -> torch.Tensor:
     """Per-clip max |value| of a (..., T, 6, h, w) embedding: the statistic an outlier filter thresholds."""
     return embedding.abs().flatten(-4).amax(dim=-1)
+
+
+def clip_magnitude(c2w: torch.Tensor, k: torch.Tensor, grid: int = 8) -> float:
+    """`embedding_magnitude` of one clip's (T, 4, 4) poses with K (3, 3) of the annotator, on a `grid` x `grid` view
+    of K's own grid: the statistic of the curation outlier filter. The grid hardly matters: origins are the same at
+    every pixel and directions are unit vectors (|value| <= 1 / DIRECTION_STD), so large values come only from the
+    translation of a step; a coarse grid keeps it cheap for a whole run."""
+    k_grid = scale_intrinsics(k, intrinsics_size(k), (grid, grid))
+    return float(embedding_magnitude(ray_embedding(c2w, k_grid, grid, grid)))

@@ -244,6 +244,7 @@ class AdversarialTrainer:
             "d_fake": d_fake.mean().item(),
             "rollout_frames": length,
             "windows": n,
+            "camera_bank_steps": 0 if bank is None else int(bank.shape[1]),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "d_grad_norm": d_norm,

@@ -26,6 +26,12 @@ VAE in latent space), (h, w) latent size, C = latent_channels: 3 in pixel space,
   key is absent (never made up). `noise_source` (str) is "warped_noise" or "absent: <why>";
 - `camera_tokens` (B, T-1) int64 QCM tokens (absent when no run has them; a null row is all 0 = "none"),
   `has_camera` (B,) bool. In latent space one token per latent step: the majority of its source steps;
+- `rays` (B, 6, T, h, w) float32, only with `camera_rays`: the camera as AAPT's per-pixel ray origin (3) and unit
+  direction (3) of each latent frame relative to the previous one (frame 0: the identity), on the batch's latent
+  grid (`training.camera_rays.ray_embedding` of the stored `camera_c2w`, its `camera_intrinsics` scaled from the
+  flow grid), scaled to about unit std (`origin_std_for(temporal_factor)`, `DIRECTION_STD`). Latent space: latent
+  frame k is stored frame 4k (the 1 + 4k rule), so a step spans 4 stored steps. A row without camera poses is zeros
+  (`has_camera` keeps its meaning: the row has camera tokens);
 - `text_embedding` (B, L, D) float16, the stored trimmed embeddings zero-padded to the encoder's `max_length` L,
   `text_mask` (B, L) bool (True = real token), `text_length` (B,) int64: when `text_embeddings` (default: every
   run stores them); a clip without one gets length 0 (the null prompt);
@@ -62,10 +68,11 @@ emitted (the ones "in the buffer" and after), never the skipped ones. Decode thr
 groups as they come, but batches are assembled in the planned order, so timing never changes the order. The random
 numbers come from a counter-based splitmix64 (not numpy's generators), so the order survives library upgrades too.
 
-Bad rows (null or malformed frames, null or malformed warped noise when noise is served, malformed camera tokens
-or event maps, a shard row that holds another clip than the selection says) are logged once per clip, counted in
-`stats.skipped` and replaced by another valid sample of the same batch (or, if the whole batch is bad, the next
-valid samples of its bucket), so batch shapes and the number of batches per rank never change.
+Bad rows (null or malformed frames, null or malformed warped noise when noise is served, malformed camera tokens,
+camera poses (when rays are served) or event maps, a shard row that holds another clip than the selection says) are
+logged once per clip, counted in `stats.skipped` and replaced by another valid sample of the same batch (or, if
+the whole batch is bad, the next valid samples of its bucket), so batch shapes and the number of batches per rank
+never change.
 
 Memory: the decoded samples waiting to be emitted (at most about `shuffle_buffer` plus the row groups being
 decoded, `2 * num_workers` ahead) and `prefetch_batches` collated batches; shards are read one row group at a
@@ -78,7 +85,7 @@ geometry), `decode` (rows to tensors, collation), `producer` (the background bat
 """
 
 from training.data.config import NOISE_KEY, STATE_VERSION, DataConfig
-from training.data.decode import pool_event_maps
+from training.data.decode import clip_rays, pool_event_maps
 from training.data.loader import Loader, LoaderStats, make_loader
 from training.data.order import _plan as _plan
 from training.data.order import shuffle_buffer_order
@@ -91,6 +98,7 @@ __all__ = [
     "DataConfig",
     "Loader",
     "LoaderStats",
+    "clip_rays",
     "make_loader",
     "pool_event_maps",
     "shuffle_buffer_order",

@@ -32,6 +32,9 @@ class DataConfig:
     # None with token_grid None: the stored (T, gh, gw) of each bucket.
     token_patch: tuple[int, int, int] | None = None
     drop_last: bool = True
+    # Serve `rays` (B, 6, T, h, w): the clip's camera as AAPT's per-pixel ray origin + direction relative to the
+    # previous latent frame (`training.camera_rays`), from the stored camera_c2w and camera_intrinsics.
+    camera_rays: bool = False
 
     def __post_init__(self) -> None:
         # TOML and JSON give lists: store tuples so the config stays hashable and comparable.
@@ -51,6 +54,8 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 1:
             raise ValueError(f"data.prefetch_batches must be an integer >= 1, got {self.prefetch_batches!r}")
+        if not isinstance(self.camera_rays, bool):
+            raise ValueError(f"data.camera_rays must be true or false, got {self.camera_rays!r}")
         if self.space not in SPACES:
             raise ValueError(f"data.space must be one of {', '.join(SPACES)}, got {self.space!r}")
         channels = self.latent_channels

@@ -1,5 +1,5 @@
 """Row decoding and collation: shard rows -> per-sample CPU tensors (frames to latents, warped noise, camera
-tokens, pooled event maps), bad rows flagged, samples stacked into a batch."""
+tokens and rays, pooled event maps), bad rows flagged, samples stacked into a batch."""
 
 from __future__ import annotations
 
@@ -18,12 +18,33 @@ import torch.nn.functional as F
 
 from annotators.qcm import NUM_TOKENS
 from curation.video_store import decode_video, is_video_dtype
+from training.camera_rays import RAY_CHANNELS, intrinsics_size, origin_std_for, ray_embedding, scale_intrinsics
 from training.data.config import NOISE_KEY
 from training.data.source import _Bucket, _Geometry, _Source, _Unit
 from training.data.space import camera_tokens_to_latent, events_to_frames
 
 if TYPE_CHECKING:  # annotation only: the loader module imports this one
     from training.data.loader import LoaderStats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Camera rays
+
+
+def clip_rays(c2w: np.ndarray, k: np.ndarray, num_frames: int, size: tuple[int, int], factor: int = 1) -> torch.Tensor:
+    """(6, T', h, w) float32 ray embedding (`training.camera_rays.ray_embedding`, relative to the previous latent
+    frame, scaled by `origin_std_for(factor)`) of a clip's stored (T, 4, 4) camera-to-world poses and K (3, 3) on the
+    flow grid, at `num_frames` latent frames of an (h, w) grid. Latent frame j is stored frame `factor` * j (the
+    1 + 4k rule of a video VAE; factor 1 in pixel space). ValueError when the poses do not give `num_frames` frames,
+    RuntimeError (torch.linalg) for a singular pose."""
+    poses = torch.from_numpy(np.asarray(c2w, dtype=np.float64))[:: max(1, factor)]
+    if poses.dim() != 3 or poses.shape[0] != num_frames:
+        raise ValueError(f"{tuple(c2w.shape)} poses give {poses.shape[0]} frames at factor {factor}, not {num_frames}")
+    h, w = size
+    k64 = torch.from_numpy(np.asarray(k, dtype=np.float64))
+    on_grid = scale_intrinsics(k64, intrinsics_size(k64), (w, h))  # the flow grid -> the latent grid, same view
+    emb = ray_embedding(poses, on_grid, h, w, origin_std=origin_std_for(max(1, factor)))
+    return emb.permute(1, 0, 2, 3).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,8 +134,16 @@ class _Decoder:
         self.source_key = "latents" if geo.latent else "frames"
         wanted = ["clip_id", self.source_key, "event_confidence", "caption", "camera_text"]
         wanted += [NOISE_KEY] * geo.noise + ["camera_tokens"] * geo.camera + ["event_activity"] * geo.events
-        wanted += ["text_embedding"] * geo.text
-        tensors = (self.source_key, NOISE_KEY, "camera_tokens", "event_activity", "text_embedding")
+        wanted += ["text_embedding"] * geo.text + ["camera_c2w", "camera_intrinsics"] * geo.rays
+        tensors = (
+            self.source_key,
+            NOISE_KEY,
+            "camera_tokens",
+            "camera_c2w",
+            "camera_intrinsics",
+            "event_activity",
+            "text_embedding",
+        )
         self.tensors = [t for t in tensors if t in wanted]
         self.wanted = wanted + [f"{t}_{p}" for t in self.tensors for p in ("dtype", "shape")]
         # The expected layout of every (run, stored shape) that rows use: the manifest's symbols resolved.
@@ -195,6 +224,18 @@ class _Decoder:
                 else torch.zeros(frames - 1, dtype=torch.int64)
             )
         sample["has_camera"] = tokens is not None
+        if geo.rays:
+            c2w, k = arrays.get("camera_c2w"), arrays.get("camera_intrinsics")
+            if c2w is None or k is None:  # no camera estimate for this clip (or its run): no motion to encode
+                sample["rays"] = torch.zeros(RAY_CHANNELS, frames, *bucket.latent_size, dtype=torch.float32)
+            else:
+                try:
+                    rays = clip_rays(c2w, k, frames, bucket.latent_size, factor if geo.latent else 1)
+                except (ValueError, RuntimeError) as e:
+                    return _BadRow(clip_id, f"camera_c2w: {e}")
+                if not bool(torch.isfinite(rays).all()):
+                    return _BadRow(clip_id, "camera_c2w: rays not finite")
+                sample["rays"] = rays
         maps = arrays.get("event_activity")
         if geo.events and bucket.token_grid is not None:
             if maps is not None:
@@ -264,6 +305,8 @@ def _collate(samples: list[dict[str, Any]], geo: _Geometry, bucket: _Bucket, pin
     if geo.camera:
         batch["camera_tokens"] = stack("camera_tokens")
     batch["has_camera"] = torch.tensor([s["has_camera"] for s in samples], dtype=torch.bool)
+    if geo.rays:
+        batch["rays"] = stack("rays")
     if geo.events and bucket.token_grid is not None:
         batch["event_activity"] = stack("event_activity")
     batch["has_events"] = torch.tensor([s["has_events"] for s in samples], dtype=torch.bool)

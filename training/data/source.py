@@ -301,6 +301,7 @@ class _Geometry:
     bucket_of: dict[tuple[int, int], int]  # (run, stored shape index) -> bucket
     space: DataSpace = dataclasses.field(default_factory=lambda: DataSpace("pixel", 3, 1, None, None))
     text: bool = False  # batches carry the stored text embeddings, padded to `space.text_length`
+    rays: bool = False  # batches carry camera ray embeddings (`data.camera_rays`)
 
     @property
     def latent(self) -> bool:
@@ -395,6 +396,12 @@ def _geometry(cfg: DataConfig, src: _Source) -> _Geometry:
     if text and space.text is None:
         raise ValueError("data.text_embeddings is set, but not every run stores text embeddings (text_encoder.*)")
 
+    if cfg.camera_rays and not any({"camera_c2w", "camera_intrinsics"} <= set(r.layout) for r in src.runs):
+        raise ValueError(
+            "data.camera_rays needs camera_c2w and camera_intrinsics in the shards, and no run stores them "
+            "(pipeline: camera.enabled with a flow backend)"
+        )
+
     # Pairs with equal (T, h, w) batch together; then each bucket's event grid.
     keys = sorted(set(signature.values()))
     members = {k: [p for p in pairs if signature[p] == k] for k in keys}
@@ -427,4 +434,5 @@ def _geometry(cfg: DataConfig, src: _Source) -> _Geometry:
         bucket_of={p: index[signature[p]] for p in pairs},
         space=space,
         text=text,
+        rays=cfg.camera_rays,
     )
