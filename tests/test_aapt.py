@@ -277,3 +277,19 @@ def test_stage_errors_are_one_line_exit_2(smoke_run, stages, tmp_path, capsys):
     wide = ["--set=model.hidden_size=32", "--set=model.num_heads=2"]
     assert _train(smoke_run, tmp_path / "f", "distill", *STEPS, *wide, "--init", str(stages["adapt"])) == 2
     assert "architecture" in capsys.readouterr().err
+
+
+def test_extended_rays_come_from_the_bank_poses():
+    from training.camera_rays import origin_std_for
+
+    rays = torch.randn(2, 6, 4, 6, 8)
+    step = torch.eye(4, dtype=torch.float64).repeat(2, 3, 1, 1)
+    step[..., 2, 3] = origin_std_for(4)  # one corpus std forward per latent step
+    out = aapt.extend_rays(rays, 7, step, temporal_factor=4)
+    assert out.shape == (2, 6, 7, 6, 8)
+    torch.testing.assert_close(out[:, :, :4], rays)
+    torch.testing.assert_close(out[:, 2, 4:], torch.ones(2, 3, 6, 8))  # normalised origin z = 1 everywhere
+    assert torch.count_nonzero(out[:, :2, 4:]) == 0
+    centre = out[0, 3:, 4, 2:4, 3:5]  # directions near the principal point look down +z
+    assert torch.all(centre[2] > 0.99 / 0.5)
+    assert torch.count_nonzero(aapt.extend_rays(rays, 7, None)[:, :, 4:]) == 0

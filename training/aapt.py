@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from training.adversarial import R_LAMBDA, R_SIGMA
+from training.camera_rays import RAY_CHANNELS, normalize_rays, origin_std_for, ray_map
 from training.causal import KVCache, one_step, positions, rollout, teacher_forcing
 from training.flow_matching import euler_step, interpolate, make_noise, rand, sample_t, sampling_grid, velocity_target
 from training.model import CAMERA_NULL, VideoDiT
@@ -276,3 +277,29 @@ def extend_camera(camera: torch.Tensor | None, total: int, bank_tokens: torch.Te
     else:
         tail = bank_tokens[:, :extra].to(device=camera.device, dtype=camera.dtype)
     return torch.cat([camera, tail], dim=1)
+
+
+def extend_rays(
+    rays: torch.Tensor | None, total: int, bank_poses: torch.Tensor | None, temporal_factor: int = 1
+) -> torch.Tensor | None:
+    """Rays (B, 6, total, h, w) of a rollout: the real clip's, then the bank's relative poses (B, extra, 4, 4) as
+    rays on the same grid (a 60-degree pinhole, the camera annotator's default field of view), else zeros."""
+    if rays is None or rays.shape[2] >= total:
+        return None if rays is None else rays[:, :, :total]
+    b, _, _, h, w = rays.shape
+    extra = total - rays.shape[2]
+    if bank_poses is None:
+        tail = rays.new_zeros((b, RAY_CHANNELS, extra, h, w))
+    else:
+        k = pinhole(h, w, device=rays.device)
+        tail = ray_map(bank_poses[:, :extra].to(rays.device), k, h, w)  # relative steps: already "previous"
+        tail = normalize_rays(tail, origin_std_for(temporal_factor)).permute(0, 2, 1, 3, 4).to(rays.dtype)
+    return torch.cat([rays, tail], dim=2)
+
+
+def pinhole(height: int, width: int, fov_x_deg: float = 60.0, device: torch.device | None = None) -> torch.Tensor:
+    """K (3, 3) float64 of a pinhole with the principal point at the grid centre."""
+    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    return torch.tensor(
+        [[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64, device=device
+    )

@@ -70,6 +70,7 @@ class CameraBank:
     def __init__(self, trajectories: Sequence[Trajectory], skipped: Counter | None = None) -> None:
         self.trajectories = [t for t in trajectories if len(t)]
         self.skipped = Counter(skipped or {})
+        self.temporal_factor = 1  # stored frames per step (`to_latent` and `from_source` set it)
         if empty := len(trajectories) - len(self.trajectories):  # one-frame clips: nothing to move along
             self.skipped["no_steps"] += empty
         if not self.trajectories:
@@ -152,7 +153,9 @@ class CameraBank:
             for j in range(1, factor):  # frame (k+1)f in camera kf: the group's steps chained
                 steps = steps @ grouped[:, j]
             out.append(Trajectory(t.clip_id, camera_tokens_to_latent(t.tokens, factor), np.ascontiguousarray(steps)))
-        return CameraBank(out, self.skipped)
+        bank = CameraBank(out, self.skipped)
+        bank.temporal_factor = self.temporal_factor * factor
+        return bank
 
     # -- sampling ---------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from training.config import ConfigError, TrainConfig
 from training.latent import load_checked_vae
 from training.sampling import SamplerConfig, sample
 from training.train import UsageError, ema_weights_into, list_checkpoints, load_checkpoint
+
+if TYPE_CHECKING:
+    from training.data import DataConfig
 
 MOUSE_NAMES = ("none", "right", "left", "up", "down", "up-right", "up-left", "down-right", "down-left")
 
@@ -67,14 +70,20 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def load_trained(path: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """(model, text encoder, checkpoint state) with the EMA weights, ready to sample."""
+    state = load_checkpoint(path)
+    model, text_encoder = model_from_state(state, device)
+    return model, text_encoder, state
+
+
+def model_from_state(state: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """(model, text encoder) of a loaded checkpoint state with its EMA weights, in eval mode on `device`."""
     from curation.typed_config import build
     from training.model import build_model
 
-    state = load_checkpoint(path)
     cfg: TrainConfig = build(TrainConfig, state["config"], prefix="")
     model, text_encoder = build_model(cfg.model)
     ema_weights_into(model, text_encoder, state)
-    return model.to(device).eval(), text_encoder.to(device).eval(), state
+    return model.to(device).eval(), text_encoder.to(device).eval()
 
 
 def trained_shapes(state: dict[str, Any]) -> dict[str, list[int]]:
@@ -88,15 +97,33 @@ def trained_shapes(state: dict[str, Any]) -> dict[str, list[int]]:
 def driving_clip(source: str, clip_id: str | None, state: dict[str, Any], patch: tuple[int, int, int]) -> dict:
     """One clip as the training loader decodes it (latents, warped noise, camera tokens, events on its token grid).
     A model trained on one shape decodes it at that shape; one trained on buckets at the clip's own bucket."""
-    from training.data import DataConfig, make_loader
+    from training.data import make_loader
+
+    shapes = trained_shapes(state)
+    frames = state["latent_shape"][1]
+    cfg = clip_loader_config(source, state, patch)
+    with make_loader(cfg) as loader:
+        if len(shapes) == 1 and {b.num_frames for b in loader.geo.buckets} != {frames}:
+            found = sorted({b.num_frames for b in loader.geo.buckets})
+            raise UsageError(f"--driving clips have {found} frames, the model {frames}")
+        for batch in loader:
+            if clip_id is None or batch["clip_id"][0] == clip_id:
+                return batch
+    raise UsageError(f"--clip-id {clip_id} is not among the curated clips of {source}")
+
+
+def clip_loader_config(source: str, state: dict[str, Any], patch: tuple[int, int, int]) -> DataConfig:
+    """A one-clip-per-batch, source-order `DataConfig` that decodes clips of `source` the way the checkpoint's
+    training saw them (space, size, VAE and text encoder pinned)."""
+    from training.data import DataConfig
     from training.train import resolve_source
 
     shapes = trained_shapes(state)
-    c, frames, h, w = state["latent_shape"]
+    _, _, h, w = state["latent_shape"]
     data = state["config"]["data"]
     latent = data.get("space") == "latent"
     size = None if latent else (h, w) if len(shapes) == 1 else data.get("latent_size")
-    cfg = DataConfig(
+    return DataConfig(
         source=str(resolve_source(source)),
         batch_size=1,
         shuffle_buffer=0,
@@ -109,14 +136,6 @@ def driving_clip(source: str, clip_id: str | None, state: dict[str, Any], patch:
         token_patch=patch,
         drop_last=False,
     )
-    with make_loader(cfg) as loader:
-        if len(shapes) == 1 and {b.num_frames for b in loader.geo.buckets} != {frames}:
-            found = sorted({b.num_frames for b in loader.geo.buckets})
-            raise UsageError(f"--driving clips have {found} frames, the model {frames}")
-        for batch in loader:
-            if clip_id is None or batch["clip_id"][0] == clip_id:
-                return batch
-    raise UsageError(f"--clip-id {clip_id} is not among the curated clips of {source}")
 
 
 def to_video_frames(x: torch.Tensor, scale: int) -> np.ndarray:

@@ -343,19 +343,15 @@ def train(
 
 def camera_bank(cfg: TrainConfig, source: Path) -> Any | None:
     """The corpus trajectories that drive the camera of a long rollout's extended parts (None: no camera data)."""
-    if not (cfg.aapt.camera_bank and cfg.aapt.extensions and cfg.model.camera):
+    if not (cfg.aapt.camera_bank and cfg.aapt.extensions and (cfg.model.camera or cfg.model.camera_rays)):
         return None
+    from training.camera_bank import CameraBank
+
     try:
-        from training.camera_bank import CameraBank
-    except ImportError:  # pragma: no cover - the bank ships with this package
+        return CameraBank.from_source(source, space=cfg.data.space)
+    except ValueError as e:  # no clip with camera data: say so, and train with the null camera beyond the clips
+        logger.warning("%s: extended parts of long rollouts get the null camera", e)
         return None
-    bank = CameraBank.from_source(source)
-    if len(bank) == 0:
-        logger.warning(
-            "no clip of %s has camera tokens: the extended parts of long rollouts get the null camera", source
-        )
-        return None
-    return bank
 
 
 def _mean_across_ranks(terms: dict[str, float], world: Dist) -> dict[str, float]:

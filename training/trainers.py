@@ -170,10 +170,12 @@ class AdversarialTrainer:
     def modules_to_sync(self) -> list[torch.nn.Module]:
         return [self.model, self.text_encoder, self.disc]
 
-    def _bank_tokens(self, b: int, steps: int, generator: torch.Generator) -> torch.Tensor | None:
+    def _bank(self, b: int, steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(tokens (B, steps), relative poses (B, steps, 4, 4)) of corpus trajectories for the extended frames."""
         if self.camera_bank is None or steps <= 0 or not self.ctx.cfg.aapt.camera_bank:
             return None
-        return torch.stack([self.camera_bank.sample(steps, generator)[0] for _ in range(b)])
+        drawn = [self.camera_bank.sample(steps, generator) for _ in range(b)]
+        return torch.stack([d[0] for d in drawn]), torch.stack([d[1] for d in drawn])
 
     def train_step(self, batch: Mapping[str, Any], generator: torch.Generator, step: int) -> dict[str, float]:
         cfg, pt = self.ctx.cfg.aapt, self.model.patch[0]
@@ -187,12 +189,13 @@ class AdversarialTrainer:
         eps = torch.randn((b, c, frames - pt, h, w), generator=generator, device=gdev).to(real.device)
         with torch.no_grad():
             cond = aapt.conditions(self.model, self.text_encoder, batch)
-        bank = self._bank_tokens(b, length - frames, generator)
+        bank = self._bank(b, length - frames, generator)
+        factor = getattr(self.camera_bank, "temporal_factor", 1)
         gen_cond = aapt.Conditions(
             cond.text_emb,
             cond.text_mask,
-            aapt.extend_camera(cond.camera, length - pt, bank),
-            _extend_rays(cond.rays, length - pt),
+            aapt.extend_camera(cond.camera, length - pt, None if bank is None else bank[0]),
+            aapt.extend_rays(cond.rays, length - pt, None if bank is None else bank[1], factor),
         )
         with autocast(self.ctx.device, self.ctx.cfg.precision):
             fake = aapt.student_rollout(self.model, real[:, :, :pt], noise, gen_cond, cfg)
@@ -244,7 +247,7 @@ class AdversarialTrainer:
             "d_fake": d_fake.mean().item(),
             "rollout_frames": length,
             "windows": n,
-            "camera_bank_steps": 0 if bank is None else int(bank.shape[1]),
+            "camera_bank_steps": 0 if bank is None else int(bank[0].shape[1]),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "d_grad_norm": d_norm,
@@ -270,14 +273,6 @@ class AdversarialTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-
-
-def _extend_rays(rays: torch.Tensor | None, total: int) -> torch.Tensor | None:
-    """Rays of a rollout's positions: the real clip's, then zeros (no motion information) beyond it."""
-    if rays is None or rays.shape[2] >= total:
-        return None if rays is None else rays[:, :, :total]
-    pad = rays.new_zeros((*rays.shape[:2], total - rays.shape[2], *rays.shape[3:]))
-    return torch.cat([rays, pad], dim=2)
 
 
 # -- building a stage ---------------------------------------------------------------------------------------------
