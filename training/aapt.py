@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from training.adversarial import R_LAMBDA, R_SIGMA
-from training.camera_rays import RAY_CHANNELS, normalize_rays, origin_std_for, ray_map
+from training.camera_rays import RAY_CHANNELS, normalize_rays, origin_std_for, pinhole_intrinsics, ray_map
 from training.causal import KVCache, one_step, positions, rollout, teacher_forcing
 from training.flow_matching import euler_step, interpolate, make_noise, rand, sample_t, sampling_grid, velocity_target
 from training.model import CAMERA_NULL, VideoDiT
@@ -291,15 +291,7 @@ def extend_rays(
     if bank_poses is None:
         tail = rays.new_zeros((b, RAY_CHANNELS, extra, h, w))
     else:
-        k = pinhole(h, w, device=rays.device)
+        k = pinhole_intrinsics(h, w, device=rays.device)
         tail = ray_map(bank_poses[:, :extra].to(rays.device), k, h, w)  # relative steps: already "previous"
         tail = normalize_rays(tail, origin_std_for(temporal_factor)).permute(0, 2, 1, 3, 4).to(rays.dtype)
     return torch.cat([rays, tail], dim=2)
-
-
-def pinhole(height: int, width: int, fov_x_deg: float = 60.0, device: torch.device | None = None) -> torch.Tensor:
-    """K (3, 3) float64 of a pinhole with the principal point at the grid centre."""
-    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
-    return torch.tensor(
-        [[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64, device=device
-    )

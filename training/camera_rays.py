@@ -16,6 +16,8 @@ filter thresholds (`curation.camera_filter`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 RAY_CHANNELS = 6  # origin (3) + direction (3)
@@ -74,6 +76,16 @@ def intrinsics_size(k: torch.Tensor) -> tuple[int, int]:
     """(width, height) of the grid a K belongs to, from its principal point: the camera annotator puts it at the
     grid centre ((w - 1) / 2, (h - 1) / 2) of the flow grid, whose size the shards do not store."""
     return max(1, round(2 * float(k[0, 2]) + 1)), max(1, round(2 * float(k[1, 2]) + 1))
+
+
+def pinhole_intrinsics(
+    height: int, width: int, fov_x_deg: float = 60.0, device: torch.device | None = None
+) -> torch.Tensor:
+    """K (3, 3) float64 of a pinhole with a horizontal field of view, square pixels, the principal point at the
+    grid centre (60 degrees: what the camera annotator assumes for source videos)."""
+    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    rows = [[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]]
+    return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
 def scale_intrinsics(k: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
