@@ -293,3 +293,36 @@ def test_extended_rays_come_from_the_bank_poses():
     centre = out[0, 3:, 4, 2:4, 3:5]  # directions near the principal point look down +z
     assert torch.all(centre[2] > 0.99 / 0.5)
     assert torch.count_nonzero(aapt.extend_rays(rays, 7, None)[:, :, 4:]) == 0
+
+
+def test_stages_and_streaming_in_latent_space(latent_run, wan_dir, tmp_path):
+    """The AAPT chain on latent shards (tiny Wan VAE, stored UMT5 embeddings), then a stream decoded by the VAE."""
+    import av
+
+    from training.stream import main as stream_main
+
+    short = ("--set=steps=2", "--set=checkpoint_every=2")
+    outs = {s: tmp_path / s for s in aapt.STAGES}
+    previous: list[str] = []
+    for stage in aapt.STAGES:
+        assert _train(latent_run, outs[stage], stage, *short, *previous) == 0, stage
+        previous = ["--init", str(outs[stage])]
+        state = load_checkpoint(list_checkpoints(outs[stage])[-1])
+        assert state["space"]["kind"] == "latent" and state["stage"] == stage
+    video = tmp_path / "walk.mp4"
+    args = ["--checkpoint", str(outs["long"]), "--out", str(video), "--frames", "3", "--vae", str(wan_dir)]
+    assert stream_main([*args, "--warmup", "0"]) == 0
+    record = json.loads(video.with_suffix(".json").read_text())
+    assert len(record["latency_s"]) == 3 and record["stage"] == "long"
+    with av.open(str(video)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 1 + 4 * 3  # the first latent frame, then 4 per latent frame
+
+
+def test_adapt_starts_from_a_bidirectional_checkpoint(smoke_run, tmp_path):
+    short = ("--set=steps=2", "--set=checkpoint_every=2")
+    assert _train(smoke_run, tmp_path / "bi", None, *short) == 0
+    assert _train(smoke_run, tmp_path / "adapt", "adapt", *short, "--init", str(tmp_path / "bi")) == 0
+    lineage = json.loads((tmp_path / "adapt" / "lineage.json").read_text())
+    assert lineage["init"]["stage"] == "diffusion" and lineage["init"]["step"] == 2  # the bidirectional run
+    state = load_checkpoint(list_checkpoints(tmp_path / "adapt")[-1])
+    assert state["model"]["x_embed.weight"].shape[1] == 6  # 3 channels + 3 recycled
