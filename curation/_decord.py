@@ -14,6 +14,9 @@ Facts measured with decord 0.6.0 on the shared test media (see /tmp/decode_surve
 * On open-GOP streams (MPEG-2 in MXF, an HEVC mp4) frames reached by a seek differ from sequentially decoded
   ones (mean abs diff 2-4); closed-GOP H.264/HEVC/VP8/VP9/MPEG-4/Theora files were bit-exact at random indices.
 * ``num_threads=0`` (auto) fails on some VP9 WebM files that decode fine with 1 or 2 threads.
+* A seek to a keyframe other than the first can land on wrong pictures although frame 0 and a sequential decode are
+  right: cockatoo.mp4 (H.264 High 4:4:4 Predictive, keyframes 0, 76, 145) gave frames 80-150 off by a mean 69-80
+  levels. So the probe also compares one frame just past the second keyframe with PyAV's sequential decode.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from curation._pyav import StreamMeta, has_open_gop
+from curation._pyav import StreamMeta, frame_at, has_open_gop, seek_check_index
 from curation.decode import DecodeError, VideoInfo, detect_vfr, stop_on_error
 
 log = logging.getLogger(__name__)
@@ -91,10 +94,35 @@ def probe(path: str, meta: StreamMeta) -> VideoInfo:
         raise
     except Exception as exc:  # DECORDError / RuntimeError: decord cannot read this file
         raise DecodeError("decode_failed", f"decord: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    diff = float(np.abs(first.astype(np.int16) - meta.first_rgb.astype(np.int16)).mean())
+    diff = _mean_diff(first, meta.first_rgb)
     if diff > MAX_FIRST_FRAME_DIFF:
         raise DecodeError("decoder_mismatch", f"decord frame 0 differs from PyAV's (mean abs diff {diff:.1f})")
+    _check_seek(path, meta, n_frames)
     return _info(meta, n_frames, ts)
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def _check_seek(path: str, meta: StreamMeta, n_frames: int) -> None:
+    """DecodeError unless a fresh reader's seek past the second keyframe gives PyAV's frame (see the module notes).
+    Costs one sequential PyAV decode of at most ~300 frames per video, once, at probe time."""
+    try:
+        index = seek_check_index(path, meta.stream_index)
+        if index is None or index >= n_frames:
+            return
+        got = _batch(_reader(path), [index], meta.width, meta.height)[0]
+        want = frame_at(path, meta, index)
+    except DecodeError:
+        raise
+    except Exception as exc:  # decord or PyAV cannot do it: PyAV (the fallback) decides how far the file reads
+        raise DecodeError("decode_failed", f"seek check: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    diff = _mean_diff(got, want)
+    if diff > MAX_FIRST_FRAME_DIFF:
+        raise DecodeError(
+            "inexact_seek", f"decord's frame {index} (after a seek) differs from PyAV's (mean abs diff {diff:.1f})"
+        )
 
 
 def _info(meta: StreamMeta, n_frames: int, ts: np.ndarray | None) -> VideoInfo:

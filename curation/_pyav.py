@@ -243,6 +243,41 @@ def has_open_gop(path: str, stream_index: int, max_packets: int = 600) -> bool:
         container.close()
 
 
+def seek_check_index(path: str, stream_index: int, max_packets: int = 300, past_key: int = 3) -> int | None:
+    """Display index of a frame `past_key` frames after the second keyframe (in display order) among the first
+    `max_packets` packets, or None when they hold one keyframe only: the frame a decoder must reach by a seek to a
+    keyframe other than the first, which is where a broken seek shows."""
+    container = _open(path)
+    try:
+        packets = []
+        for n, packet in enumerate(container.demux(container.streams[stream_index])):
+            if n >= max_packets:
+                break
+            if packet.pts is not None and packet.size:
+                packets.append((packet.pts, bool(packet.is_keyframe)))
+    finally:
+        container.close()
+    keys = [i for i, (_, key) in enumerate(sorted(packets)) if key]
+    if len(keys) < 2:
+        return None
+    return min(keys[1] + past_key, len(packets) - 1)
+
+
+def frame_at(path: str, meta: StreamMeta, index: int) -> np.ndarray:
+    """Frame `index` (presentation order) by decoding from the start, in display orientation (uint8 RGB)."""
+    container = _open(path)
+    try:
+        stream = container.streams[meta.stream_index]
+        stream.thread_type = "AUTO"
+        stream.thread_count = PYAV_THREADS
+        for n, frame in enumerate(container.decode(stream)):
+            if n == index:
+                return rotate_frame(frame.to_ndarray(format="rgb24"), meta.rotation)
+    finally:
+        container.close()
+    raise DecodeError("no_frames", f"PyAV decoded fewer than {index + 1} frames")
+
+
 def probe(path: str, meta: StreamMeta) -> VideoInfo:
     """PyAV as the serving decoder: n_frames = demuxed video packets (measured equal to decoded frames)."""
     try:

@@ -54,6 +54,7 @@ _REASON_RANK = {
     "no_frames": 6,
     "decode_failed": 5,
     "decoder_mismatch": 4,
+    "inexact_seek": 4,
     "open_gop": 3,
     "unsupported_codec": 3,
     "unsupported_container": 2,

@@ -32,7 +32,7 @@ for _i in range(1, 48):
 KNOWN_REASONS = {
     "missing", "not_a_file", "empty_file", "unreadable", "not_a_video", "no_video_stream", "unsupported_codec",
     "too_many_pixels", "too_long", "no_frames", "decode_failed", "unsupported_container", "open_gop",
-    "decoder_mismatch", "decoder_unavailable",
+    "decoder_mismatch", "inexact_seek", "decoder_unavailable",
 }  # fmt: skip
 both_decoders = pytest.mark.parametrize("decoders", [("decord",), ("pyav",)], ids=["decord", "pyav"])
 
@@ -326,6 +326,32 @@ def test_media_probe(path):
         return
     assert items and items[0][0] == 0
     assert all(f.shape == (info.height, info.width, 3) for _, _, f in items)
+
+
+@media
+def test_a_broken_seek_sends_the_file_to_pyav():
+    """cockatoo.mp4 (H.264 High 4:4:4): decord's frame 0 and sequential decode are right, but a seek past the second
+    keyframe lands on wrong pictures (mean abs diff ~70). The probe must catch it, and sparse indices must then give
+    exactly PyAV's sequential frames."""
+    import av
+
+    path = SHARED_MEDIA / "videos" / "imageio_test_images" / "cockatoo.mp4"
+    if not path.exists():
+        pytest.skip("../shared/media is absent")
+    from curation import _decord, _pyav
+
+    meta = _pyav.inspect(str(path), 10**9, 10**6)
+    with pytest.raises(DecodeError) as exc:
+        _decord.probe(str(path), meta)
+    assert exc.value.reason == "inexact_seek"
+    info = probe_video(str(path))
+    assert info.decoder == "pyav"
+    wanted = [80, 120, 200]
+    got = {i: f for i, _, f in iter_frames(str(path), info, indices=wanted)}
+    with av.open(str(path)) as c:
+        seq = [f.to_ndarray(format="rgb24") for n, f in zip(range(201), c.decode(video=0), strict=False)]
+    for i in wanted:
+        np.testing.assert_array_equal(got[i], seq[i])
 
 
 @media
