@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from curation.decode import DecodeError, iter_frames, probe_video  # noqa: E402
 from curation.metrics import match_boundaries, shot_boundaries, truth_boundaries  # noqa: E402
-from curation.scenes import detect_shots, detection_size, scan_frames  # noqa: E402
+from curation.scenes import detect_shots, scan_frames  # noqa: E402
 from pipelines import steps  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.samples import generate_corpus, load_truth  # noqa: E402
@@ -92,7 +92,7 @@ def scan(videos: list[dict], detector: str) -> tuple[dict, float, int]:
         try:
             info = probe_video(path)
             net = steps.transnet_stream(cfg.scenes) if cfg.scenes.uses_transnet else None
-            size = detection_size(info.width, info.height, cfg.scenes.detect_width)
+            size, _ = steps.scan_sizes(info, cfg.scenes, None)  # no kept frames: decoded at the detection size
             scans[video["name"]] = scan_frames(iter_frames(path, info, size=size), info.fps, cfg.scenes, net=net)
         except DecodeError as e:
             print(f"{video['name']}: {e}", file=sys.stderr)
