@@ -155,3 +155,73 @@ def test_dark_flat_and_one_frame_clips_give_none_with_zero_confidence():
     textured = np.random.default_rng(1).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     garbage = estimator.annotate(noisy, textured, **common)
     assert np.isfinite(garbage["camera_c2w"]).all() and 0.0 <= garbage["camera_confidence"] <= 1.0
+
+
+# -- independent movers: a minority of moving pixels cannot flip rotation into translation ------------------------
+
+GRID_H, GRID_W = 64, 112
+
+
+def _k() -> np.ndarray:
+    f = (GRID_W / 2) / np.tan(np.radians(30))
+    return np.array([[f, 0, (GRID_W - 1) / 2], [0, f, (GRID_H - 1) / 2], [0, 0, 1.0]])
+
+
+def _pixels() -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0:GRID_H, 0:GRID_W].astype(np.float64)
+
+
+def _rotation_flow(yaw_deg: float, pitch_deg: float = 0.0) -> np.ndarray:
+    """(H, W, 2) flow of a pure camera rotation: x2 = K R^T K^-1 x1."""
+    k, (yy, xx) = _k(), _pixels()
+    a, b = np.radians(yaw_deg), np.radians(pitch_deg)
+    ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    hom = k @ (ry @ rx).T @ np.linalg.inv(k)
+    q = hom @ np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
+    q = (q[:2] / q[2]).T.reshape(GRID_H, GRID_W, 2)
+    return (q - np.stack([xx, yy], -1)).astype(np.float32)
+
+
+def _layered_translation_flow(rng: np.random.Generator, tx: float, forward: float) -> np.ndarray:
+    """Flow of a translating camera over a far plane with discs nearer by 2.5x and 5x (as the corpus's world)."""
+    k, (yy, xx) = _k(), _pixels()
+    depth = np.full((GRID_H, GRID_W), 20.0)
+    for d, n, r in ((8.0, 12, 6), (4.0, 6, 5)):
+        for _ in range(n):
+            cy, cx = rng.integers(0, GRID_H), rng.integers(0, GRID_W)
+            depth[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = d
+    x = (xx - k[0, 2]) / k[0, 0] * depth
+    y = (yy - k[1, 2]) / k[1, 1] * depth
+    z = depth - forward
+    u, v = k[0, 0] * (x - tx) / z + k[0, 2], k[1, 1] * y / z + k[1, 2]
+    return np.stack([u - xx, v - yy], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.1, 0.2, 0.3])
+@pytest.mark.parametrize("speed", [2.0, 5.0])
+def test_a_minority_mover_cannot_turn_a_pan_into_a_translation(share: float, speed: float):
+    rng = np.random.default_rng(0)
+    flow = _rotation_flow(1.0, 0.3)
+    sh, sw = int(GRID_H * np.sqrt(share)), int(GRID_W * np.sqrt(share))
+    flow[10 : 10 + sh, 20 : 20 + sw] += [speed, 0.3 * speed]  # an object moving on its own
+    flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+    step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+    assert step.model == "rotation" and np.allclose(step.translation, 0)
+    assert np.degrees(np.arccos(np.clip(step.rotation[0, 0], -1, 1))) > 0.5  # the pan is still there
+
+
+def test_pure_rotation_stays_rotation():
+    rng = np.random.default_rng(1)
+    for yaw, pitch in ((1.0, 0.0), (0.0, -0.8), (2.0, 1.0)):
+        flow = _rotation_flow(yaw, pitch) + rng.normal(0, 0.05, (GRID_H, GRID_W, 2)).astype(np.float32)
+        assert estimate_step(flow, _k(), 0.5, 1, CameraConfig()).model == "rotation"
+
+
+@pytest.mark.parametrize(("tx", "forward"), [(0.3, 0.0), (1.0, 0.0), (0.0, 1.0), (0.0, 2.0)])
+def test_parallax_spread_over_the_scene_stays_translation(tx: float, forward: float):
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        flow = _layered_translation_flow(rng, tx, forward) + rng.normal(0, 0.05, (GRID_H, GRID_W, 2)).astype(np.float32)
+        step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+        assert step.model == "translation", (seed, tx, forward)
