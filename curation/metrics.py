@@ -81,20 +81,41 @@ def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_
     return float((activity * cover).sum()) / total if total > 0 else 0.0
 
 
-def true_event_window(
+def true_moving_steps(
     truth: dict, first_frame: int, last_frame: int, sizes: tuple[tuple[int, int], ...] | None = None
-) -> tuple[int, int] | None:
-    """The span [start, end) of source frames in which any object of a sample video's truth moves, clipped to
-    the sampled frames [first_frame, last_frame]; None when nothing moves there. With `sizes` (source, decoded
-    and stored frame sizes, as for `box_to_frame`) only motion while the object overlaps the stored frame counts
-    (a crop can cut an object off for part of its motion)."""
+) -> set[int]:
+    """Source steps t (frame t -> t + 1) in [first_frame, last_frame) in which any object of a sample video's truth
+    moves; with `sizes` (source, decoded and stored frame sizes, as for `box_to_frame`) only while the object
+    overlaps the stored frame (a crop can cut an object off for part of its motion)."""
     steps = set()
     for obj in truth.get("objects", []):
         for event in obj["events"]:
             for t in range(max(event["start"], first_frame), min(event["end"], last_frame)):
                 if sizes is None or any(_overlaps(box_to_frame(obj["boxes"][i], *sizes), sizes[2]) for i in (t, t + 1)):
                     steps.add(t)
+    return steps
+
+
+def true_event_window(
+    truth: dict, first_frame: int, last_frame: int, sizes: tuple[tuple[int, int], ...] | None = None
+) -> tuple[int, int] | None:
+    """The span [start, end) of source frames in which any object of a sample video's truth moves, clipped to
+    the sampled frames [first_frame, last_frame]; None when nothing moves there (see `true_moving_steps`)."""
+    steps = true_moving_steps(truth, first_frame, last_frame, sizes)
     return (min(steps), max(steps) + 1) if steps else None
+
+
+def sampled_motion(steps: set[int], frame_indices: Sequence[int]) -> np.ndarray:
+    """(T,) bool: sampled frame i > 0 changed through true motion since frame i - 1 (a moving step in
+    [f_(i-1), f_i)), the way the event maps mark change at the later frame; frame 0 has nothing before it."""
+    f = [int(x) for x in frame_indices]
+    return np.array([i > 0 and any(f[i - 1] <= t < f[i] for t in steps) for i in range(len(f))], dtype=bool)
+
+
+def frames_iou(found: np.ndarray, expected: np.ndarray) -> float:
+    """Intersection over union of two sets of sampled frames (bool masks); 1 when both are empty."""
+    union = int((found | expected).sum())
+    return float((found & expected).sum()) / union if union else 1.0
 
 
 def _overlaps(box: tuple[float, float, float, float], frame_size: tuple[int, int]) -> bool:

@@ -185,3 +185,21 @@ def test_change_everywhere_is_diffuse_not_an_event():
     flow = np.stack([[cv2.GaussianBlur(pair[c], (0, 0), 3) * 4 for c in range(2)] for pair in noise])
     out = annotate_one(frames, flow)
     assert out["event_diffuse"] and out["event_entropy"] >= 0.9 and out["event_confidence"] < 0.3
+
+
+def test_frames_iou_counts_every_burst_of_motion():
+    """Two objects moving at separate times: the sampled frames reached through motion are two bursts, and a map
+    active exactly there scores 1 (a single window would span the idle gap)."""
+    from curation.metrics import frames_iou, sampled_motion, true_moving_steps
+
+    truth = {"objects": [{"events": [{"start": 30, "end": 38}]}, {"events": [{"start": 60, "end": 68}]}]}
+    indices = list(range(4, 86, 3))
+    steps = true_moving_steps(truth, indices[0], indices[-1])
+    assert steps == set(range(30, 38)) | set(range(60, 68))
+    moving = sampled_motion(steps, indices)
+    assert [indices[i] for i in np.flatnonzero(moving)] == [31, 34, 37, 40, 61, 64, 67, 70]
+    assert frames_iou(moving, moving) == 1.0
+    assert frames_iou(np.zeros_like(moving), np.zeros_like(moving)) == 1.0
+    half = moving.copy()
+    half[np.flatnonzero(moving)[4:]] = False
+    assert frames_iou(half, moving) == 0.5
