@@ -62,6 +62,10 @@ class RuntimeConfig:
     data_cpus: float = 0.0  # CPUs the pipeline's datasets may use at once; 0 = all of the cluster's
     data_object_store_mb: int = 0  # object store the datasets may fill before back-pressure; 0 = Ray Data's default
     retry_rounds: int = 1  # passes over the videos Ray gave up on (lost node or actor) before the run ends partial
+    # Seconds without a finished video, while videos remain, before the driver stops the execution and retries what
+    # is left (a cluster shrunk below what an actor pool needs makes Ray Data wait forever); 0 = wait forever. It
+    # must exceed the slowest single video's work: minutes for an hour-long video with a captioner.
+    stall_timeout_s: float = 1800.0
     fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class RuntimeConfig:
             raise ConfigError("runtime.clip_batch must be >= 1")
         if self.progress_every_s <= 0:
             raise ConfigError("runtime.progress_every_s must be > 0")
+        if self.stall_timeout_s < 0:
+            raise ConfigError(f"runtime.stall_timeout_s must be >= 0 (0 = no watchdog), got {self.stall_timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

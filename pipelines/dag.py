@@ -12,6 +12,7 @@ score filters are global decisions made afterwards on the driver (`pipelines.fin
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,17 +85,54 @@ def _cpus() -> float:
 _INGEST_CPUS = 0.5  # the probe is mostly I/O: 2 per core
 
 
-def run_ingest(rows: list[Row], cfg: RunConfig, run_dir: Path) -> Iterator[Row]:
+class Execution:
+    """Handle on the Ray Data execution behind a `run_*` generator, so that another thread (the driver's stall
+    watchdog) can stop it while the generator's consumer is blocked waiting for a row."""
+
+    def __init__(self) -> None:
+        self.ds: ray.data.Dataset | None = None
+
+    def stop(self) -> bool:
+        """Shut the execution down: its operators cancel their running tasks (force: the worker is killed) and kill
+        their actors, and the row iterator ends as if exhausted. False when no execution is running (not started yet,
+        or already shut down): the caller tries again while its consumer has not returned.
+
+        Ray Data has no public call for this: a `StreamingExecutor` (a thread named after the dataset) is shut down
+        by the iterator that drains it, or on garbage collection. Before its first output the dataset does not hold
+        the executor yet (`_current_executor` is set once the first block is out), so it is found by that name."""
+        ds = self.ds
+        if ds is None:
+            return False
+        executor = getattr(ds, "_current_executor", None)
+        if executor is None:
+            name = f"StreamingExecutor-{ds.get_dataset_id()}"
+            executor = next((t for t in threading.enumerate() if t.name == name), None)
+        if executor is None or getattr(executor, "_shutdown", False):
+            return False
+        executor.shutdown(force=True)
+        return True
+
+
+def run_ingest(rows: list[Row], cfg: RunConfig, run_dir: Path, execution: Execution | None = None) -> Iterator[Row]:
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per input: crashes stay local
     ds = ds.map(make_ingest_fn(cfg, run_dir), num_cpus=_INGEST_CPUS, **_RETRY)  # 1:1 probe
+    if execution is not None:
+        execution.ds = ds
     yield from ds.iter_rows()
 
 
 def run_video_steps(
-    rows: list[Row], cfg: RunConfig, run_dir: Path, plan: dict[str, dict], session: str, stats: dict | None = None
+    rows: list[Row],
+    cfg: RunConfig,
+    run_dir: Path,
+    plan: dict[str, dict],
+    session: str,
+    stats: dict | None = None,
+    execution: Execution | None = None,
 ) -> Iterator[Row]:
     """Scenes and/or clips over `rows` as `plan` (from `video_plan`) says; yields one small row per video. When
-    the rows are exhausted, `stats` gets what Ray Data reports about the execution (bytes spilled)."""
+    the rows are exhausted, `stats` gets what Ray Data reports about the execution (bytes spilled); `execution`, when
+    given, is where the driver can stop it."""
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one block per video
     if "scenes" in plan:
         # 1:1: the one decode of the video (shot detection, and the clips' frames kept when clips follow)
@@ -117,6 +155,8 @@ def run_video_steps(
     elif clips:
         # 1:1 decode, annotate (DIS flow) -> shards
         ds = ds.map(make_clips_fn(cfg, run_dir, session), num_cpus=1, **_VIDEO_RETRY)
+    if execution is not None:
+        execution.ds = ds
     yield from ds.iter_rows()
     if stats is not None:
         stats.update(execution_stats(ds))

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pipelines.clip_writer import flow_grid, tensor_columns
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, RuntimeConfig
 from pipelines.finalize import (
     Collected,
     collect,
@@ -25,36 +28,152 @@ from pipelines.finalize import (
     write_tables,
 )
 from pipelines.report import inputs_hash, summary_table, write_run_json
-from pipelines.runtime import init_ray
+from pipelines.runtime import cluster_info, init_ray
 from pipelines.steps import WorkDir
 from pipelines.throughput import bottleneck, run_throughput
+
+if TYPE_CHECKING:
+    from pipelines.dag import Execution
 
 logger = logging.getLogger(__name__)
 
 STEPS_OF = {"all": ("ingest", "scenes", "clips"), "ingest": ("ingest",), "scenes": ("scenes",), "clips": ("clips",)}
 
 
-def _consume(rows: Iterator[dict], label: str, total: int, every_s: float, actors: dict | None = None) -> None:
+T = TypeVar("T")
+STOP_GRACE_S = 60.0  # how long a stopped execution may take to let go of its consumer thread
+
+
+class Stalled(Exception):
+    """No row arrived within the stall timeout; the execution behind the rows was stopped."""
+
+    def __init__(self, waited_s: float, stopped: bool) -> None:
+        super().__init__(f"no row for {waited_s:.0f} s")
+        self.waited_s, self.stopped = waited_s, stopped
+
+
+def watch(
+    rows: Iterator[T], timeout_s: float, stop: Callable[[], object], grace_s: float = STOP_GRACE_S
+) -> Iterator[T]:
+    """Yield `rows`, read by a background thread, and raise Stalled when none arrives within `timeout_s` seconds
+    (0: wait forever). `rows` blocks inside Ray Data while nothing is produced, and a blocked generator can be
+    neither interrupted nor closed from outside: the thread takes that wait, and `stop()` (which ends the execution,
+    so that `rows` runs out) is called, again every second, until the thread has finished or `grace_s` passed. The
+    same happens when the consumer leaves early (an error, Ctrl-C): no thread is left draining an execution."""
+    box: queue.SimpleQueue = queue.SimpleQueue()
+    end = object()
+
+    def drain() -> None:
+        try:
+            for row in rows:
+                box.put((row, None))
+            box.put((end, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            box.put((end, e))
+
+    thread = threading.Thread(target=drain, name="pipeline-rows", daemon=True)
+    thread.start()
+    last, stopped = time.monotonic(), None
+    try:
+        while True:
+            try:
+                row, error = box.get(timeout=timeout_s or None)
+            except queue.Empty:
+                break
+            if row is end:
+                if error is not None:
+                    raise error
+                return
+            last = time.monotonic()
+            yield row
+        waited = time.monotonic() - last
+        stopped = _stop_thread(thread, stop, grace_s)
+        while not box.empty():  # rows that came out while the execution stopped: those videos did finish
+            row, _ = box.get()
+            if row is not end:
+                yield row
+        raise Stalled(waited, stopped)
+    finally:
+        if stopped is None and thread.is_alive():  # the consumer left early (an error, Ctrl-C)
+            _stop_thread(thread, stop, grace_s)
+
+
+def _stop_thread(thread: threading.Thread, stop: Callable[[], object], grace_s: float) -> bool:
+    """Call `stop` until `thread` ends (True) or `grace_s` passes (False: logged, the daemon thread is left)."""
+    deadline = time.monotonic() + grace_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            stop()
+        except Exception:  # a failing stop must not hide the stall: try again, then give up after the grace period
+            logger.exception("stopping the stalled execution failed")
+        thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
+    if thread.is_alive():
+        logger.warning("the stopped execution still holds its consumer thread after %.0f s; leaving it", grace_s)
+    return not thread.is_alive()
+
+
+def _consume(
+    rows: Iterator[dict],
+    label: str,
+    total: int,
+    every_s: float,
+    actors: dict | None = None,
+    stall_timeout_s: float = 0.0,
+    stop: Callable[[], object] = lambda: None,
+    cluster_start: dict | None = None,
+) -> dict | None:
     """Drain the DAG's output, logging a progress line every `every_s` seconds and collecting, in `actors`, where
     the clips actors ran. Raises ModelLoadError when the clips step could not load its models (no video is marked
-    done then: a rerun after the fix resumes)."""
+    done then: a rerun after the fix resumes). When no row arrives for `stall_timeout_s` (0: never), `stop()` ends the
+    execution and the stall is returned ({step, waited_s, done, left, stopped, cluster}): the videos without a record
+    are the caller's to retry. `cluster_start` (init_ray's answer) is what the stall warning compares the cluster to."""
     started = last = time.perf_counter()
-    model_error = None
-    for done, row in enumerate(rows, start=1):
-        model_error = model_error or row.get("model_error")
-        if actors is not None and (actor := row.get("actor")):
-            entry = actors.setdefault(actor.get("actor_id") or f"{actor['node']}:{actor['pid']}", {**actor, "rows": 0})
-            entry["rows"] += 1
-        now = time.perf_counter()
-        if now - last >= every_s or done == total:
-            rate = done / max(now - started, 1e-9)
-            eta = (total - done) / rate if rate else float("inf")
-            logger.info("%s: %d/%d videos done (%.0f s elapsed, ~%.0f s left)", label, done, total, now - started, eta)
-            last = now
+    model_error, stall, done = None, None, 0
+    try:
+        for done, row in enumerate(watch(rows, stall_timeout_s, stop), start=1):
+            model_error = model_error or row.get("model_error")
+            if actors is not None and (actor := row.get("actor")):
+                key = actor.get("actor_id") or f"{actor['node']}:{actor['pid']}"
+                entry = actors.setdefault(key, {**actor, "rows": 0})
+                entry["rows"] += 1
+            now = time.perf_counter()
+            if now - last >= every_s or done == total:
+                rate = done / max(now - started, 1e-9)
+                eta = (total - done) / rate if rate else float("inf")
+                logger.info(
+                    "%s: %d/%d videos done (%.0f s elapsed, ~%.0f s left)", label, done, total, now - started, eta
+                )
+                last = now
+    except Stalled as e:
+        now = _cluster_now()
+        stall = {"step": label, "waited_s": round(e.waited_s, 1), "done": done, "left": total - done}
+        stall.update(stopped=e.stopped, cluster=now)
+        start = f", {cluster_start['nodes']} nodes / {cluster_start['cpus']:g} CPUs at start" if cluster_start else ""
+        logger.warning(
+            "%s: no video finished for %.0f s (runtime.stall_timeout_s) with %d of %d left (cluster: %s now%s); "
+            "stopped the execution: the videos without a record go to the next retry round, or are recorded as "
+            "worker_crashed after the last",
+            label,
+            e.waited_s,
+            total - done,
+            total,
+            f"{now['nodes']} nodes / {now['cpus']:g} CPUs" if now else "unknown",
+            start,
+        )
     if model_error:
         from annotators.models import ModelLoadError
 
         raise ModelLoadError(f"{model_error} (no clip was processed; fix it and rerun the same command)")
+    return stall
+
+
+def _cluster_now() -> dict | None:
+    """Nodes and CPUs alive now, for the stall record (None when Ray cannot say)."""
+    try:
+        info = cluster_info("")
+    except Exception:
+        return None
+    return {"nodes": info["nodes"], "cpus": info["cpus"], "gpus": info["gpus"]}
 
 
 def warn_cpu_fallback(actors: dict[str, dict]) -> None:
@@ -288,16 +407,19 @@ def run_stages(
     cluster = init_ray(cfg.runtime, ray_address)
     plan: dict[str, dict] = {}
     started_at: dict[str, float] = {}
-    execution: dict = {"actors": {}}
+    execution: dict = {"actors": {}, "stalls": []}  # stalls: what the watchdog stopped (`_consume`), per round
+    stalls, rc, left = execution["stalls"], cfg.runtime, []
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
         logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
         t0, started_at["ingest"] = time.perf_counter(), time.time()
         if pending:
             plan.update(dag.ingest_plan())
-            _consume(dag.run_ingest(pending, cfg, run_dir), "ingest", len(pending), cfg.runtime.progress_every_s)
+            left = _ingest_rounds(pending, cfg, run_dir, stalls, cluster)
         wall["ingest"], attempted = time.perf_counter() - t0, ("ingest",)
     data = collect(run_dir, inputs, attempted)
+    if left:
+        _mark_stalled(data, "ingest", left, stalls[-1])
     video_steps = tuple(s for s in steps if s != "ingest")
     if video_steps:
         pending = data.ready["scenes"] + data.ready["clips"] if "scenes" in video_steps else data.ready["clips"]
@@ -308,24 +430,34 @@ def run_stages(
         label = "+".join(video_steps)
         logger.info("%s: %d videos to process", label, len(pending))
         t0, started_at["video"], session = time.perf_counter(), time.time(), uuid.uuid4().hex
-        rounds, collected = 1 + cfg.runtime.retry_rounds, False
+        rounds, collected, stall = 1 + rc.retry_rounds, False, None
         for attempt in range(rounds):
             if not pending:
                 break
-            if attempt:  # Ray gave these up (a lost node or actor, a worker that died past its retries)
+            if attempt:  # Ray gave these up (a lost node or actor, a worker that died past its retries), or it stalled
                 logger.warning(
-                    "%d videos lost their worker (a crash, or a lost node): retrying them (round %d of %d)",
+                    "%d videos %s: retrying them (round %d of %d)",
                     len(pending),
+                    "left unfinished by the stopped execution"
+                    if stall
+                    else "lost their worker (a crash, or a lost node)",
                     attempt,
                     rounds - 1,
                 )
             video_plan = dag.video_plan(cfg, video_steps)
             plan.update(video_plan)
-            rows = dag.run_video_steps(pending, cfg, run_dir, video_plan, session, stats=execution)
-            _consume(rows, label, len(pending), cfg.runtime.progress_every_s, actors=execution["actors"])
+
+            def start(ex: dag.Execution, rows: list[dict] = pending, vp: dict = video_plan) -> Iterator[dict]:
+                return dag.run_video_steps(rows, cfg, run_dir, vp, session, stats=execution, execution=ex)
+
+            stall = _watched(start, label, len(pending), rc, cluster, actors=execution["actors"])
+            if stall is not None:
+                stalls.append({**stall, "round": attempt})
             keys = {r["key"] for r in pending}
             data, collected = collect(run_dir, inputs, attempted + video_steps), True
             pending = [r for r in data.ready["scenes"] + data.ready["clips"] if r["key"] in keys]
+        if stall is not None and pending:  # the last round stalled: say so in the records of what it left
+            _mark_stalled(data, video_steps, pending, stalls[-1])
         warn_cpu_fallback(execution["actors"])
         wall[label] = time.perf_counter() - t0
         attempted += video_steps
@@ -333,6 +465,64 @@ def run_stages(
             data = collect(run_dir, inputs, attempted)
     execution["throughput"] = run_throughput(data.timings, plan, started_at)
     return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster, execution)
+
+
+def _ingest_rounds(
+    pending: list[dict], cfg: RunConfig, run_dir: Path, stalls: list[dict], cluster: dict | None
+) -> list[dict]:
+    """Probe `pending` under the stall watchdog; what a stall leaves goes to another round, up to
+    `runtime.retry_rounds` (only a stall: a probe that crashed its worker twice is given up on purpose, see
+    `dag._RETRY`). Appends each stall to `stalls`; returns the inputs a stalled last round left."""
+    from pipelines import dag
+
+    rc, work = cfg.runtime, WorkDir(run_dir)
+    for attempt in range(1 + rc.retry_rounds):
+        if attempt:
+            logger.warning(
+                "ingest: probing the %d inputs the stall left (round %d of %d)", len(pending), attempt, rc.retry_rounds
+            )
+
+        def start(ex: dag.Execution, rows: list[dict] = pending) -> Iterator[dict]:
+            return dag.run_ingest(rows, cfg, run_dir, execution=ex)
+
+        stall = _watched(start, "ingest", len(pending), rc, cluster)
+        if stall is None:
+            return []
+        stalls.append({**stall, "round": attempt})
+        pending = [r for r in pending if not work.done("ingest", r["key"])]
+        if not pending:
+            return []
+    return pending
+
+
+def _watched(
+    start: Callable[[Execution], Iterator[dict]],
+    label: str,
+    total: int,
+    rc: RuntimeConfig,
+    cluster: dict | None,
+    actors: dict | None = None,
+) -> dict | None:
+    """Start one Ray Data execution (`start(handle)`, a `dag.run_*` generator) and consume it under the stall
+    watchdog (`runtime.stall_timeout_s`): the stall, or None."""
+    from pipelines.dag import Execution
+
+    handle = Execution()
+    rows = start(handle)
+    return _consume(rows, label, total, rc.progress_every_s, actors, rc.stall_timeout_s, handle.stop, cluster)
+
+
+def _mark_stalled(data: Collected, steps: str | tuple[str, ...], left: list[dict], stall: dict) -> None:
+    """The `worker_crashed` records of the videos a stalled last round left say why they have no record (still
+    `worker_crashed`: the run ends partial and a rerun of the same command does them, as for a lost worker)."""
+    uris, steps = {r["source_uri"] for r in left}, (steps,) if isinstance(steps, str) else steps
+    detail = (
+        f"the execution stalled (no video finished for {stall['waited_s']:.0f} s, runtime.stall_timeout_s) and was "
+        "stopped before this video's step finished; rerun to retry"
+    )
+    for row in data.rejected:
+        if row["reason"] == "worker_crashed" and row["stage"] in steps and row["source_uri"] in uris:
+            row["detail"] = detail
 
 
 def _finish(
@@ -391,6 +581,7 @@ def _finish(
             "bottleneck": bottleneck(throughput),
             "actors": list(execution.get("actors", {}).values()),
             "spilled_bytes": execution.get("spilled_bytes"),
+            "stalls": execution.get("stalls", []),
         },
     )
     if "clips" in STEPS_OF[stage]:

@@ -172,6 +172,11 @@ def configure_data(cfg: RuntimeConfig) -> None:
     # A worker that dies (a decoder crashing on a broken file) loses its block; the driver then records the
     # affected inputs as rejected instead of failing the run. Exceptions inside steps never get here.
     ctx.max_errored_blocks = -1
+    # The driver's stall watchdog (runtime.stall_timeout_s, pipelines.orchestrate.watch) replaces Ray Data's own
+    # no-progress guard (30 min in Ray 2.60), which fails the whole run with ExecutionTimeoutError instead of
+    # retrying what is left; with both on, Ray's could fire first on the same stall.
+    if hasattr(ctx, "execution_no_progress_timeout_s"):
+        ctx.execution_no_progress_timeout_s = -1
     # Explicit limits for the streaming executor: past them it stops launching tasks (back-pressure) instead of
     # filling the object store, which is what keeps memory flat however large the corpus. None = no limit.
     ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
