@@ -4,19 +4,27 @@ clip embeddings (when an embedding model ran).
 Two clips are near-duplicates when their key frames' mean Hamming distance is at most `dedup.hash_distance` bits
 (of 64) or their embeddings' cosine similarity is at least `dedup.embedding_similarity`. Duplicate pairs are
 joined into groups (connected components); each group keeps its best clip (`quality_rank`) and the others are
-dropped with the kept clip's id in the detail. Pairs are found block-wise so memory stays at a few blocks of
-`block_rows x n` whatever the number of clips.
+dropped with the kept clip's id in the detail.
+
+Pairs are found one of two ways (`dedup.method`): exactly, all pairs block-wise (memory: a few blocks of
+`block_rows x n`, time: n^2, fine to about 1e5 clips), or through the candidate search of curation/dedup_index.py,
+which applies the same rule to the candidates it proposes, so grouping and keepers follow the same rule and only
+missed pairs can differ. `auto` takes the exact path up to `exact_max_clips` clips.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from curation import dedup_index
+
 NO_HASH = np.uint64(0)  # placeholder where a key frame had no hash; masked out by `valid`
+METHODS = ("auto", "exact", "approximate")
+HASH_INDEXES = ("lsh", "mih")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,6 +37,16 @@ class DedupConfig:
     use_embeddings: bool = True  # also link clips whose CLIP embeddings are close (when embeddings exist)
     embedding_similarity: float = 0.95  # min cosine similarity of clip embeddings
     block_rows: int = 1024  # rows compared at once (memory: block_rows x clips)
+    method: str = "auto"  # exact (all pairs) | approximate (dedup_index) | auto: exact up to exact_max_clips
+    exact_max_clips: int = 50_000
+    hash_index: str = "lsh"  # approximate hash search: lsh (bit sampling) | mih (recall 1; cheap only for small t)
+    hash_bits: int = 0  # LSH key bits; 0 = log2(clips) - 4 in [16, 32]
+    hash_tables: int = 32  # LSH tables per key frame
+    embedding_dims: int = 64  # PCA dimensions of the embedding index (0: the full vectors)
+    embedding_nlist: int = 0  # k-means lists; 0 = 4 sqrt(clips)
+    embedding_nprobe: int = 16  # most lists a clip probes ...
+    embedding_probe_margin: float = 0.03  # ... of those within this centroid similarity of its nearest list
+    seed: int = 0  # LSH permutations, PCA and k-means samples
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hash_distance < 32.0:
@@ -39,6 +57,26 @@ class DedupConfig:
             raise ValueError("dedup.embedding_similarity must be in (0, 1]")
         if self.block_rows < 1:
             raise ValueError("dedup.block_rows must be >= 1")
+        if self.method not in METHODS:
+            raise ValueError(f"dedup.method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.exact_max_clips < 0:
+            raise ValueError("dedup.exact_max_clips must be >= 0")
+        if self.hash_index not in HASH_INDEXES:
+            raise ValueError(f"dedup.hash_index must be one of {', '.join(HASH_INDEXES)}, not {self.hash_index!r}")
+        if not (self.hash_bits == 0 or 8 <= self.hash_bits <= 64):
+            raise ValueError("dedup.hash_bits must be 0 (auto) or in [8, 64]")
+        if self.hash_tables < 1:
+            raise ValueError("dedup.hash_tables must be >= 1")
+        if self.embedding_dims < 0 or self.embedding_nlist < 0:
+            raise ValueError("dedup.embedding_dims and dedup.embedding_nlist must be >= 0 (0: full / auto)")
+        if self.embedding_nprobe < 1:
+            raise ValueError("dedup.embedding_nprobe must be >= 1")
+        if not 0.0 <= self.embedding_probe_margin <= 2.0:
+            raise ValueError("dedup.embedding_probe_margin must be in [0, 2] (a cosine difference)")
+
+    def approximate(self, n: int) -> bool:
+        """Whether n clips take the candidate search rather than all pairs."""
+        return self.method == "approximate" or (self.method == "auto" and n > self.exact_max_clips)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +130,7 @@ def embedding_pairs(
 ) -> list[tuple[int, int, float]]:
     """Pairs (i < j, cosine) of rows of `embeddings` (n, d) whose cosine similarity is at least `min_similarity`.
     Rows of NaN (no embedding) never pair."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    usable = np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)
-    x = np.where(usable[:, None], x / np.where(usable[:, None], norms, 1.0), 0.0)
+    x, usable = dedup_index.unit_rows(embeddings)
     pairs: list[tuple[int, int, float]] = []
     for start in range(0, len(x), block_rows):
         sims = x[start : start + block_rows] @ x.T
@@ -122,7 +157,7 @@ def connected_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     members: dict[int, list[int]] = {}
-    for a in range(n):
+    for a in sorted({x for pair in pairs for x in pair}):  # nodes without an edge are singletons: skip them
         members.setdefault(root(a), []).append(a)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
@@ -146,6 +181,59 @@ def quality_rank(clip: Mapping[str, Any]) -> tuple:
     )
 
 
+def find_hash_pairs(values: np.ndarray, valid: np.ndarray, cfg: DedupConfig) -> list[tuple[int, int, float]]:
+    """Pairs (i < j, mean distance) within the hash rule, in order: all pairs or the candidate search."""
+    n = len(values)
+    if not cfg.approximate(n):
+        return hash_pairs(values, valid, cfg.hash_distance, cfg.min_hashed_frames, cfg.block_rows)
+    if cfg.hash_index == "mih":
+        masks = dedup_index.mih_masks(cfg.hash_distance)
+    else:
+        masks = dedup_index.lsh_masks(cfg.hash_bits or dedup_index.auto_key_bits(n), cfg.hash_tables, cfg.seed)
+    a, b, d = dedup_index.hash_pairs_indexed(values, valid, cfg.hash_distance, cfg.min_hashed_frames, masks)
+    return list(zip(a.tolist(), b.tolist(), d.tolist(), strict=True))
+
+
+def find_embedding_pairs(embeddings: np.ndarray, cfg: DedupConfig) -> list[tuple[int, int, float]]:
+    """Pairs (i < j, cosine) within the embedding rule, in order: all pairs or the candidate search. `embeddings`
+    (n, d) may be a np.memmap: the candidate search reads it in row batches."""
+    if not cfg.approximate(len(embeddings)):
+        return embedding_pairs(embeddings, cfg.embedding_similarity, cfg.block_rows)
+    a, b, sim = dedup_index.embedding_pairs_indexed(
+        embeddings,
+        cfg.embedding_similarity,
+        cfg.embedding_dims,
+        cfg.embedding_nlist,
+        cfg.embedding_nprobe,
+        cfg.embedding_probe_margin,
+        cfg.seed,
+    )
+    return list(zip(a.tolist(), b.tolist(), sim.tolist(), strict=True))
+
+
+def evidence_of(
+    hash_found: Sequence[tuple[int, int, float]], embedding_found: Sequence[tuple[int, int, float]]
+) -> dict[tuple[int, int], str]:
+    """{(i, j): why they are near-duplicates}, hash evidence first."""
+    evidence = {(a, b): f"key-frame hash distance {d:.1f}/64 bits" for a, b, d in hash_found}
+    for a, b, sim in embedding_found:
+        text = f"embedding cosine {sim:.3f}"
+        evidence[a, b] = f"{evidence[a, b]}, {text}" if (a, b) in evidence else text
+    return evidence
+
+
+def resolve_groups(n: int, evidence: Mapping[tuple[int, int], str], rank: Callable[[int], Any]) -> list[Duplicate]:
+    """One `Duplicate` per clip to drop: each connected group of `evidence` keeps its clip of least `rank`."""
+    out = []
+    for group in connected_groups(n, list(evidence)):
+        keeper = min(group, key=rank)
+        for i in group:
+            if i != keeper:
+                direct = evidence.get((min(i, keeper), max(i, keeper)))
+                out.append(Duplicate(i, keeper, direct or f"same near-duplicate group ({len(group)} clips)"))
+    return out
+
+
 def find_duplicates(
     clips: Sequence[Mapping[str, Any]], embeddings: np.ndarray | None, cfg: DedupConfig
 ) -> list[Duplicate]:
@@ -154,18 +242,6 @@ def find_duplicates(
     if not cfg.enabled or len(clips) < 2:
         return []
     values, valid = parse_hashes([c.get("key_frame_hashes") for c in clips])
-    evidence: dict[tuple[int, int], str] = {}
-    for a, b, d in hash_pairs(values, valid, cfg.hash_distance, cfg.min_hashed_frames, cfg.block_rows):
-        evidence[a, b] = f"key-frame hash distance {d:.1f}/64 bits"
-    if cfg.use_embeddings and embeddings is not None:
-        for a, b, s in embedding_pairs(embeddings, cfg.embedding_similarity, cfg.block_rows):
-            text = f"embedding cosine {s:.3f}"
-            evidence[a, b] = f"{evidence[a, b]}, {text}" if (a, b) in evidence else text
-    out = []
-    for group in connected_groups(len(clips), list(evidence)):
-        keeper = min(group, key=lambda i: quality_rank(clips[i]))
-        for i in group:
-            if i != keeper:
-                direct = evidence.get((min(i, keeper), max(i, keeper)))
-                out.append(Duplicate(i, keeper, direct or f"same near-duplicate group ({len(group)} clips)"))
-    return out
+    by_embedding = find_embedding_pairs(embeddings, cfg) if cfg.use_embeddings and embeddings is not None else []
+    evidence = evidence_of(find_hash_pairs(values, valid, cfg), by_embedding)
+    return resolve_groups(len(clips), evidence, lambda i: quality_rank(clips[i]))
