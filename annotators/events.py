@@ -50,6 +50,10 @@ class EventConfig:
     min_change: float = 0.03  # floor of the robust scale of frame_change, grey-level fraction
     diffuse_entropy: float = 0.9  # activity with a higher spatial entropy is diffuse
     diffuse_share: float = 0.35  # ... and so is activity that keeps more than this share of cells on
+    # Weak evidence counts as no event: flow residual counts fully where the frame's local 2-D texture is at least
+    # this many grey levels per pixel, not at all below half of it (0 = trust all flow; `activity.texture_weights`)
+    flow_texture: float = 1.5
+    min_explained: float = 0.25  # a pair whose camera model explains less of the frame than this has no events
     # Stored maps at a video VAE's latent frames (1 + (T - 1) / factor); set from [latents] like the noise's.
     temporal_factor: int = 1
     # flow: residual motion from optical flow (recipe A); latent: camera-compensated change of the stored VAE
@@ -72,6 +76,8 @@ class EventConfig:
             raise ValueError("events.diffuse_entropy and events.diffuse_share must be in (0, 1]")
         if self.source not in ("flow", "latent"):
             raise ValueError(f"events.source must be flow or latent, got {self.source!r}")
+        if self.flow_texture < 0 or not 0.0 <= self.min_explained < 1.0:
+            raise ValueError("events.flow_texture must be >= 0 and events.min_explained in [0, 1)")
         if self.latent_min_change <= 0:
             raise ValueError("events.latent_min_change must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
@@ -168,7 +174,10 @@ class EventAnnotator:
             homs = np.asarray(homographies) if homographies is not None else np.tile(np.eye(3), (n_pairs, 1, 1))
             fundamentals = step_fundamentals(camera_c2w, camera_k, n_pairs) if cfg.use_camera else None
             seconds = pair_intervals(frame_pts)
-            change = act.change_maps(flows, homs, seconds, grid, fundamentals)
+            weights = act.texture_weights(np.asarray(frames[:-1]), flows.shape[1:3], cfg.flow_texture)
+            change = act.change_maps(
+                flows, homs, seconds, grid, fundamentals, weights=weights, min_explained=cfg.min_explained
+            )
             frame_change = None
             if cfg.frame_change:
                 diff = act.compensated_difference(np.asarray(frames), homs, flows.shape[1:3])

@@ -699,3 +699,67 @@ def test_compensated_difference_still_camera_is_abs_difference():
     expected = np.abs(f1[..., 0].astype(np.float32) - f0[..., 0]) / 255.0
     np.testing.assert_allclose(out[0], np.clip(expected - np.median(expected), 0, None), atol=1e-6)
     assert (out[1] == 0).all()
+
+
+# ---------------------------------------------------------------- weak evidence
+
+
+def texture_frames() -> dict[str, np.ndarray]:
+    """One RGB frame per kind of texture, 64x64."""
+    ys, xs = np.mgrid[0:64, 0:64]
+    checker = (((ys // 4) + (xs // 4)) % 2 * 200 + 20).astype(np.uint8)
+    ramp = (xs * 3).astype(np.uint8)  # brightness changes along x only: 1-D structure, the aperture problem
+    flat = np.full((64, 64), 90, np.uint8)
+    stripes = ((xs // 4) % 2 * 200 + 20).astype(np.uint8)  # strong edges, all in one direction
+    return {
+        k: np.repeat(v[..., None], 3, axis=-1)
+        for k, v in dict(checker=checker, ramp=ramp, flat=flat, stripes=stripes).items()
+    }
+
+
+def test_texture_weights_need_two_dimensional_structure():
+    frames = texture_frames()
+    w = act.texture_weights(np.stack(list(frames.values())), (64, 64), floor=1.5)
+    by_kind = dict(zip(frames, w, strict=True))
+    assert w.shape == (4, 64, 64) and w.dtype == np.float32 and (w >= 0).all() and (w <= 1).all()
+    assert by_kind["checker"][8:-8, 8:-8].min() == 1.0  # corners everywhere: flow is measurable
+    for kind in ("ramp", "flat", "stripes"):  # no texture, or edges in one direction only: flow is a guess
+        assert by_kind[kind][8:-8, 8:-8].max() == 0.0, kind
+    np.testing.assert_array_equal(act.texture_weights(np.stack(list(frames.values())), (64, 64), 0.0), 1.0)
+
+
+def test_texture_weights_resize_to_the_flow_grid_and_fall_with_contrast():
+    checker = texture_frames()["checker"].astype(np.float32)
+    weights = []
+    for contrast in (1.0, 0.05, 0.02):  # 200 grey levels between squares, then 10, then 4
+        frame = (110 + (checker - 120) * contrast).astype(np.uint8)
+        weights.append(act.texture_weights(frame[None], (32, 32), floor=1.5)[0])
+    assert weights[0].shape == (32, 32)
+    means = [float(w[4:-4, 4:-4].mean()) for w in weights]
+    assert means[0] == 1.0 and means[0] >= means[1] >= means[2] and means[2] < 0.5
+
+
+def test_a_camera_model_that_explains_little_of_the_frame_gives_no_change():
+    """Incoherent flow that no homography explains (what a failed fit on a whip pan leaves) is unknown, not an
+    event; the same flow under a model that explains the frame, plus a mover, still gives its change."""
+    rng = np.random.default_rng(0)
+    flows = rng.normal(0, 8, (3, 64, 64, 2)).astype(np.float32)
+    homs = np.tile(np.eye(3), (3, 1, 1))
+    seconds = np.full(3, 0.125)
+    assert act.change_maps(flows, homs, seconds, (8, 8), min_explained=0.25).max() == 0.0
+    assert act.change_maps(flows, homs, seconds, (8, 8)).max() > 0.0  # off: the residual passes as before
+    mover = np.zeros((1, 64, 64, 2), np.float32)
+    mover[0, 20:36, 20:36, 0] = 6.0  # a square moving under a still camera: the model explains 94 % of the frame
+    change = act.change_maps(mover, homs[:1], seconds[:1], (8, 8), min_explained=0.25)
+    assert change[0, 2:4, 2:4].min() > 0 and change[0, 6:, 6:].max() == 0
+
+
+def test_change_scales_with_the_trust_weights():
+    mover = np.zeros((1, 64, 64, 2), np.float32)
+    mover[0, 20:36, 20:36, 0] = 6.0
+    hom, seconds = np.eye(3)[None], np.full(1, 0.125)
+    full = act.change_maps(mover, hom, seconds, (8, 8))
+    none = act.change_maps(mover, hom, seconds, (8, 8), weights=np.zeros((1, 64, 64), np.float32))
+    half = act.change_maps(mover, hom, seconds, (8, 8), weights=np.full((1, 64, 64), 0.5, np.float32))
+    assert none.max() == 0.0 and full.max() > 0
+    np.testing.assert_allclose(half, 0.5 * full, rtol=1e-6)

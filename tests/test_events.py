@@ -175,15 +175,17 @@ def test_frames_must_sit_on_the_event_grid():
     assert load_config(None, ["frames.width=264", "events.enabled=false", "noise.factor=8", fixed]).frames.width == 264
 
 
-def test_change_everywhere_is_diffuse_not_an_event():
-    """Incoherent motion over the whole frame (what a camera the model cannot explain leaves behind)."""
+def test_change_everywhere_is_unknown_or_diffuse_not_an_event():
+    """Incoherent motion over the whole frame (what a camera the model cannot explain leaves behind): no camera
+    model explains it, so there is no evidence either way and no activity; with that rule off it is diffuse."""
     import cv2
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
     noise = rng.normal(0, 3, (7, 2, 64, 64)).astype(np.float32)
     flow = np.stack([[cv2.GaussianBlur(pair[c], (0, 0), 3) * 4 for c in range(2)] for pair in noise])
-    out = annotate_one(frames, flow)
+    assert_no_event(annotate_one(frames, flow), 8)
+    out = annotate_one(frames, flow, min_explained=0.0)
     assert out["event_diffuse"] and out["event_entropy"] >= 0.9 and out["event_confidence"] < 0.3
 
 
@@ -203,3 +205,19 @@ def test_frames_iou_counts_every_burst_of_motion():
     half = moving.copy()
     half[np.flatnonzero(moving)[4:]] = False
     assert frames_iou(half, moving) == 0.5
+
+
+@pytest.mark.parametrize("name", ["blurry", "whip_pan"])
+def test_weak_evidence_is_no_event(corpus_dir: Path, name: str):
+    """A heavily blurred pan (flow guessed on textureless frames) and a whip pan (a camera no model explains for a
+    few steps) carry no event at the default preset: no confident event and at most 0.1 % of cells on. Without
+    the weak-evidence rules (`events.flow_texture`, `events.min_explained`) both came out confident."""
+    path = get_spec(name).video_path(corpus_dir)
+    result = annotate_file(str(path), load_config(None, ["buckets.aspect_ratios=[]"]))
+    assert result["event_activity"] is not None
+    assert result["event_confidence"] < 0.5 or result["event_diffuse"]
+    assert active_share(result) <= 0.001
+    ungated = annotate_file(
+        str(path), load_config(None, ["buckets.aspect_ratios=[]", "events.flow_texture=0", "events.min_explained=0"])
+    )
+    assert ungated["event_confidence"] >= 0.5 and active_share(ungated) > 0.005  # the rules are what removes it
