@@ -9,10 +9,10 @@ Per frame pair t -> t+1 (sampled frames), on the flow grid:
    change of frame t+1 covers both the vacated and the newly covered region;
 3. the frame's median is subtracted (EVD's frame-wise mean subtraction, robust) and the map is area-pooled to
    the token grid.
-Per frame on the grid: smoothed 3x3 (replicate border) and normalized by a robust scale (the smoothed frame's
-99th-percentile change, floored by an absolute speed so that a still frame's noise is not
-stretched), soft-thresholded to [0, 1] (exactly 0 at or below the frame's median), then hysteresis along time
-gives the binary map.
+Per frame on the grid: smoothed 3x3 (replicate border) and normalized by a scale (the largest smoothed change
+within a few cells, so each mover is judged against its own peak, or EVD's one per frame, the 99th-percentile
+change; floored by an absolute speed so that a still frame's noise is not stretched), soft-thresholded to [0, 1]
+(exactly 0 at or below the frame's median), then hysteresis along time gives the binary map.
 
 Frame t of the (T, gh, gw) maps holds the change from sampled frame t-1 to t; frame 0 has none (as in EVD's
 latent-change targets, which difference consecutive frames).
@@ -125,12 +125,20 @@ def above_median(values: np.ndarray) -> np.ndarray:
     return np.clip(values - np.median(values), 0.0, None)
 
 
-def robust_normalize(frame: np.ndarray, min_scale: float, quantile: float = 0.99) -> np.ndarray:
-    """frame / max(q-quantile, min_scale) for a non-negative map (change above the frame's median): 1 at the
-    frame's robust peak (a quantile, so a few outlier cells cannot set it), but the scale never drops below an
-    absolute floor, so a frame where nothing moves keeps values near 0 instead of having its noise stretched."""
-    scale = max(float(np.quantile(frame, quantile)), min_scale)
-    return np.asarray(frame, np.float32) / scale
+def robust_normalize(frame: np.ndarray, min_scale: float, quantile: float = 0.99, radius: int = 0) -> np.ndarray:
+    """frame / scale for a non-negative map (change above the frame's median), the scale never below the absolute
+    floor `min_scale`, so a frame where nothing moves keeps values near 0 instead of having its noise stretched.
+
+    `radius` 0: one scale for the frame, its q-quantile (EVD's per-frame normalisation: 1 at the frame's robust
+    peak; a few outlier cells cannot set it). `radius` r > 0: each cell's own scale is the largest value within r
+    cells of it, so every mover is measured against its own peak, not only against the frame's fastest one (at
+    radius 0 an object at half the speed of another reaches ~0.44 of its activity), while the spill of a mover
+    into its neighbours (the 3x3 smoothing, a third to two thirds of its peak) stays below its peak."""
+    frame = np.asarray(frame, np.float32)
+    if radius > 0:
+        local = cv2.dilate(frame, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))  # max filter
+        return frame / np.maximum(local, np.float32(min_scale))
+    return frame / max(float(np.quantile(frame, quantile)), min_scale)
 
 
 def smooth3x3(frame: np.ndarray) -> np.ndarray:
@@ -252,6 +260,7 @@ class ActivityParams:
     threshold: float = 0.65
     softness: float = 0.1
     peak_quantile: float = 0.99
+    local_peak: int = 0
     on: float = 0.62
     off: float = 0.38
     min_change: float = 0.03
@@ -400,7 +409,7 @@ def activity_maps(
     for t in range(n):
         # Smoothing is linear, so smoothing first and normalizing by the smoothed frame's own scale is the same
         # map up to that scale, but a one-cell event spread over its 3x3 neighbourhood can still reach 1.
-        x = robust_normalize(smooth3x3(change[t]), float(floors[t]), params.peak_quantile)
+        x = robust_normalize(smooth3x3(change[t]), float(floors[t]), params.peak_quantile, params.local_peak)
         if frame_change is not None:
             lit = robust_normalize(smooth3x3(frame_change[t]), params.min_change, params.peak_quantile)
             x = np.maximum(x, lit)

@@ -763,3 +763,41 @@ def test_change_scales_with_the_trust_weights():
     half = act.change_maps(mover, hom, seconds, (8, 8), weights=np.full((1, 64, 64), 0.5, np.float32))
     assert none.max() == 0.0 and full.max() > 0
     np.testing.assert_allclose(half, 0.5 * full, rtol=1e-6)
+
+
+def two_movers(speed: float) -> np.ndarray:
+    """(T-1, 256, 256, 2) flows under a still camera: a square at `speed` px per pair and one at half of it."""
+    flows = np.zeros((7, 256, 256, 2), np.float32)
+    flows[:, 40:80, 40:80, 0] = speed
+    flows[:, 160:200, 140:180, 0] = speed / 2
+    return flows
+
+
+@pytest.mark.parametrize("speed", [4.0, 8.0, 16.0])
+def test_a_slower_mover_is_judged_against_its_own_peak(speed: float):
+    """Two movers, the second at half the speed of the first (both above the floor): with a local scale each gets
+    (almost) its full activity; with one scale per frame (EVD) the slower one stays under half of the faster."""
+    seconds = np.full(7, 0.125)
+    change = act.change_maps(two_movers(speed), np.tile(np.eye(3), (7, 1, 1)), seconds, (16, 16))
+    peaks = {}
+    for radius in (0, 2):
+        params = act.ActivityParams(local_peak=radius)
+        activity, _ = act.activity_maps(change, act.speed_floors(seconds, params), params)
+        peaks[radius] = activity[1:, 2:6, 2:6].max(), activity[1:, 10:13, 8:12].max()
+    fast, slow = peaks[2]
+    assert fast > 0.9 and slow >= 0.9 * fast
+    assert peaks[0][1] < 0.5 * peaks[0][0]
+
+
+def test_local_scale_keeps_the_spill_of_a_mover_below_it():
+    """The 3x3 smoothing spills a mover into its neighbours; measured against the mover's own peak that spill stays
+    below the soft threshold's centre, and a frame with nothing above the floor is not stretched."""
+    frame = np.zeros((16, 16), np.float32)
+    frame[6:8, 6:8] = 1.0
+    x = act.robust_normalize(act.smooth3x3(frame), min_scale=0.01, radius=2)
+    assert x.max() == pytest.approx(1.0) and x[5:9, 5:9].min() < x.max()
+    spill = x.copy()
+    spill[6:8, 6:8] = 0
+    assert spill.max() < 0.65
+    quiet = np.full((16, 16), 0.004, np.float32)
+    np.testing.assert_allclose(act.robust_normalize(quiet, min_scale=0.01, radius=2), 0.4)

@@ -211,7 +211,8 @@ def test_frames_iou_counts_every_burst_of_motion():
 def test_weak_evidence_is_no_event(corpus_dir: Path, name: str):
     """A heavily blurred pan (flow guessed on textureless frames) and a whip pan (a camera no model explains for a
     few steps) carry no event at the default preset: no confident event and at most 0.1 % of cells on. Without
-    the weak-evidence rules (`events.flow_texture`, `events.min_explained`) both came out confident."""
+    the weak-evidence rules (`events.flow_texture`, `events.min_explained`) both light up (and came out confident
+    with one scale per frame)."""
     path = get_spec(name).video_path(corpus_dir)
     result = annotate_file(str(path), load_config(None, ["buckets.aspect_ratios=[]"]))
     assert result["event_activity"] is not None
@@ -220,4 +221,4 @@ def test_weak_evidence_is_no_event(corpus_dir: Path, name: str):
     ungated = annotate_file(
         str(path), load_config(None, ["buckets.aspect_ratios=[]", "events.flow_texture=0", "events.min_explained=0"])
     )
-    assert ungated["event_confidence"] >= 0.5 and active_share(ungated) > 0.005  # the rules are what removes it
+    assert active_share(ungated) > 0.005  # the rules are what removes it
