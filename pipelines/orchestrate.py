@@ -405,7 +405,7 @@ def _finish(
             logger.info("report: %s", write_report(run_dir))
         except Exception:
             logger.exception("could not write the HTML report; retry with: python -m curation.report %s", run_dir)
-    table = summary_table(counts, dict(data.seconds), wall, faults, throughput)
+    table = summary_table(counts, dict(data.seconds), wall, faults, throughput, execution.get("stalls"))
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
     if crashed:

@@ -49,8 +49,10 @@ def summary_table(
     wall: dict[str, float],
     faults: dict[str, Any] | None = None,
     throughput: dict[str, dict[str, Any]] | None = None,
+    stalls: list[dict[str, Any]] | None = None,
 ) -> str:
-    """A plain-text table: inputs, outputs, drops by reason, retries and errors, and time and rate per stage."""
+    """A plain-text table: inputs, outputs, drops by reason, retries, errors and executions the stall watchdog
+    stopped, and time and rate per stage."""
     faults = faults or {}
     lines = [
         ("videos in", counts["videos"]),
@@ -64,6 +66,11 @@ def summary_table(
         ("shard MB", round(counts["shard_bytes"] / 1e6, 1)),
         ("retries", faults.get("retries", 0)),
         *((f"  errors: {kind}", n) for kind, n in faults.get("errors", {}).items()),
+        *((("stalls (watchdog)", len(stalls)),) if stalls else ()),
+        *(
+            (f"  round {st.get('round', '?')}: {st['step']}", f"{st['left']} left after {st['waited_s']:.0f} s")
+            for st in stalls or ()
+        ),
         *((f"worker s: {stage}", round(s, 1)) for stage, s in seconds.items()),
         *((f"wall s: {stage}", round(s, 1)) for stage, s in wall.items()),
     ]

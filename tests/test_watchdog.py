@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.config import ConfigError, load_config
 from pipelines.orchestrate import Stalled, _consume, watch
+from pipelines.report import summary_table
 from tests.conftest import SMOKE
 
 # --- the watchdog on a fake row iterator ----------------------------------------------------------------------------
@@ -108,6 +109,17 @@ def test_consume_reports_the_stall_with_what_was_done_and_left(caplog):
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "scenes+clips: no video finished for 0 s (runtime.stall_timeout_s) with 3 of 5 left" in warning
     assert _consume(iter([{"key": "a"}]), "ingest", 1, 60.0, stall_timeout_s=5.0) is None
+
+
+def test_the_summary_lists_what_the_watchdog_stopped():
+    counts = {
+        "videos": 3, "videos_failed": 0, "scenes": 3, "clips": 2, "clip_seconds": 4.0, "rejected": 1,
+        "rejected_by_reason": {"clips/stalled": 1}, "shards": 1, "shard_bytes": 1000,
+    }  # fmt: skip
+    stalls = [{"step": "scenes,clips", "waited_s": 1800.4, "done": 2, "left": 1, "round": 0}]
+    table = summary_table(counts, {}, {}, stalls=stalls)
+    assert "stalls (watchdog)" in table and "round 0: scenes,clips" in table and "1 left after 1800 s" in table
+    assert "stalls" not in summary_table(counts, {}, {}, stalls=[])  # a run without a stall says nothing of it
 
 
 def test_stall_timeout_setting():
