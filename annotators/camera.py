@@ -1,7 +1,8 @@
 """Camera trajectory and QCM tokens per clip, estimated from the clip's optical flow on CPU.
 
 Per pair of consecutive sampled frames the flow gives dense correspondences. Model selection, in order:
-1. too little texture or too few valid points -> unknown: identity motion, confidence 0, token `none`;
+1. too little texture, too few valid points, or no model that explains `min_inliers` of them -> unknown: identity
+   motion, confidence 0, token `none`;
 2. static: the median image motion is below half the smallest QCM threshold -> identity, flagged static;
 3. rotation only: a RANSAC homography explains (almost) every point an essential matrix explains, so there is no
    parallax -> rotation K^-1 H K projected onto SO(3), no translation. Zooms land here too, and project to
@@ -60,6 +61,9 @@ class CameraConfig:
     grid_points: int = 2000  # correspondences sampled per frame pair
     texture_gradient: float = 20.0  # Sobel magnitude (uint8 gray) that counts as texture
     min_texture: float = 0.02  # share of textured pixels below which a pair is "unknown" (dark, flat, blown out)
+    # ... and the share of points the chosen model must explain: below it the pair is "unknown", not a guess.
+    # Measured at the default preset: every corpus step >= 0.9 but a whip pan's blurred steps 0.13-0.22.
+    min_inliers: float = 0.3
     # An independent mover, not parallax: essential-only inliers at least this share in one blob, ... Measured on the
     # corpus at the default preset: pan_objects' mover 1.00 with spread 0.05-0.07; strafe_right's nearest discs
     # 0.48-0.83 (spread 0.03-0.51); forward's up to 1.00 but spread >= 0.29.
@@ -77,6 +81,8 @@ class CameraConfig:
             raise ValueError("camera.fov_x_deg must be in [10, 170]")
         if self.ransac_px <= 0 or self.grid_points < MIN_POINTS or not 0 <= self.min_texture < 1:
             raise ValueError("camera needs ransac_px > 0, grid_points >= 24 and 0 <= min_texture < 1")
+        if not 0.0 <= self.min_inliers < 1.0:
+            raise ValueError("camera.min_inliers must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +210,8 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
         p1, p2, hom, h_mask.ravel().astype(bool), e_mask.ravel().astype(bool), cfg
     ):
         e_inliers = h_inliers  # the gain is one object's own motion: the background says rotation
+    if max(h_inliers, e_inliers) < cfg.min_inliers:  # neither model explains the pair: no evidence either way
+        return _identity("unknown", 0.0)
     if e_inliers - h_inliers < cfg.parallax_inlier_gain:
         rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
         return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation")

@@ -225,3 +225,19 @@ def test_parallax_spread_over_the_scene_stays_translation(tx: float, forward: fl
         flow = _layered_translation_flow(rng, tx, forward) + rng.normal(0, 0.05, (GRID_H, GRID_W, 2)).astype(np.float32)
         step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
         assert step.model == "translation", (seed, tx, forward)
+
+
+def test_flow_no_model_explains_is_unknown_not_a_guess():
+    """A pan whose flow is mostly noise (a blurred whip pan leaves such fields): neither the homography nor the
+    essential matrix explains `camera.min_inliers` of the points, so the step is `unknown` with identity motion and
+    zero confidence; the same pan with little noise is a rotation."""
+    rng = np.random.default_rng(3)
+    pan = _rotation_flow(3.0)
+    noisy = pan + rng.normal(0, 6.0, pan.shape).astype(np.float32)
+    step = estimate_step(noisy, _k(), 0.5, 1, CameraConfig())
+    assert step.model == "unknown" and step.confidence == 0.0
+    assert np.allclose(step.rotation, np.eye(3)) and np.allclose(step.translation, 0)
+    clean = pan + rng.normal(0, 0.05, pan.shape).astype(np.float32)
+    assert estimate_step(clean, _k(), 0.5, 1, CameraConfig()).model == "rotation"
+    lenient = estimate_step(noisy, _k(), 0.5, 1, CameraConfig(min_inliers=0.0))
+    assert lenient.model != "unknown"  # without the rule the same field is read as some motion
