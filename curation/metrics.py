@@ -220,3 +220,52 @@ def match_boundaries(
             exact += distance == 0
     tp = len(used_p)
     return BoundaryMatch(Match(tp, len(predicted) - tp, len(truth) - tp), exact)
+
+
+def mean_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_size: tuple[int, int]) -> float:
+    """Mean of a (gh, gw) activity map over the union of `boxes` (stored-frame pixels), each grid cell weighted by
+    the fraction of its area the boxes cover; 0 when the boxes miss the frame."""
+    fw, fh = frame_size
+    mask = np.zeros((fh, fw), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        xa, ya = max(0, int(round(x0))), max(0, int(round(y0)))
+        xb, yb = min(fw, int(round(x1))), min(fh, int(round(y1)))
+        if xb > xa and yb > ya:
+            mask[ya:yb, xa:xb] = 1.0
+    gh, gw = activity.shape
+    cover = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
+    weight = float(cover.sum())
+    return float((activity * cover).sum()) / weight if weight > 0 else 0.0
+
+
+def object_peak_activity(
+    activity: np.ndarray,
+    frame_indices: Sequence[int],
+    obj: dict,
+    source_size: tuple[int, int],
+    decoded_size: tuple[int, int],
+    frame_size: tuple[int, int],
+) -> float:
+    """Peak over a clip's map frames of the mean activity in one object's boxes, over the frames its own true motion
+    reaches (`sampled_motion` of its steps): how strongly the maps mark that object, not the frame's strongest mover.
+    Frame t holds the change from sampled frame t-1 to t, so its boxes are the object's at both. 0 if it never
+    moves in the sampled, stored frames."""
+    sizes = (source_size, decoded_size, frame_size)
+    f = [int(x) for x in frame_indices]
+    moved = sampled_motion(true_moving_steps({"objects": [obj]}, f[0], f[-1], sizes), f)
+    peaks = [
+        mean_in_boxes(activity[t], [box_to_frame(obj["boxes"][i], *sizes) for i in (f[t - 1], f[t])], frame_size)
+        for t in range(1, len(f))
+        if moved[t]
+    ]
+    return max(peaks, default=0.0)
+
+
+def snap_to_samples(window: tuple[int, int], frame_indices: Sequence[int]) -> tuple[int, int]:
+    """A true window [start, end) of source frames widened to the sampled frames around it: the best window maps on
+    those frames can report (frame t holds the change since sampled frame t-1, so a motion that starts between two
+    samples is first seen at the later one and dated from the earlier). IoU against it leaves out the sampling."""
+    f = sorted(int(x) for x in frame_indices)
+    start = max((x for x in f if x <= window[0]), default=f[0])
+    end = min((x for x in f if x >= window[1]), default=f[-1])
+    return start, end

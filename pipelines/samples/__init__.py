@@ -1,7 +1,9 @@
 """Embedded sample corpus: short synthetic videos with exact ground truth, for testing the curation pipeline.
 
 Generate with ``python -m pipelines.samples --out DIR [--only NAME ...] [--seed N]`` or
-``generate_corpus(out_dir, only=None, seed=0)``; read a sidecar with ``load_truth(video_path)``. Frames come
+``generate_corpus(out_dir, only=None, seed=0)``, and the opt-in motion corpus (``specs.MOTION_SPECS``: objects at
+rest and moving under pan, tilt, dolly, strafe, zoom and handheld shake; ``motion.py``) with ``--set motion`` or
+``generate_corpus(out_dir, collection="motion")``; read a sidecar with ``load_truth(video_path)``. Frames come
 from a seeded ``numpy.random.Generator`` and muxers run bit-exact, so a given seed reproduces the truth JSON
 exactly (and, with these encoders, the video bytes too).
 
@@ -61,7 +63,7 @@ Truth JSON schema::
         "fov_x_deg": 60.0, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],  # K of frame 0
         "c2w": [4x4 per frame],             # camera-to-world, OpenCV axes; frame 0 = identity
         "motion": "yaw_right" | "yaw_left" | "pitch_up" | "pitch_down" | "forward" | "backward" | "right" |
-                  "zoom_in" | "static",
+                  "zoom_in" | "static" | "shake",  # shake: motion corpus only, jitter under the QCM thresholds
         "expected_keys": "W" | "S" | "A" | "D" | "none",
         "expected_mouse": "right" | "left" | "up" | "down" | "none",
         "per_frame_rotation_deg": [[yaw, pitch, roll], ...],  # n_frames - 1 entries, entry i = frame i -> i+1;
@@ -84,6 +86,10 @@ Truth JSON schema::
                          "size": [452, 254],              # output [width, height] (INTER_AREA when shrinking)
                          "encoder": "mpeg4", "overrides": {"blur_sigma": 0}},  # source params replaced
       "twin_of": "blurry"                   # sharp_twin only: same content as the source, only the blur differs
+      # Motion corpus only (specs.MOTION_SPECS): each object also has "depth" (world units, the plane it lies on),
+      # its boxes are its outline projected into each frame; the clip says which motion group and role it has.
+      "motion_clip": {"family": "pan" | "tilt" | "dolly" | "strafe" | "zoom" | "shake",
+                      "role": "camera" | "rest" | "movers" | "large"}
     }
 
 Conventions: OpenCV camera axes (x right, y down, z forward), pixel centres at integer coordinates, principal
@@ -98,10 +104,11 @@ from __future__ import annotations
 
 from .corpus import GENERATOR_VERSION, generate_corpus, generate_video, load_flow, load_truth
 from .model import Rendered, VideoSpec
-from .specs import SPECS, get_spec, spec_names
+from .specs import MOTION_SPECS, SPECS, get_spec, spec_names
 
 __all__ = [
     "GENERATOR_VERSION",
+    "MOTION_SPECS",
     "SPECS",
     "Rendered",
     "VideoSpec",

@@ -13,7 +13,7 @@ import numpy as np
 
 from .model import CODEC_NAMES, Rendered, VideoSpec
 from .scenes import FLOW_SCALE
-from .specs import BUILDERS, SPECS, get_spec
+from .specs import BUILDERS, COLLECTIONS, get_spec
 from .writer import encode_video, write_flow, write_json
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def generate_video(spec: VideoSpec, out_dir: Path, seed: int = 0) -> Path:
 
 
 def _write_index(out_dir: Path, seed: int) -> None:
-    """List every registered video that is present and current in ``out_dir``."""
+    """List every registered video (of any collection, in registry order) that is present and current in
+    ``out_dir``."""
     videos = [
         {
             "name": s.name,
@@ -129,21 +130,27 @@ def _write_index(out_dir: Path, seed: int) -> None:
             "height": s.height,
             "tags": list(s.tags),
         }
-        for s in SPECS
+        for specs in COLLECTIONS.values()
+        for s in specs
         if is_current(s, out_dir, seed)
     ]
     write_json(out_dir / INDEX_NAME, {"generator_version": GENERATOR_VERSION, "seed": seed, "videos": videos})
 
 
-def generate_corpus(out_dir: str | Path, only: Sequence[str] | None = None, seed: int = 0) -> list[Path]:
-    """Write the sample videos (all, or the names in ``only``) with truth sidecars into ``out_dir``.
+def generate_corpus(
+    out_dir: str | Path, only: Sequence[str] | None = None, seed: int = 0, collection: str = "default"
+) -> list[Path]:
+    """Write the sample videos (all of ``collection``: ``default`` = SPECS, ``motion`` = MOTION_SPECS; or the names
+    in ``only``, from any collection) with truth sidecars into ``out_dir``.
 
     Videos whose file and truth already exist for this generator version and seed are skipped, so repeated calls
     are cheap. Returns the video paths in registry order (or in ``only`` order).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = list(SPECS) if only is None else [get_spec(name) for name in dict.fromkeys(only)]
+    if collection not in COLLECTIONS:
+        raise KeyError(f"unknown collection {collection!r}; known: {', '.join(COLLECTIONS)}")
+    specs = list(COLLECTIONS[collection]) if only is None else [get_spec(name) for name in dict.fromkeys(only)]
     paths = []
     for spec in specs:
         if is_current(spec, out, seed):

@@ -4,6 +4,7 @@ scene, a builder to ``BUILDERS``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .boundaries import (
     build_cut_from_black,
@@ -16,10 +17,11 @@ from .boundaries import (
 from .copies import build_copy
 from .layers import build_layers
 from .model import Rendered, VideoSpec
+from .motion import build_motion
 from .objects import build_objects, build_pan_objects
 from .scenes import build_cuts, build_fade, build_rotation
 
-__all__ = ["BUILDERS", "SPECS", "get_spec", "spec_names"]
+__all__ = ["BUILDERS", "COLLECTIONS", "MOTION_FAMILIES", "MOTION_SPECS", "SPECS", "get_spec", "spec_names"]
 
 Builder = Callable[[VideoSpec, int], Rendered]
 
@@ -37,6 +39,7 @@ BUILDERS: dict[str, Builder] = {
     "cut_from_black": build_cut_from_black,
     "fade_exact": build_fade_exact,
     "flat": build_flat,
+    "motion": build_motion,
 }
 
 _CAM = ("camera",)
@@ -366,14 +369,82 @@ SPECS: tuple[VideoSpec, ...] = (
 )
 
 
-def spec_names() -> list[str]:
-    """Names of all registered videos, in registry order."""
-    return [s.name for s in SPECS]
+# The motion corpus (opt-in: `generate_corpus(out, collection="motion")`, `python -m pipelines.samples --set motion`),
+# kept out of SPECS so the default corpus that `make run` and the test suite use keeps its clips and its speed.
+# Under each camera motion, three clips share one world, sprites and camera path (the scene id): `<motion>_camera`
+# (camera only), `<motion>_rest` (two world-anchored objects that never move) and `<motion>_movers` (the same two
+# objects move during frames 26-46, the second at half the first's speed, across the camera's image motion), plus
+# `pan_large` (one object covering 30 % of the frame moves under a slower pan). 480x270 at 30 fps, 72 frames: the
+# default preset's 16 frames at stride 4 span frames 5-65 and its 256x256 cover crop keeps source x 105-375, where
+# every object stays; golden 448x256 x 28 frames samples frames 8-62 at stride 2.
+_MOVE = (26, 46)
+_SIZE = (44, 36)
+# motion -> (camera, labels, frame-0 top-left of the first and second object, the first's velocity in px/frame)
+MOTION_FAMILIES: dict[str, tuple[dict[str, Any], dict[str, str], tuple[tuple[int, int], ...], tuple[float, float]]] = {
+    "pan": ({"yaw": 0.3}, {"motion": "yaw_right", "mouse": "right"}, ((260, 20), (260, 140)), (0.0, 3.0)),
+    "tilt": ({"pitch": 0.2}, {"motion": "pitch_up", "mouse": "up"}, ((150, 15), (150, 95)), (3.0, 0.0)),
+    "dolly": ({"velocity": (0.0, 0.0, 1 / 24)}, {"motion": "forward", "keys": "W"}, ((178, 82), (178, 152)), (3, 0)),
+    "strafe": ({"velocity": (0.03, 0.0, 0.0)}, {"motion": "right", "keys": "D"}, ((260, 20), (260, 140)), (0.0, 3.0)),
+    "zoom": ({"zoom_end": 2.0}, {"motion": "zoom_in"}, ((178, 82), (178, 152)), (3.0, 0.0)),
+    # handheld: jitter below the QCM thresholds in every step, so its truth is `none` (see motion.py)
+    "shake": ({"shake": True}, {"motion": "shake"}, ((200, 60), (200, 170)), (3.0, 0.0)),
+}
+
+
+def _motion_specs() -> tuple[VideoSpec, ...]:
+    specs = []
+    for family, (camera, labels, starts, (vx, vy)) in MOTION_FAMILIES.items():
+        movers = tuple(
+            {"shape": "rect", "size": _SIZE, "start": start, "velocity": (vx * speed, vy * speed), "move": _MOVE}
+            for start, speed in zip(starts, (1.0, 0.5), strict=True)
+        )
+        rest = tuple({**o, "velocity": (0.0, 0.0)} for o in movers)
+        for role, objs in (("camera", ()), ("rest", rest), ("movers", movers)):
+            params = {"scene": f"motion_{family}", "camera": camera, "objects": objs, "family": family, "role": role}
+            tags = (*_CAM, "motion_corpus", family, "objects" if objs else "camera_only")
+            specs.append(
+                VideoSpec(f"{family}_{role}", "motion", "libx264", "mp4", 30, 480, 270, 72, tags, {**params, **labels})
+            )
+    # 232x168 = 30.1 % of 480x270; a slower pan (0.2 deg/frame) keeps it inside the frame
+    large = {"shape": "rect", "size": (232, 168), "start": (200, 50), "velocity": (2.0, 1.0), "move": _MOVE}
+    specs.append(
+        VideoSpec(
+            "pan_large",
+            "motion",
+            "libx264",
+            "mp4",
+            30,
+            480,
+            270,
+            72,
+            (*_CAM, "motion_corpus", "pan", "objects", "large_object"),
+            {
+                "scene": "motion_pan_large",
+                "camera": {"yaw": 0.2},
+                "objects": (large,),
+                "family": "pan",
+                "role": "large",
+                **MOTION_FAMILIES["pan"][1],
+            },
+        )
+    )
+    return tuple(specs)
+
+
+MOTION_SPECS: tuple[VideoSpec, ...] = _motion_specs()
+COLLECTIONS: dict[str, tuple[VideoSpec, ...]] = {"default": SPECS, "motion": MOTION_SPECS}
+
+
+def spec_names(collection: str = "default") -> list[str]:
+    """Names of the registered videos of a collection (``default`` = SPECS, ``motion``), in registry order."""
+    return [s.name for s in COLLECTIONS[collection]]
 
 
 def get_spec(name: str) -> VideoSpec:
-    """Look up a spec by name; raises KeyError listing the valid names."""
-    for spec in SPECS:
-        if spec.name == name:
-            return spec
-    raise KeyError(f"unknown sample video {name!r}; known: {', '.join(spec_names())}")
+    """Look up a spec of any collection by name; raises KeyError listing the valid names."""
+    for specs in COLLECTIONS.values():
+        for spec in specs:
+            if spec.name == name:
+                return spec
+    known = [n for c in COLLECTIONS for n in spec_names(c)]
+    raise KeyError(f"unknown sample video {name!r}; known: {', '.join(known)}")
