@@ -115,13 +115,18 @@ BORROW_STEPS = 2  # a step without a translation estimate uses the nearest trans
 
 def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int) -> list[np.ndarray | None] | None:
     """Per pair, the fundamental matrix of the estimated camera step on the flow grid; None overall without a
-    camera estimate. Camera motion is smooth, so a step the camera model did not see translate (small parallax
-    in that one pair) borrows the nearest translating step within `BORROW_STEPS`; a camera that never
-    translates gives None everywhere (a still camera has no epipolar geometry to explain anything away)."""
+    camera estimate. Camera motion is smooth, so in a clip whose camera translates in most steps, a step the
+    camera model did not see translate (small parallax in that one pair) borrows the nearest translating step
+    within `BORROW_STEPS`; in a clip that mostly turns or stands, a lone translating step is more likely an
+    object the camera model mistook for parallax, and lending its epipolar lines to its neighbours would explain
+    that object away in them too (measured: two objects moving under a pan lost 5 steps of events to 1 such
+    step). A camera that never translates gives None everywhere (a still camera has no epipolar geometry)."""
     if c2w is None or k is None or len(c2w) != n_pairs + 1:
         return None
     c2w = np.asarray(c2w, np.float64)
     own = [act.fundamental_from_step(np.linalg.inv(c2w[t]) @ c2w[t + 1], np.asarray(k)) for t in range(n_pairs)]
+    if 2 * sum(f is not None for f in own) < n_pairs:
+        return own
     offsets = [0] + [d * sign for d in range(1, BORROW_STEPS + 1) for sign in (-1, 1)]  # nearest first
     return [
         next((own[t + d] for d in offsets if 0 <= t + d < n_pairs and own[t + d] is not None), None)

@@ -241,3 +241,18 @@ def test_flow_no_model_explains_is_unknown_not_a_guess():
     assert estimate_step(clean, _k(), 0.5, 1, CameraConfig()).model == "rotation"
     lenient = estimate_step(noisy, _k(), 0.5, 1, CameraConfig(min_inliers=0.0))
     assert lenient.model != "unknown"  # without the rule the same field is read as some motion
+
+
+@pytest.mark.parametrize("speeds", [(3.0, 1.5), (5.0, 2.5), (4.0, -4.0)])
+def test_two_movers_cannot_turn_a_pan_into_a_translation(speeds: tuple[float, float]):
+    """Two objects moving on their own under a pan (the second at half the speed, or the opposite way): each is a
+    compact blob moving as one, so the pan stays a rotation; one blob per object is what `mover_max_blobs` = 2
+    allows, and with 1 the same step reads as a translation."""
+    rng = np.random.default_rng(4)
+    flow = _rotation_flow(1.0, 0.2)
+    flow[8:22, 10:30] += [0.2 * speeds[0], speeds[0]]  # about 4 % of the points each
+    flow[40:54, 70:90] += [0.2 * speeds[1], speeds[1]]
+    flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+    step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+    assert step.model == "rotation" and np.allclose(step.translation, 0)
+    assert estimate_step(flow, _k(), 0.5, 1, CameraConfig(mover_max_blobs=1)).model == "translation"

@@ -222,3 +222,28 @@ def test_weak_evidence_is_no_event(corpus_dir: Path, name: str):
         str(path), load_config(None, ["buckets.aspect_ratios=[]", "events.flow_texture=0", "events.min_explained=0"])
     )
     assert active_share(ungated) > 0.005  # the rules are what removes it
+
+
+def _steps(translating: list[bool]) -> np.ndarray:
+    """c2w (T, 4, 4) of a camera that yaws 1 degree a step and moves sideways in the steps marked True."""
+    a = np.radians(1.0)
+    turn = np.array([[np.cos(a), 0, np.sin(a), 0], [0, 1, 0, 0], [-np.sin(a), 0, np.cos(a), 0], [0, 0, 0, 1]])
+    poses = [np.eye(4)]
+    for moves in translating:
+        step = turn.copy()
+        step[0, 3] = 0.05 if moves else 0.0
+        poses.append(poses[-1] @ step)
+    return np.stack(poses)
+
+
+def test_only_a_mostly_translating_camera_lends_its_epipolar_lines():
+    from annotators.events import step_fundamentals
+
+    k = np.array([[100.0, 0, 63.5], [0, 100.0, 63.5], [0, 0, 1]])
+    mostly = [True] * 6 + [False] + [True] * 5  # one step without parallax in a strafe: it borrows
+    lent = step_fundamentals(_steps(mostly), k, 12)
+    assert all(f is not None for f in lent)
+    lone = [False] * 6 + [True] + [False] * 5  # one "translating" step in a pan: nobody borrows it
+    own = step_fundamentals(_steps(lone), k, 12)
+    assert [f is not None for f in own] == lone
+    assert step_fundamentals(_steps([False] * 12), k, 12) == [None] * 12
