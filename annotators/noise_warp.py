@@ -215,6 +215,31 @@ def area_pool(noise: torch.Tensor, factor: int) -> torch.Tensor:
     return blocks.sum(dim=(-3, -1)) / factor
 
 
+def check_video_args(flows: Any, channels: int, noise_size: tuple[int, int], warp_scale: int) -> torch.Tensor:
+    """`warped_noise_video`'s argument checks (shared with the fused backend): flows as a tensor, or ValueError."""
+    if isinstance(flows, np.ndarray):
+        flows = torch.from_numpy(flows)
+    if not isinstance(flows, torch.Tensor):
+        raise ValueError(f"flows must be a numpy array or torch tensor, got {type(flows).__name__}")
+    if flows.ndim != 4 or flows.shape[1] != 2 or min(flows.shape[2:], default=0) < 1:
+        raise ValueError(f"flows must be (T-1, 2, h, w), got {tuple(flows.shape)}")
+    if not flows.is_floating_point():
+        raise ValueError(f"flows must be floating point, got {flows.dtype}")
+    # numpy's check on CPU: torch's allocates a bool tensor as big as the flows, whose page faults cost more than
+    # a whole warp step on long clips
+    numpy_ok = flows.device.type == "cpu" and flows.dtype in (torch.float16, torch.float32, torch.float64)
+    finite = np.isfinite(flows.detach().numpy()).all() if numpy_ok else torch.isfinite(flows).all()
+    if not bool(finite):
+        raise ValueError("flows contain NaN or inf")
+    if int(channels) != channels or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels}")
+    if int(warp_scale) != warp_scale or warp_scale < 1:
+        raise ValueError(f"warp_scale must be a positive int, got {warp_scale}")
+    if len(noise_size) != 2 or min(noise_size) < 1:
+        raise ValueError(f"noise_size must be (nh, nw) positive, got {noise_size}")
+    return flows
+
+
 def warped_noise_video(
     flows: Any,
     *,
@@ -232,22 +257,7 @@ def warped_noise_video(
     warp_scale. Same seed and flows give bit-identical output on the same device. `step` replaces `warp_step`
     (same signature and draws: the fused backend passes its kernel here); None = this module's `warp_step`.
     """
-    if isinstance(flows, np.ndarray):
-        flows = torch.from_numpy(flows)
-    if not isinstance(flows, torch.Tensor):
-        raise ValueError(f"flows must be a numpy array or torch tensor, got {type(flows).__name__}")
-    if flows.ndim != 4 or flows.shape[1] != 2 or min(flows.shape[2:], default=0) < 1:
-        raise ValueError(f"flows must be (T-1, 2, h, w), got {tuple(flows.shape)}")
-    if not flows.is_floating_point():
-        raise ValueError(f"flows must be floating point, got {flows.dtype}")
-    if not bool(torch.isfinite(flows).all()):
-        raise ValueError("flows contain NaN or inf")
-    if int(channels) != channels or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels}")
-    if int(warp_scale) != warp_scale or warp_scale < 1:
-        raise ValueError(f"warp_scale must be a positive int, got {warp_scale}")
-    if len(noise_size) != 2 or min(noise_size) < 1:
-        raise ValueError(f"noise_size must be (nh, nw) positive, got {noise_size}")
+    flows = check_video_args(flows, channels, noise_size, warp_scale)
     device = torch.device(device)
     nh, nw = int(noise_size[0]), int(noise_size[1])
     big = (nh * warp_scale, nw * warp_scale)

@@ -8,8 +8,10 @@ tests/test_noise_warp.py.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +106,66 @@ def test_missing_numba_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPat
         assert select_warper("auto", "cpu") is noise_warp  # once per process
     with pytest.raises(ValueError, match="needs numba"):
         select_warper("fused", "cpu")
+
+
+@pytest.mark.parametrize("bands", [2, 7])
+def test_parallel_kernels_are_bit_identical(bands: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threaded kernels (normally only on large grids) split the target rows into bands; any band count must
+    give the reference's bits, including edges that cross band borders and leave the frame."""
+    monkeypatch.setattr(noise_warp_fused, "_PAR_MIN_PLAN", 0)
+    monkeypatch.setattr(noise_warp_fused, "_PAR_MIN_MERGE", 0)
+    monkeypatch.setattr(noise_warp_fused.numba, "get_num_threads", lambda: bands)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for kind in ("random", "rotate", "zoom_in", "zoom_out", "disocclusion", "leave"):
+            c, h, w = 3, 48, 40
+            flow = flow_field(kind, h, w)
+            start = torch.Generator().manual_seed(5)
+            noise = torch.randn((c, h, w), generator=start)
+            density = torch.rand((h, w), generator=start) * 4 + 0.05
+            gen_ref, gen_fused = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+            ref, fused = (noise, density), (noise, density)
+            for step in range(4):
+                ref = noise_warp.warp_step(*ref, flow, gen_ref)
+                fused = noise_warp_fused.warp_step(*fused, flow, gen_fused)
+                assert torch.equal(ref[0], fused[0]), f"{kind} step {step}: noise differs"
+                assert torch.equal(ref[1], fused[1]), f"{kind} step {step}: density differs"
+            assert torch.equal(gen_ref.get_state(), gen_fused.get_state())
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("flow_size", "dtype"),
+    [((30, 20), torch.float32), ((48, 64), torch.float32), ((24, 32), torch.float64), ((7, 9), torch.float32)],
+)
+def test_fused_video_resize_paths(flow_size: tuple[int, int], dtype: torch.dtype) -> None:
+    """The video loop folds resize_flow's dx/dy scaling into the rounding and resizes into a reused buffer: same bits
+    for non-integer ratios, for flows already on the warp grid (no resize) and for float64 flows."""
+    gen = torch.Generator().manual_seed(3)
+    flows = (torch.randn((3, 2, *flow_size), generator=gen) * 2).to(dtype)
+    args = {"channels": 2, "noise_size": (12, 16), "warp_scale": 4, "seed": 11}
+    assert torch.equal(noise_warp.warped_noise_video(flows, **args), noise_warp_fused.warped_noise_video(flows, **args))
+
+
+def test_fused_step_takes_float64_flow() -> None:
+    flow = (torch.randn((2, 20, 24), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3).clone()
+    flow[0, :4] = 2.5  # exact halves: rounding in float64 must match
+    noise, density = torch.randn(2, 20, 24), torch.ones(20, 24)
+    ref = noise_warp.warp_step(noise, density, flow, torch.Generator().manual_seed(4))
+    fused = noise_warp_fused.warp_step(noise, density, flow, torch.Generator().manual_seed(4))
+    assert torch.equal(ref[0], fused[0]) and torch.equal(ref[1], fused[1])
+
+
+def test_numba_pool_leaves_torch_threads_alone() -> None:
+    """Numba's OpenMP pool, launched on first use, sets the OpenMP thread count torch shares to every core; the
+    fused backend puts torch's back (in a fresh process: the pool launches once per process)."""
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from annotators import noise_warp_fused\n"
+        "noise_warp_fused.warm_up()\n"
+        "assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=300)
