@@ -19,20 +19,23 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.duck import QueryError, load_named
+from curation.duck import QueryError, connect, load_named
 from curation.schema import SCHEMA_VERSION
-from curation.selection import SELECTION_QUERY, select_training_set
-from curation.shards import MANIFEST, read_rows
-from curation.tables import atomic_write_json, atomic_write_parquet, read_json
+from curation.selection import SELECTION_QUERY, check_params, configured_params
+from curation.shards import MANIFEST, _decode_row
+from curation.tables import atomic_write_json, read_json, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def _run_lineage(run_dir: Path, shards: Sequence[str], selected: int) -> dict[st
             {"name": name, "rows": listed[name]["rows"], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         )
     return {
-        "run_id": f"{run['config_hash']}-{run['inputs_hash']}",
+        "run_id": _run_id(run),
         "path": str(run_dir),
         "config_hash": run["config_hash"],
         "inputs_hash": run["inputs_hash"],
@@ -98,69 +101,135 @@ def create_snapshot(
     run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, overrides: Mapping[str, Any] | None = None
 ) -> Snapshot:
     """Select the training set over `run_dirs` (parameters from their config, `overrides` replacing some) and
-    write it to `out_dir`, which must not exist yet (or be empty)."""
+    write it to `out_dir`, which must not exist yet (or be empty).
+
+    The selection streams from DuckDB in batches straight into `clips.parquet`, and the id and lineage are
+    accumulated as it goes: memory stays at one batch however many clips are selected (DuckDB sorts out of core)."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SnapshotError(f"{out} already exists: snapshots are immutable, choose a new --out")
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
-    table, params = select_training_set(dirs, overrides)
+    con = connect(dirs)
+    overrides = dict(overrides or {})
+    params = check_params({**configured_params(dirs, given=overrides), **overrides})
     sql = load_named(SELECTION_QUERY)
-
     by_path = {str(d.resolve()): d.resolve() for d in dirs}
-    runs_col = table.column("run").to_pylist() if table.num_rows else []
-    lineage = {}
-    for key, run_dir in by_path.items():
-        rows = [i for i, r in enumerate(runs_col) if r == key]
-        shards = sorted({table.column("shard")[i].as_py() for i in rows})
-        logger.info("snapshot: %s: %d clips from %d shards (hashing them)", run_dir, len(rows), len(shards))
-        lineage[key] = _run_lineage(run_dir, shards, len(rows))
-    run_ids = pa.array([lineage[r]["run_id"] for r in runs_col], pa.string())
-    table = table.add_column(0, "run_id", run_ids)
-
-    refs = [
-        (rid, shard, row, cid)
-        for rid, shard, row, cid in zip(
-            run_ids.to_pylist(),
-            table.column("shard").to_pylist(),
-            table.column("shard_row").to_pylist(),
-            table.column("clip_id").to_pylist(),
-            strict=True,
-        )
-    ]
+    run_ids = {key: _run_id(read_json(run_dir / "_run.json")) for key, run_dir in by_path.items()}
+    manifests = {key: file_sha256(run_dir / "shards" / MANIFEST) for key, run_dir in by_path.items()}
+    sql_sha256 = hashlib.sha256(sql.encode()).hexdigest()
     identity = {
         "format": SNAPSHOT_FORMAT,
-        "sql_sha256": hashlib.sha256(sql.encode()).hexdigest(),
+        "sql_sha256": sql_sha256,
         "params": params,
-        "runs": [(r["run_id"], r["manifest_sha256"]) for r in lineage.values()],
-        "refs": refs,
+        "runs": [(run_ids[k], manifests[k]) for k in by_path],
+        "refs": [],
     }
-    record = {
-        "format": SNAPSHOT_FORMAT,
-        "snapshot_id": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
-        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "schema_version": SCHEMA_VERSION,
-        "clips": table.num_rows,
-        "clip_seconds": round(sum(e - s for s, e in zip(*_columns(table, "start_s", "end_s"), strict=True)), 3),
-        "clips_file": CLIPS_FILE,
-        "query": SELECTION_QUERY,
-        "sql": sql,
-        "sql_sha256": identity["sql_sha256"],
-        "params": params,
-        "runs": list(lineage.values()),
-    }
+    # The id hashes json.dumps(identity, sort_keys=True) with every ref in `refs`: the text around the (empty) list
+    # is hashed as is and the refs are serialised batch by batch in between, which gives the same bytes.
+    head, sep, tail = json.dumps(identity, sort_keys=True).partition('"refs": []')
+    digest = hashlib.sha256(f"{head}{sep[:-1]}".encode())
+    shards: dict[str, set[str]] = {key: set() for key in by_path}
+    selected: dict[str, int] = dict.fromkeys(by_path, 0)
+    clips, clip_seconds = 0, 0  # summed in row order, as a plain Python sum over the rows would
+
     # Written into a temporary sibling and renamed: a reader never sees half a snapshot.
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_parquet(table, tmp / CLIPS_FILE)
-    atomic_write_json(record, tmp / SNAPSHOT_FILE)
+    tmp.mkdir(parents=True)
+    clips_tmp = temp_path(tmp / CLIPS_FILE)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in _selection_batches(con, sql, params):
+            runs_col = batch.column("run").to_pylist()
+            ids = [run_ids[r] for r in runs_col]
+            refs = list(
+                zip(ids, *(batch.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), strict=True)
+            )
+            if refs:
+                digest.update(f"{', ' if clips else ''}{json.dumps(refs)[1:-1]}".encode())
+            for run, (_, shard, _, _) in zip(runs_col, refs, strict=True):
+                shards[run].add(shard)
+                selected[run] += 1
+            spans = batch.column("end_s").to_numpy(zero_copy_only=False) - batch.column("start_s").to_numpy(
+                zero_copy_only=False
+            )
+            if len(spans):
+                clip_seconds = float(np.cumsum(np.concatenate([[clip_seconds], spans]))[-1])  # sequential, like sum()
+            table = pa.Table.from_batches([batch]).add_column(0, "run_id", pa.array(ids, pa.string()))
+            if writer is None:
+                writer = pq.ParquetWriter(clips_tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+            clips += batch.num_rows
+        if writer is None:  # nothing selected: an empty, typed file
+            empty = _selection_schema(con, sql, params)
+            pq.write_table(empty.add_column(0, "run_id", pa.array([], pa.string())), clips_tmp, compression="zstd")
+        else:
+            writer.close()
+            writer = None
+        os.replace(clips_tmp, tmp / CLIPS_FILE)
+        digest.update(f"]{tail}".encode())
+        lineage = {}
+        for key, run_dir in by_path.items():
+            logger.info(
+                "snapshot: %s: %d clips from %d shards (hashing them)", run_dir, selected[key], len(shards[key])
+            )
+            lineage[key] = _run_lineage(run_dir, sorted(shards[key]), selected[key])
+        record = {
+            "format": SNAPSHOT_FORMAT,
+            "snapshot_id": digest.hexdigest()[:16],
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "schema_version": SCHEMA_VERSION,
+            "clips": clips,
+            "clip_seconds": round(clip_seconds, 3),
+            "clips_file": CLIPS_FILE,
+            "query": SELECTION_QUERY,
+            "sql": sql,
+            "sql_sha256": sql_sha256,
+            "params": params,
+            "runs": list(lineage.values()),
+        }
+        atomic_write_json(record, tmp / SNAPSHOT_FILE)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        clips_tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return Snapshot(out, record)
 
 
-def _columns(table: pa.Table, *names: str) -> list[list[Any]]:
-    return [table.column(n).to_pylist() if table.num_rows else [] for n in names]
+BATCH_ROWS = 65536  # selected rows held at once while a snapshot is written
+
+
+def _selection_batches(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+    """The selection's rows in its order, as Arrow record batches streamed from DuckDB; QueryError for a DuckDB
+    error (a bad parameter raises while the rows are read)."""
+    try:
+        relation = con.sql(sql, params=dict(params))
+        # DuckDB 2 renamed Relation.fetch_record_batch() to to_arrow_reader().
+        yield from (
+            relation.to_arrow_reader(BATCH_ROWS)
+            if hasattr(relation, "to_arrow_reader")
+            else relation.fetch_record_batch(BATCH_ROWS)
+        )
+    except (duckdb.Error, pa.ArrowException) as e:  # an error inside the query can surface through the stream
+        raise QueryError(str(e).splitlines()[0]) from e
+
+
+def _selection_schema(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any]) -> pa.Table:
+    """The selection's columns, no rows (for an empty snapshot)."""
+    try:
+        relation = con.sql(sql, params=dict(params))
+        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+    except duckdb.Error as e:
+        raise QueryError(str(e).splitlines()[0]) from e
+
+
+def _run_id(run: Mapping[str, Any]) -> str:
+    return f"{run['config_hash']}-{run['inputs_hash']}"
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
@@ -204,25 +273,72 @@ def iter_snapshot(
     Verifies the source shards first (`verify_snapshot`) and each row's clip id as it is read."""
     snapshot = load_snapshot(path)
     located = verify_snapshot(snapshot, runs, checksums)
-    refs = pq.read_table(Path(path) / CLIPS_FILE, columns=["run_id", "shard", "shard_row", "clip_id"]).to_pylist()
     wanted = None if columns is None else sorted({*columns, "clip_id"})
-    start = 0
-    while start < len(refs):  # one read per run of consecutive rows from the same shard
-        end = start
-        while end < len(refs) and (refs[end]["run_id"], refs[end]["shard"]) == (
-            refs[start]["run_id"],
-            refs[start]["shard"],
-        ):
-            end += 1
-        group = refs[start:end]
-        rows = read_rows(located[group[0]["run_id"]], [(r["shard"], r["shard_row"]) for r in group], wanted)
+    reader: _ShardReader | None = None
+    for group in _ref_runs(Path(path) / CLIPS_FILE):
+        run_dir, shard = located[group[0]["run_id"]], group[0]["shard"]
+        if reader is None or reader.key != (run_dir, shard):  # a shard's footer is read once per run of its rows
+            reader = _ShardReader(run_dir, shard, wanted)
+        rows = reader.read([r["shard_row"] for r in group])
         for ref, row in zip(group, rows, strict=True):
             if row["clip_id"] != ref["clip_id"]:
                 raise SnapshotError(
                     f"{ref['shard']} row {ref['shard_row']} holds {row['clip_id']}, not {ref['clip_id']}"
                 )
             yield row if columns is None or "clip_id" in columns else {k: v for k, v in row.items() if k != "clip_id"}
-        start = end
+
+
+READ_ROWS = 256  # refs decoded at once by `iter_snapshot`: a few row groups of clips, whatever a shard holds
+
+
+def _ref_runs(clips_file: Path) -> Iterator[list[dict[str, Any]]]:
+    """The snapshot's refs in order, in runs of consecutive rows from one (run_id, shard) of at most READ_ROWS,
+    read batch by batch: memory stays at one batch of locators however many clips the snapshot holds."""
+    group: list[dict[str, Any]] = []
+    pf = pq.ParquetFile(clips_file)
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["run_id", "shard", "shard_row", "clip_id"]):
+        for ref in batch.to_pylist():
+            same = group and (ref["run_id"], ref["shard"]) == (group[0]["run_id"], group[0]["shard"])
+            if group and (not same or len(group) >= READ_ROWS):
+                yield group
+                group = []
+            group.append(ref)
+    if group:
+        yield group
+
+
+class _ShardReader:
+    """Random access to one shard's rows by index, decoded as `curation.shards.read_rows` decodes them; the footer
+    and row-group offsets are read once, and each call reads only the row groups holding its rows."""
+
+    def __init__(self, run_dir: Path, shard: str, columns: Sequence[str] | None) -> None:
+        self.key = (run_dir, shard)
+        self.name = shard
+        self.file = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        names = self.file.schema_arrow.names
+        self.tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
+        self.columns = None
+        if columns is not None:
+            layout = {f"{t}_{part}" for t in set(columns) & set(self.tensors) for part in ("dtype", "shape")}
+            self.columns = [n for n in names if n in columns or n in layout]
+        meta = self.file.metadata
+        self.starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+
+    def read(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """The decoded rows, in the order given; IndexError for a row past the end of the shard."""
+        wanted = np.asarray(rows, np.int64)
+        total = int(self.starts[-1])
+        bad = wanted[(wanted < 0) | (wanted >= total)]
+        if len(bad):
+            raise IndexError(f"{self.name} has {total} rows; row {int(bad.min())} does not exist")
+        groups = np.searchsorted(self.starts, wanted, side="right") - 1
+        found: dict[int, dict[str, Any]] = {}
+        for g in np.unique(groups):
+            table = self.file.read_row_group(int(g), columns=self.columns)
+            for r in np.unique(wanted[groups == g]):
+                row = table.slice(int(r - self.starts[g]), 1).to_pylist()[0]
+                found[int(r)] = _decode_row(row, self.tensors)
+        return [found[int(r)] for r in wanted]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

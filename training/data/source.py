@@ -10,10 +10,12 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.buckets import Bucket
@@ -166,6 +168,37 @@ def _read_selection(path: Path, columns: list[str]) -> pa.Table:
     return pa.concat_tables(pq.read_table(p, columns=wanted) for p in files)
 
 
+REF_BATCH = 65536  # selection rows turned into Python values at once
+
+
+def _iter_refs(
+    table: pa.Table, run_of: Callable[[pa.Table], list[int]], runs: list[_Run], path: Path
+) -> Iterator[tuple[int, str, int, str, str | None]]:
+    """(run, shard, row, clip_id, bucket) of every selected row, in table order, converted batch by batch: only one
+    batch of rows is ever held as Python objects. ValueError (from `_bucket_names`) before any row when a bucketed
+    run's selection has no bucket column."""
+    _bucket_names(table.slice(0, 0), [], runs, str(path))
+    for batch in table.to_batches(max_chunksize=REF_BATCH):
+        part = pa.Table.from_batches([batch])
+        runs_of = run_of(part)
+        buckets = _bucket_names(part, runs_of, runs, str(path))
+        columns = (part.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id"))
+        for r, s, row, c, b in zip(runs_of, *columns, buckets, strict=True):
+            yield r, s, int(row), c, b
+
+
+class _Counted:
+    """An iterator that counts what it yielded."""
+
+    def __init__(self, items: Iterator[tuple[int, str, int, str, str | None]]) -> None:
+        self.items, self.count = items, 0
+
+    def __iter__(self) -> Iterator[tuple[int, str, int, str, str | None]]:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
 def _open_source(source: str) -> _Source:
     if not source:
         raise ValueError("data.source is empty: give a run directory or a snapshot directory")
@@ -179,14 +212,7 @@ def _open_source(source: str) -> _Source:
         runs = [_run_layout(Path(located[k]), k) for k in keys]
         table = _read_selection(path, ["run_id", "shard", "shard_row", "clip_id"])
         index = {k: i for i, k in enumerate(keys)}
-        run_of = [index[r] for r in table.column("run_id").to_pylist()]
-        buckets = _bucket_names(table, run_of, runs, str(path))
-        refs = [
-            (r, s, int(row), c, b)
-            for r, s, row, c, b in zip(
-                run_of, *(table.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), buckets, strict=True
-            )
-        ]
+        refs = _iter_refs(table, lambda batch: [index[r] for r in batch.column("run_id").to_pylist()], runs, path)
         kind, identity = "snapshot", snapshot.snapshot_id
     elif (path / "shards").is_dir():
         try:
@@ -194,22 +220,23 @@ def _open_source(source: str) -> _Source:
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
         manifest = read_manifest(path)
-        order = {s["name"]: i for i, s in enumerate(manifest["shards"])}
+        names = [s["name"] for s in manifest["shards"]]
         if not sorted((path / "clips").glob("*.parquet")):
             raise ValueError(f"{path}: no clips table (clips/*.parquet): not a finished run")
         table = _read_selection(path, ["clip_id", "shard", "shard_row"])
-        buckets = _bucket_names(table, [0] * table.num_rows, runs, str(path))
-        rows = zip(*(table.column(n).to_pylist() for n in ("shard", "shard_row", "clip_id")), buckets, strict=True)
-        refs = sorted(((0, s, int(r), c, b) for s, r, c, b in rows if s in order), key=lambda x: (order[x[1]], x[2]))
-        if len(refs) != table.num_rows:
+        # Manifest order, then row: a stable sort, done by Arrow rather than over Python tuples of every row.
+        position = pc.index_in(table.column("shard"), value_set=pa.array(names, pa.string()))
+        if position.null_count:
             raise ValueError(f"{path}: clips reference shards that the manifest does not list")
+        table = table.append_column("_position", position)
+        table = table.take(pc.sort_indices(table, [("_position", "ascending"), ("shard_row", "ascending")]))
+        refs = _iter_refs(table.drop_columns(["_position"]), lambda batch: [0] * batch.num_rows, runs, path)
         kind, identity = "run", manifest.get("config_hash", "")
     else:
         raise ValueError(
             f"data.source {source!r} is neither a run directory (shards/) nor a snapshot ({SNAPSHOT_FILE})"
         )
-    if not refs:
-        raise ValueError(f"data.source {source!r} selects 0 clips: nothing to train on")
+    refs = _Counted(refs)
 
     shapes = sorted({s for r in runs for s in r.shapes})
     shape_index = {s: i for i, s in enumerate(shapes)}
@@ -247,8 +274,10 @@ def _open_source(source: str) -> _Source:
         rows_.append(row - shard.starts[group])
         ids_.append(clip_id)
     flush()
+    if not refs.count:
+        raise ValueError(f"data.source {source!r} selects 0 clips: nothing to train on")
     if not units:
-        raise ValueError(f"data.source {source!r}: none of its {len(refs)} clips exist in the shards")
+        raise ValueError(f"data.source {source!r}: none of its {refs.count} clips exist in the shards")
     # The order depends on the refs, the row-group layout and (with several) the shapes: all go into the
     # fingerprint. One shape adds nothing, so single-shape sources keep the fingerprint they always had.
     digest = hashlib.sha256(json.dumps([kind, identity], sort_keys=True).encode())
