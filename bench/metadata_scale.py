@@ -53,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curation.ids import shard_name  # noqa: E402
-from curation.schema import SCHEMA_VERSION  # noqa: E402
 from curation.tables import atomic_write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when loaded by path (the test)
@@ -66,6 +65,7 @@ from metadata_synth import (  # noqa: E402
     synthesize,
     synthesize_tables,
     video_plan,
+    write_complete_run_json,
 )
 
 STEPS = ("finalize", "dedup", "queries", "snapshot", "loader", "report")
@@ -85,7 +85,6 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
     """What `pipelines.orchestrate._finish` does at the end of a run, without Ray and the report."""
     from pipelines.finalize import collect, curate, pack_run, remove_stale_temp_files, remove_used_frames, write_tables
     from pipelines.manifest_blocks import manifest_extra
-    from pipelines.report import inputs_hash, write_run_json
 
     cfg = run_config()
     inputs = json.loads((run_dir / BENCH_DIR / "inputs.json").read_text())
@@ -101,26 +100,20 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
     extra["curation"] = curate(data, cfg, run_dir)
     out["curate_s"], t = time.perf_counter() - t, time.perf_counter()
     write_tables(run_dir, data, cfg.content_hash(), with_manifest=True, extra=extra)
-    payload = {
-        "status": "complete",
-        "stage": "all",
-        "schema_version": SCHEMA_VERSION,
-        "inputs": len(inputs),
-        "inputs_hash": inputs_hash(inputs),
-        "config": cfg.to_dict(),
-        "config_hash": cfg.content_hash(),
-        "counts": data.counts(),
-        "worker_seconds": dict(data.seconds),
-        "wall_seconds": {},
-        "ray": {},
-        "faults": data.faults(),
-        "throughput": {},
-        "bottleneck": None,
-        "actors": [],
-        "spilled_bytes": None,
-        "stalls": [],
-    }
-    write_run_json(run_dir, payload)
+    write_complete_run_json(
+        run_dir,
+        cfg,
+        inputs,
+        data.counts(),
+        worker_seconds=dict(data.seconds),
+        ray={},
+        faults=data.faults(),
+        throughput={},
+        bottleneck=None,
+        actors=[],
+        spilled_bytes=None,
+        stalls=[],
+    )
     out["write_s"] = time.perf_counter() - t
     out["curation"] = {k: v for k, v in extra["curation"].items() if k != "filters"}
     out["curation"]["filters_excluded"] = extra["curation"].get("filters", {}).get("excluded")

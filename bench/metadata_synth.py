@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from curation.ids import clip_id, shard_name, uri_key  # noqa: E402
-from curation.packing import MEMBERS_KEY, Member, plan_packs  # noqa: E402
+from curation.packing import Member, pack_schema, plan_packs  # noqa: E402
 from curation.schema import CLIPS, SCHEMA_VERSION, shard_schema  # noqa: E402
 from curation.shards import DICTIONARY_COLUMNS  # noqa: E402
 from curation.tables import atomic_write_json  # noqa: E402
@@ -137,14 +137,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
     truth = pq.ParquetWriter(run_dir / BENCH_DIR / "clips.parquet", truth_schema)
     video_at, group_base, inputs = 0, 0, []
     for name, pack_members in plan.packs:
-        pack_meta = json.dumps([[m.name, m.rows] for m in pack_members]).encode()
-        writer = pq.ParquetWriter(
-            shard_dir / name,
-            schema.with_metadata({**(schema.metadata or {}), MEMBERS_KEY: pack_meta}),
-            compression="zstd",
-            compression_level=1,
-            use_dictionary=list(DICTIONARY_COLUMNS),
-        )
+        writer = _pack_writer(shard_dir / name, schema, pack_members)
         for start in range(0, len(pack_members), VIDEO_BLOCK):
             block = range(video_at + start, video_at + min(len(pack_members), start + VIDEO_BLOCK))
             rows, synth = _write_block(run_dir, block, counts, video_ids, rng, dim, (mean, basis), buckets, inputs)
@@ -170,6 +163,18 @@ def _buckets(cfg: Any) -> list[str]:
     return buckets_block(cfg)["buckets"]
 
 
+def quality_scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """n clips' quality columns, drawn in this order (the dict keeps it, so callers' draws stay reproducible)."""
+    return {
+        "sharpness": rng.lognormal(4.5, 0.8, n),
+        "brightness": rng.uniform(0.1, 0.9, n),
+        "contrast": rng.uniform(0.05, 0.35, n),
+        "colorfulness": rng.gamma(2.0, 15.0, n),
+        "clipped_dark": rng.beta(1, 30, n),
+        "clipped_bright": rng.beta(1, 40, n),
+    }
+
+
 def _write_block(
     run_dir: Path,
     videos: range,
@@ -187,12 +192,7 @@ def _write_block(
     synth = synth_clips(rng, np.repeat(np.arange(len(per_video)), per_video), *space)
     fps = rng.choice([24.0, 25.0, 30.0, 60.0], len(videos))
     r = {  # per-clip scores, vectorised
-        "sharpness": rng.lognormal(4.5, 0.8, n),
-        "brightness": rng.uniform(0.1, 0.9, n),
-        "contrast": rng.uniform(0.05, 0.35, n),
-        "colorfulness": rng.gamma(2.0, 15.0, n),
-        "clipped_dark": rng.beta(1, 30, n),
-        "clipped_bright": rng.beta(1, 40, n),
+        **quality_scores(rng, n),
         "motion_mean": rng.gamma(2.0, 0.01, n),
         "motion_residual": rng.gamma(2.0, 0.004, n),
         "event_score": rng.gamma(2.0, 0.02, n),
@@ -314,7 +314,6 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
     from curation.schema import SCENES, TABLES, VIDEOS
     from curation.shards import write_manifest
     from pipelines.manifest_blocks import manifest_extra
-    from pipelines.report import inputs_hash, write_run_json
 
     cfg = run_config(TABLE_OVERRIDES)
     counts, video_ids = video_plan(n_clips, seed)
@@ -333,14 +332,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
     video_at, clip_at, packs, kept_total, dropped_total = 0, 0, [], 0, 0
     uris_digest = []  # inputs_hash needs every URI: kept as a list of the block prefixes' strings
     for name, pack_members in plan.packs:
-        pack_meta = json.dumps([[m.name, m.rows] for m in pack_members]).encode()
-        writer = pq.ParquetWriter(
-            shard_dir / name,
-            schema.with_metadata({**(schema.metadata or {}), MEMBERS_KEY: pack_meta}),
-            compression="zstd",
-            compression_level=1,
-            use_dictionary=list(DICTIONARY_COLUMNS),
-        )
+        writer = _pack_writer(shard_dir / name, schema, pack_members)
         pack_row = 0
         for start in range(0, len(pack_members), 8 * VIDEO_BLOCK):
             stop = min(len(pack_members), start + 8 * VIDEO_BLOCK)
@@ -415,12 +407,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
                 "event_diffuse": entropy > 0.9,
                 "event_start_frame": start_frame,
                 "event_end_frame": end_frame,
-                "sharpness": rng.lognormal(4.5, 0.8, n),
-                "brightness": rng.uniform(0.1, 0.9, n),
-                "contrast": rng.uniform(0.05, 0.35, n),
-                "colorfulness": rng.gamma(2.0, 15.0, n),
-                "clipped_dark": rng.beta(1, 30, n),
-                "clipped_bright": rng.beta(1, 40, n),
+                **quality_scores(rng, n),
                 "aesthetic_score": rng.normal(5.0, 0.8, n),
                 "aesthetic_backend": pa.array(["open_clip:ViT-L-14+laion"] * n, pa.string()),
                 "caption": pa.array(
@@ -522,30 +509,46 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
     for writer in tables.values():
         writer.close()
     extra = manifest_extra(cfg)
-    extra.pop("tensors", None)
-    extra["tensors"] = {"frames": manifest_extra(cfg)["tensors"]["frames"]}  # what the manifest declares; no bytes
+    extra["tensors"] = {"frames": extra["tensors"]["frames"]}  # what the manifest declares; no bytes
     extra["curation"] = {"clips_before": clip_at, "dedup": {"excluded": dropped_total}, "clips_after": kept_total}
     write_manifest(run_dir, packs, cfg.content_hash(), extra)
     inputs = [{"source_uri": u} for u in uris_digest]
-    write_run_json(
-        run_dir,
-        {
-            "status": "complete",
-            "stage": "all",
-            "schema_version": SCHEMA_VERSION,
-            "inputs": len(inputs),
-            "inputs_hash": inputs_hash(inputs),
-            "config": cfg.to_dict(),
-            "config_hash": cfg.content_hash(),
-            "counts": {"videos": len(counts), "clips": kept_total, "rejected": dropped_total},
-            "worker_seconds": {},
-            "wall_seconds": {},
-        },
-    )
+    counts_block = {"videos": len(counts), "clips": kept_total, "rejected": dropped_total}
+    write_complete_run_json(run_dir, cfg, inputs, counts_block)
     return {"videos": len(counts), "clips": clip_at, "curated": kept_total, "packs": len(packs)}
 
 
 MIN_FREE_GB = 4.0  # synthesis stops before the disk (shared with others) gets this full
+
+
+def write_complete_run_json(run_dir: Path, cfg: Any, inputs: list[dict], counts: dict, **more: Any) -> None:
+    """The `_run.json` of a finished `--stage all` run (what the readers check), with `more` keys on top."""
+    from pipelines.report import inputs_hash, write_run_json
+
+    payload = {
+        "status": "complete",
+        "stage": "all",
+        "schema_version": SCHEMA_VERSION,
+        "inputs": len(inputs),
+        "inputs_hash": inputs_hash(inputs),
+        "config": cfg.to_dict(),
+        "config_hash": cfg.content_hash(),
+        "counts": counts,
+        "worker_seconds": {},
+        "wall_seconds": {},
+    }
+    write_run_json(run_dir, {**payload, **more})
+
+
+def _pack_writer(path: Path, schema: pa.Schema, members: list[Member]) -> pq.ParquetWriter:
+    """A pack file as `curation.packing.write_pack` writes one: the member list in its metadata, zstd level 1."""
+    return pq.ParquetWriter(
+        path,
+        pack_schema(schema, members),
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=list(DICTIONARY_COLUMNS),
+    )
 
 
 def _check_disk(path: Path) -> None:

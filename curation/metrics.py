@@ -65,9 +65,8 @@ def box_to_frame(
     return box[0] * sx + dx, box[1] * sy + dy, box[2] * sx + dx, box[3] * sy + dy
 
 
-def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_size: tuple[int, int]) -> float:
-    """Share of a (gh, gw) activity map's mass that lies inside the union of `boxes` (stored-frame pixels),
-    counting each grid cell by the fraction of its area the boxes cover; 0 for an empty map."""
+def box_cover(boxes: Sequence[Sequence[float]], frame_size: tuple[int, int], grid: tuple[int, ...]) -> np.ndarray:
+    """(gh, gw) fraction of each grid cell's area that the union of `boxes` (stored-frame pixels) covers."""
     fw, fh = frame_size
     mask = np.zeros((fh, fw), np.float32)
     for x0, y0, x1, y1 in boxes:
@@ -75,8 +74,14 @@ def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_
         xb, yb = min(fw, int(round(x1))), min(fh, int(round(y1)))
         if xb > xa and yb > ya:
             mask[ya:yb, xa:xb] = 1.0
-    gh, gw = activity.shape
-    cover = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
+    gh, gw = grid
+    return cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
+
+
+def mass_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_size: tuple[int, int]) -> float:
+    """Share of a (gh, gw) activity map's mass that lies inside the union of `boxes` (stored-frame pixels),
+    counting each grid cell by the fraction of its area the boxes cover; 0 for an empty map."""
+    cover = box_cover(boxes, frame_size, activity.shape)
     total = float(activity.sum())
     return float((activity * cover).sum()) / total if total > 0 else 0.0
 
@@ -225,15 +230,7 @@ def match_boundaries(
 def mean_in_boxes(activity: np.ndarray, boxes: Sequence[Sequence[float]], frame_size: tuple[int, int]) -> float:
     """Mean of a (gh, gw) activity map over the union of `boxes` (stored-frame pixels), each grid cell weighted by
     the fraction of its area the boxes cover; 0 when the boxes miss the frame."""
-    fw, fh = frame_size
-    mask = np.zeros((fh, fw), np.float32)
-    for x0, y0, x1, y1 in boxes:
-        xa, ya = max(0, int(round(x0))), max(0, int(round(y0)))
-        xb, yb = min(fw, int(round(x1))), min(fh, int(round(y1)))
-        if xb > xa and yb > ya:
-            mask[ya:yb, xa:xb] = 1.0
-    gh, gw = activity.shape
-    cover = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
+    cover = box_cover(boxes, frame_size, activity.shape)
     weight = float(cover.sum())
     return float((activity * cover).sum()) / weight if weight > 0 else 0.0
 

@@ -183,6 +183,12 @@ def _row_groups(path: Path, first: int, rows: int) -> list[pa.Table]:
     return out
 
 
+def pack_schema(schema: pa.Schema, members: Sequence[Member]) -> pa.Schema:
+    """`schema` with the pack's member list (name, rows, in order) in its metadata, as `read_members` reads it."""
+    member_list = json.dumps([[m.name, m.rows] for m in members]).encode()
+    return schema.with_metadata({**(schema.metadata or {}), MEMBERS_KEY: member_list})
+
+
 def write_pack(
     shard_dir: Path,
     name: str,
@@ -195,8 +201,7 @@ def write_pack(
     first = sources[members[0].name][0]
     meta = pq.read_metadata(first)
     schema = meta.schema.to_arrow_schema()
-    member_list = json.dumps([[m.name, m.rows] for m in members]).encode()
-    schema = schema.with_metadata({**(schema.metadata or {}), MEMBERS_KEY: member_list})
+    schema = pack_schema(schema, members)
     codecs = _compression(meta)
     levels = {c: compression_level for c, codec in codecs.items() if codec == "zstd" and compression_level}
     dictionary = [c for c in DICTIONARY_COLUMNS if c in schema.names]

@@ -248,22 +248,40 @@ def read_rows(
         by_shard.setdefault(shard, []).append(int(row))
     found: dict[tuple[str, int], dict[str, Any]] = {}
     for shard, rows in by_shard.items():
-        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard)
-        names = pf.schema_arrow.names
-        tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
-        wanted = None
-        if columns is not None:
-            layout = {f"{t}_{part}" for t in set(columns) & set(tensors) for part in ("dtype", "shape")}
-            wanted = [n for n in names if n in columns or n in layout]
-        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        for row in sorted(set(rows)):
-            if not 0 <= row < starts[-1]:
-                raise IndexError(f"{shard} has {starts[-1]} rows; row {row} does not exist")
-        for group in range(pf.num_row_groups):
-            inside = [r for r in set(rows) if starts[group] <= r < starts[group + 1]]
-            if not inside:
-                continue
-            table = pf.read_row_group(group, columns=wanted)
-            for r in inside:
-                found[(shard, r)] = _decode_row(table.slice(r - starts[group], 1).to_pylist()[0], tensors)
+        unique = sorted(set(rows))
+        found.update(zip(((shard, r) for r in unique), ShardReader(run_dir, shard, columns).read(unique), strict=True))
     return [found[(shard, int(row))] for shard, row in refs]
+
+
+class ShardReader:
+    """Random access to one shard's rows by index, decoded like `iter_clips` (tensors as numpy arrays); the footer
+    and row-group offsets are read once, and each call reads only the row groups holding its rows."""
+
+    def __init__(self, run_dir: Path, shard: str, columns: Sequence[str] | None) -> None:
+        self.key = (run_dir, shard)
+        self.name = shard
+        self.file = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        names = self.file.schema_arrow.names
+        self.tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
+        self.columns = None
+        if columns is not None:
+            layout = {f"{t}_{part}" for t in set(columns) & set(self.tensors) for part in ("dtype", "shape")}
+            self.columns = [n for n in names if n in columns or n in layout]
+        meta = self.file.metadata
+        self.starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+
+    def read(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """The decoded rows, in the order given; IndexError for a row past the end of the shard."""
+        wanted = np.asarray(rows, np.int64)
+        total = int(self.starts[-1])
+        bad = wanted[(wanted < 0) | (wanted >= total)]
+        if len(bad):
+            raise IndexError(f"{self.name} has {total} rows; row {int(bad.min())} does not exist")
+        groups = np.searchsorted(self.starts, wanted, side="right") - 1
+        found: dict[int, dict[str, Any]] = {}
+        for g in np.unique(groups):
+            table = self.file.read_row_group(int(g), columns=self.columns)
+            for r in np.unique(wanted[groups == g]):
+                row = table.slice(int(r - self.starts[g]), 1).to_pylist()[0]
+                found[int(r)] = _decode_row(row, self.tensors)
+        return [found[int(r)] for r in wanted]

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from curation.duck import QueryError, connect, load_named
 from curation.schema import SCHEMA_VERSION
 from curation.selection import SELECTION_QUERY, check_params, configured_params
-from curation.shards import MANIFEST, _decode_row
+from curation.shards import MANIFEST, ShardReader
 from curation.tables import atomic_write_json, read_json, temp_path
 
 logger = logging.getLogger(__name__)
@@ -274,11 +274,11 @@ def iter_snapshot(
     snapshot = load_snapshot(path)
     located = verify_snapshot(snapshot, runs, checksums)
     wanted = None if columns is None else sorted({*columns, "clip_id"})
-    reader: _ShardReader | None = None
+    reader: ShardReader | None = None
     for group in _ref_runs(Path(path) / CLIPS_FILE):
         run_dir, shard = located[group[0]["run_id"]], group[0]["shard"]
         if reader is None or reader.key != (run_dir, shard):  # a shard's footer is read once per run of its rows
-            reader = _ShardReader(run_dir, shard, wanted)
+            reader = ShardReader(run_dir, shard, wanted)
         rows = reader.read([r["shard_row"] for r in group])
         for ref, row in zip(group, rows, strict=True):
             if row["clip_id"] != ref["clip_id"]:
@@ -305,40 +305,6 @@ def _ref_runs(clips_file: Path) -> Iterator[list[dict[str, Any]]]:
             group.append(ref)
     if group:
         yield group
-
-
-class _ShardReader:
-    """Random access to one shard's rows by index, decoded as `curation.shards.read_rows` decodes them; the footer
-    and row-group offsets are read once, and each call reads only the row groups holding its rows."""
-
-    def __init__(self, run_dir: Path, shard: str, columns: Sequence[str] | None) -> None:
-        self.key = (run_dir, shard)
-        self.name = shard
-        self.file = pq.ParquetFile(Path(run_dir) / "shards" / shard)
-        names = self.file.schema_arrow.names
-        self.tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
-        self.columns = None
-        if columns is not None:
-            layout = {f"{t}_{part}" for t in set(columns) & set(self.tensors) for part in ("dtype", "shape")}
-            self.columns = [n for n in names if n in columns or n in layout]
-        meta = self.file.metadata
-        self.starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-
-    def read(self, rows: Sequence[int]) -> list[dict[str, Any]]:
-        """The decoded rows, in the order given; IndexError for a row past the end of the shard."""
-        wanted = np.asarray(rows, np.int64)
-        total = int(self.starts[-1])
-        bad = wanted[(wanted < 0) | (wanted >= total)]
-        if len(bad):
-            raise IndexError(f"{self.name} has {total} rows; row {int(bad.min())} does not exist")
-        groups = np.searchsorted(self.starts, wanted, side="right") - 1
-        found: dict[int, dict[str, Any]] = {}
-        for g in np.unique(groups):
-            table = self.file.read_row_group(int(g), columns=self.columns)
-            for r in np.unique(wanted[groups == g]):
-                row = table.slice(int(r - self.starts[g]), 1).to_pylist()[0]
-                found[int(r)] = _decode_row(row, self.tensors)
-        return [found[int(r)] for r in wanted]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -41,9 +41,9 @@ def flow_field(kind: str, h: int, w: int) -> torch.Tensor:
 KINDS = ("translate", "zoom_in", "zoom_out", "rotate", "random", "disocclusion", "half_pixel", "leave")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("uniform_density", [True, False])
-def test_fused_step_is_bit_identical(kind: str, uniform_density: bool) -> None:
+def assert_steps_match(kind: str, steps: int, uniform_density: bool = False) -> None:
+    """`steps` warp steps of a 3x48x40 noise along `kind`'s flow: the fused warp gives the reference's noise, density
+    and random draws bit for bit after every step."""
     c, h, w = 3, 48, 40
     flow = flow_field(kind, h, w)
     start = torch.Generator().manual_seed(5)
@@ -51,12 +51,18 @@ def test_fused_step_is_bit_identical(kind: str, uniform_density: bool) -> None:
     density = torch.ones(h, w) if uniform_density else torch.rand((h, w), generator=start) * 4 + 0.05
     gen_ref, gen_fused = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     ref, fused = (noise, density), (noise, density)
-    for step in range(6):
+    for step in range(steps):
         ref = noise_warp.warp_step(*ref, flow, gen_ref)
         fused = noise_warp_fused.warp_step(*fused, flow, gen_fused)
         assert torch.equal(ref[0], fused[0]), f"{kind} step {step}: noise differs"
         assert torch.equal(ref[1], fused[1]), f"{kind} step {step}: density differs"
         assert torch.equal(gen_ref.get_state(), gen_fused.get_state()), f"{kind} step {step}: draws differ"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("uniform_density", [True, False])
+def test_fused_step_is_bit_identical(kind: str, uniform_density: bool) -> None:
+    assert_steps_match(kind, 6, uniform_density)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -119,19 +125,7 @@ def test_parallel_kernels_are_bit_identical(bands: int, monkeypatch: pytest.Monk
     torch.set_num_threads(2)
     try:
         for kind in ("random", "rotate", "zoom_in", "zoom_out", "disocclusion", "leave"):
-            c, h, w = 3, 48, 40
-            flow = flow_field(kind, h, w)
-            start = torch.Generator().manual_seed(5)
-            noise = torch.randn((c, h, w), generator=start)
-            density = torch.rand((h, w), generator=start) * 4 + 0.05
-            gen_ref, gen_fused = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-            ref, fused = (noise, density), (noise, density)
-            for step in range(4):
-                ref = noise_warp.warp_step(*ref, flow, gen_ref)
-                fused = noise_warp_fused.warp_step(*fused, flow, gen_fused)
-                assert torch.equal(ref[0], fused[0]), f"{kind} step {step}: noise differs"
-                assert torch.equal(ref[1], fused[1]), f"{kind} step {step}: density differs"
-            assert torch.equal(gen_ref.get_state(), gen_fused.get_state())
+            assert_steps_match(kind, 4)
     finally:
         torch.set_num_threads(before)
 

@@ -66,6 +66,25 @@ def _plane_extent(k: np.ndarray, width: int, height: int, depth: float) -> tuple
     return float(xs.min() + bx0), float(ys.min() + by0), float(xs.max() + bx1), float(ys.max() + by1)
 
 
+def layer_alpha(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    coverage: float | None,
+    radii: tuple[float, float],
+    area: float,
+    texel: float,
+) -> np.ndarray:
+    """(rows, cols) alpha of a plane: opaque when `coverage` is None, else discs of radius in `radii` (world units)
+    covering about `coverage` of the plane's `area` (world units squared)."""
+    rows, cols = shape
+    if coverage is None:
+        return np.ones((rows, cols), np.float32)
+    r_min, r_max = radii
+    r_mean = (r_min + r_max) / 2
+    count = max(3, round(coverage * area / (np.pi * r_mean**2)))
+    return shape_mask(rng, rows, cols, count, r_min / texel, r_max / texel)
+
+
 def _make_plane(rng: np.random.Generator, k: np.ndarray, width: int, height: int, layout: Layout) -> Plane:
     """One plane of LAYOUT: texture sized so a texel is at most one screen pixel at the closest approach."""
     depth, coverage, r_min, r_max = layout
@@ -75,12 +94,7 @@ def _make_plane(rng: np.random.Generator, k: np.ndarray, width: int, height: int
     cols, rows = int(np.ceil((x1 - x0) / texel)), int(np.ceil((y1 - y0) / texel))
     px_per_texel = texel * k[0, 0] / depth  # on screen at the start; keeps features a similar size everywhere
     rgb = make_texture(rng, rows, cols, detail=1.0 / px_per_texel)
-    if coverage is None:
-        alpha = np.ones((rows, cols), np.float32)
-    else:
-        r_mean = (r_min + r_max) / 2
-        count = max(3, round(coverage * (x1 - x0) * (y1 - y0) / (np.pi * r_mean**2)))
-        alpha = shape_mask(rng, rows, cols, count, r_min / texel, r_max / texel)
+    alpha = layer_alpha(rng, (rows, cols), coverage, (r_min, r_max), (x1 - x0) * (y1 - y0), texel)
     logger.debug("plane z=%.1f: %dx%d texels of %.4f", depth, cols, rows, texel)
     return Plane(depth, np.dstack([rgb, alpha]).astype(np.float32), x0, y0, texel)
 

@@ -18,12 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .layers import Plane
+from .layers import Plane, layer_alpha
 from .model import Rendered, VideoSpec
 from .objects import make_sprites, object_positions, objects_truth
 from .render import apply_homography, intrinsics, make_c2w, plane_homography, rot_x, rot_y, rot_z, warp_inverse
 from .scenes import DEFAULT_FOV, camera_truth, single_shot, to_uint8
-from .textures import make_texture, random_palette, shape_mask
+from .textures import make_texture, random_palette
 
 __all__ = ["MOTION_LAYOUT", "build_motion", "camera_path", "projected_boxes", "shake_angles"]
 
@@ -97,12 +97,7 @@ def _world(
         texel = (depth - nearest) / focal
         cols, rows = int(np.ceil((x1 - x0) / texel)), int(np.ceil((y1 - y0) / texel))
         rgb = make_texture(rng, rows, cols, random_palette(rng, hue=hue), detail=depth / (texel * ks[0][0, 0]))
-        if coverage is None:
-            alpha = np.ones((rows, cols), np.float32)
-        else:
-            r_mean = (r_min + r_max) / 2
-            count = max(3, round(coverage * (x1 - x0) * (y1 - y0) / (np.pi * r_mean**2)))
-            alpha = shape_mask(rng, rows, cols, count, r_min / texel, r_max / texel)
+        alpha = layer_alpha(rng, (rows, cols), coverage, (r_min, r_max), (x1 - x0) * (y1 - y0), texel)
         planes.append(Plane(depth, np.dstack([rgb, alpha]).astype(np.float32), float(x0), float(y0), texel))
     return planes
 
