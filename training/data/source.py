@@ -187,18 +187,6 @@ def _iter_refs(
             yield r, s, int(row), c, b
 
 
-class _Counted:
-    """An iterator that counts what it yielded."""
-
-    def __init__(self, items: Iterator[tuple[int, str, int, str, str | None]]) -> None:
-        self.items, self.count = items, 0
-
-    def __iter__(self) -> Iterator[tuple[int, str, int, str, str | None]]:
-        for item in self.items:
-            self.count += 1
-            yield item
-
-
 def _open_source(source: str) -> _Source:
     if not source:
         raise ValueError("data.source is empty: give a run directory or a snapshot directory")
@@ -236,7 +224,7 @@ def _open_source(source: str) -> _Source:
         raise ValueError(
             f"data.source {source!r} is neither a run directory (shards/) nor a snapshot ({SNAPSHOT_FILE})"
         )
-    refs = _Counted(refs)
+    n_refs = table.num_rows
 
     shapes = sorted({s for r in runs for s in r.shapes})
     shape_index = {s: i for i, s in enumerate(shapes)}
@@ -274,10 +262,10 @@ def _open_source(source: str) -> _Source:
         rows_.append(row - shard.starts[group])
         ids_.append(clip_id)
     flush()
-    if not refs.count:
+    if not n_refs:  # after the loop: a bad selection (no bucket column) is reported first, as it always was
         raise ValueError(f"data.source {source!r} selects 0 clips: nothing to train on")
     if not units:
-        raise ValueError(f"data.source {source!r}: none of its {refs.count} clips exist in the shards")
+        raise ValueError(f"data.source {source!r}: none of its {n_refs} clips exist in the shards")
     # The order depends on the refs, the row-group layout and (with several) the shapes: all go into the
     # fingerprint. One shape adds nothing, so single-shape sources keep the fingerprint they always had.
     digest = hashlib.sha256(json.dumps([kind, identity], sort_keys=True).encode())
