@@ -32,7 +32,7 @@ def manifest_extra(cfg: RunConfig) -> dict:
         tensors["global_homography"] = {"dtype": "float32", "shape": [steps, 3, 3]}
         extra["flow"] = {"backend": cfg.flow.backend, "grid": [fh, fw], "store_scale": s, "stored_grid": stored}
     if "warped_noise" in columns:
-        from annotators.noise_warp import WARPER_VERSION
+        from annotators.noise_warp_version import WARPER_VERSION
 
         nc = cfg.noise
         grid = dims.grid(nc.factor)
