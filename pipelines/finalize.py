@@ -337,8 +337,8 @@ def remove_used_frames(run_dir: Path) -> int:
     """Delete frames the scenes step kept for a clips step that has finished (its record exists): the clips step
     deletes them itself, unless it failed or was killed after committing. Frames of videos still waiting for their
     clips step stay."""
-    frames = run_dir / "_work" / "frames"
-    used = [p for p in frames.glob("*.npy") if (run_dir / "_work" / "clips" / f"{p.stem}.json").exists()]
+    frames, work = run_dir / "_work" / "frames", WorkDir(run_dir)
+    used = [p for p in frames.glob("*.npy") if work.done("clips", p.stem)]
     for p in used:
         p.unlink(missing_ok=True)
     return len(used)

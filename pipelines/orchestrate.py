@@ -26,6 +26,7 @@ from pipelines.finalize import (
     write_tables,
 )
 from pipelines.manifest_blocks import manifest_extra
+from pipelines.records import compact_run
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import cluster_info, init_ray
 from pipelines.steps import WorkDir
@@ -338,6 +339,23 @@ def _mark_stalled(data: Collected, steps: str | tuple[str, ...], left: list[dict
             row["detail"] = detail
 
 
+def compact_records(run_dir: Path) -> None:
+    """Consolidate the run's per-input records into batch files (`pipelines.records`), last, once finalize has
+    read them. A failure costs only the compaction: the records stay small files, as valid, and the next run retries."""
+    t0 = time.perf_counter()
+    try:
+        done = compact_run(run_dir, STEPS_OF["all"])
+    except OSError:
+        logger.exception("could not compact the records in %s/_work; they stay as they are", run_dir)
+        return
+    if moved := [c for c in done if c.records or c.removed]:
+        logger.info(
+            "records compacted in %.1f s: %s",
+            time.perf_counter() - t0,
+            ", ".join(f"{c.step} {c.records} into {c.files} files" for c in moved),
+        )
+
+
 def _finish(
     run_dir: Path,
     stage: str,
@@ -408,6 +426,7 @@ def _finish(
     table = summary_table(counts, dict(data.seconds), wall, faults, throughput, execution.get("stalls"))
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
+    compact_records(run_dir)
     if crashed:
         logger.warning("%d inputs lost their worker (a crash, or a lost node): rerun the same command", crashed)
     logger.info('run directory: %s (query it with: python -m curation.query %s "SELECT ...")', run_dir, run_dir)

@@ -1,9 +1,10 @@
 """The per-video steps the DAG maps over, with their resume records. No Ray here: each step is a plain function
 from a small row (`source_uri`, `key`) to the same row plus a status, and can be called directly in tests.
 
-Every step first looks for its record in RUN_DIR/_work/<step>/<key>.json; if present the work is already done
-(resume after a crash). Otherwise it does the work, writes its outputs atomically, and writes the record last,
-so a record's existence means the step's outputs are complete.
+Every step first looks for its record in RUN_DIR/_work/<step>/<key>.json (or, once the end of a run compacted it,
+in the step's batch files: `pipelines.records`); if present the work is already done (resume after a crash).
+Otherwise it does the work, writes its outputs atomically, and writes the record last, so a record's existence means
+the step's outputs are complete.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from curation.tables import atomic_write_json, create_json_once, read_json
 from pipelines.annotate import annotators_for
 from pipelines.config import RunConfig
 from pipelines.faults import CrashGuard
+from pipelines.records import RecordIndex
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +56,62 @@ Row = dict[str, Any]
 
 
 class WorkDir:
-    """RUN_DIR/_work: one JSON record per (step, input) marking finished work."""
+    """RUN_DIR/_work: one JSON record per (step, input) marking finished work, as a small file
+    (`<step>/<key>.json`) until the end of the run consolidates it into a batch file (`pipelines.records`).
+    Records read the same in either form; the batch files are indexed lazily, once per instance and step."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "_work"
+        self._indexes: dict[str, RecordIndex] = {}
+
+    def __reduce__(self) -> tuple:
+        # Ray ships step functions holding a WorkDir to every worker: send the path, never a loaded index.
+        return (type(self), (self.run_dir,))
 
     def record_path(self, step: str, key: str) -> Path:
+        """The small-file form of a record (absent once compacted)."""
         return self.root / step / f"{key}.json"
 
+    def compacted(self, step: str) -> RecordIndex:
+        """The index of `step`'s consolidated records, built on first use."""
+        if step not in self._indexes:
+            self._indexes[step] = RecordIndex(self.root / step)
+        return self._indexes[step]
+
     def done(self, step: str, key: str) -> bool:
-        return self.record_path(step, key).exists()
+        """Whether (step, input) has a record, in either form."""
+        index = self.compacted(step)
+        if index.find(key) is not None or self.record_path(step, key).exists():
+            return True
+        return index.refresh() and index.find(key) is not None  # compacted since this instance looked (one stat)
 
     def attempts_path(self, step: str, key: str) -> Path:
         """The attempt log of (step, input): present only while the step runs, or after its worker died."""
         return self.root / step / f"{key}.attempts"
 
     def load(self, step: str, key: str) -> dict[str, Any]:
-        return read_json(self.record_path(step, key))
+        """The record of (step, input); FileNotFoundError when it has none. The consolidated copy comes first: a
+        compaction killed before deleting the small file leaves an identical one."""
+        index = self.compacted(step)
+        if (record := index.read(key)) is not None:
+            return record
+        try:
+            return read_json(self.record_path(step, key))
+        except FileNotFoundError:
+            if index.refresh(force=True) and (record := index.read(key)) is not None:  # compacted meanwhile
+                return record
+            raise
 
     def save(self, step: str, key: str, record: dict[str, Any]) -> bool:
         """Commit the record of (step, input) unless one is there already: the first finished attempt wins. A second
         attempt can run while the first still does (a task Ray retried on a node it presumed lost, a worker left
         over from a killed run); it must not replace a good record with, say, the error it hit. False when the
-        record was already there."""
+        record was already there, as a small file or consolidated."""
+        index = self.compacted(step)
+        index.refresh(force=True)  # one listing of a small folder, per finished piece of work
+        if index.find(key) is not None:
+            return False
         return create_json_once(record, self.record_path(step, key))
 
     def frames_path(self, key: str) -> Path:

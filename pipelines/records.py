@@ -1,0 +1,396 @@
+"""Record compaction: the per-input JSON records of a step, consolidated into a few append-only batch files.
+
+A run keeps one small record per (step, input) in RUN_DIR/_work/<step>/<key>.json (`pipelines.steps.WorkDir`); at
+millions of inputs that is millions of files. Once the driver has read them (the end of a run), `compact_run` moves
+them into RUN_DIR/_work/<step>/_records/records-<NNNNN>.jsonl, one `{"key": ..., "record": {...}}` per line, each
+beside a `records-<NNNNN>.index.json` listing its keys and byte offsets, and deletes the small files.
+
+Why JSON lines and not Parquet: a worker or `finalize.collect` reads single records in input order, which is not
+the files' order. A byte offset serves each one with a single read of exactly its bytes; Parquet would decode a
+whole row-group column chunk per record, and the nested, heterogeneous records would be stored as JSON strings in it
+anyway. JSON also round-trips a record to the identical dict the small file gave, and stays greppable.
+
+Why a subfolder: listing it (which every `RecordIndex` does once) never lists the step folder, which holds one file
+per unfinished input while a run is going.
+
+Crash safety (`kill -9` at any point, or power loss):
+- a batch is written to a dot-prefixed temporary file and fsynced, then hard-linked to its final name (atomic, and
+  never replaces an existing file); readers only look at final names, so a half-written batch is invisible, and the
+  next compaction (or `finalize.remove_stale_temp_files`) deletes it;
+- the index file is published after its data file and is only a cache: a data file without it, or with one that does
+  not match its size, is scanned instead, and the next compaction writes it again;
+- the small files are deleted only after every batch is published and its folder fsynced; killed in between, a record
+  exists in both forms, identical: readers take the batch copy, and the next compaction deletes the small file
+  instead of consolidating it again, so every record stays readable exactly once.
+Batch files are never rewritten: a later compaction appends new ones holding only the records new since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from curation.tables import temp_path
+
+logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "_records"  # under RUN_DIR/_work/<step>
+MAX_RECORDS = 10_000  # records per batch file: 1,000 files per step at 10 million inputs
+MAX_BYTES = 256 << 20  # and bytes per batch file, so a file of large records stays easy to copy and scan
+_DATA = re.compile(r"^records-(\d+)\.jsonl$")
+
+
+def data_files(records_dir: Path) -> list[Path]:
+    """The published batch files of a step, oldest first (temporary files are dot-prefixed: never matched)."""
+    try:
+        names = os.listdir(records_dir)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), name) for name in names if (m := _DATA.match(name))]
+    return [records_dir / name for _, name in sorted(found)]
+
+
+def index_path(data: Path) -> Path:
+    return data.with_name(data.name.removesuffix(".jsonl") + ".index.json")
+
+
+def scan(data: Path) -> tuple[list[str], list[int], int]:
+    """(keys, byte offsets, size) of a batch file, read line by line: for a batch whose index file is missing."""
+    keys, offsets, pos = [], [], 0
+    with open(data, "rb") as f:
+        for line in f:
+            keys.append(json.loads(line)["key"])
+            offsets.append(pos)
+            pos += len(line)
+    return keys, offsets, pos
+
+
+def read_index(data: Path) -> tuple[list[str], list[int], int]:
+    """(keys, byte offsets, size) of a batch file from its index file, or by scanning it when that is missing or does
+    not describe this file (a compaction killed between publishing the two)."""
+    size = data.stat().st_size
+    try:
+        index = json.loads(index_path(data).read_bytes())
+        keys, offsets = index["keys"], index["offsets"]
+        if index["size"] == size and len(keys) == len(offsets) and (not offsets or offsets[0] == 0):
+            return keys, offsets, size
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return scan(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where one record sits: its batch file and the byte range of its line."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+class RecordIndex:
+    """key -> (batch file, offset, length) for the consolidated records of one step, built lazily from the index
+    files (not the records) and kept as sorted numpy arrays: about 32 bytes per key (32 MB at a million keys), where
+    a dict of tuples would take about 250."""
+
+    def __init__(self, step_dir: str | Path) -> None:
+        self.dir = Path(step_dir) / RECORDS_DIR
+        self.files: list[Path] = []
+        self._keys = np.empty(0, dtype="S1")
+        self._fid = np.empty(0, dtype=np.int32)
+        self._off = np.empty(0, dtype=np.int64)
+        self._len = np.empty(0, dtype=np.uint32)  # a line of a batch file is < 4 GiB
+        self._stamp: int | None = None  # the folder's mtime when last listed; None = never
+
+    def __len__(self) -> int:
+        self._ensure()
+        return len(self._keys)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Index the batch files published since the last look; True if there were any. Unless `force`d, only when
+        the folder's mtime moved (one stat): cheap enough for every miss, but a coarse clock can hide a file
+        published right after the last listing, so the paths where a miss matters (`WorkDir.save`, a record gone
+        from its small file) force a listing."""
+        stamp = _mtime_ns(self.dir)  # before listing: a file published meanwhile changes it again
+        if stamp == self._stamp and not force:
+            return False
+        self._stamp = stamp
+        known = {p.name for p in self.files}
+        new = [p for p in data_files(self.dir) if p.name not in known]
+        if new:
+            self._merge([self._entries(len(self.files) + i, p) for i, p in enumerate(new)])
+            self.files += new
+        return bool(new)
+
+    def find(self, key: str) -> Location | None:
+        """The location of `key`'s record in the batch files indexed so far (the first call indexes them)."""
+        self._ensure()
+        want = key.encode()
+        if not len(self._keys) or len(want) > self._keys.dtype.itemsize:
+            return None
+        i = int(np.searchsorted(self._keys, want))
+        if i == len(self._keys) or self._keys[i] != want:
+            return None
+        return Location(self.files[self._fid[i]], int(self._off[i]), int(self._len[i]))
+
+    def contains(self, keys: list[str]) -> np.ndarray:
+        """Whether each of `keys` has a consolidated record (vectorised, for compaction)."""
+        self._ensure()
+        if not keys or not len(self._keys):
+            return np.zeros(len(keys), dtype=bool)
+        return np.isin(_as_bytes(keys), self._keys)
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        """`key`'s record, or None when it has no consolidated one: one read of exactly its line."""
+        loc = self.find(key)
+        if loc is None:
+            return None
+        with open(loc.path, "rb") as f:
+            f.seek(loc.offset)
+            entry = json.loads(f.read(loc.length))
+        if entry.get("key") != key:  # only a batch file changed by hand could do this
+            raise ValueError(f"{loc.path} at byte {loc.offset}: expected the record of {key}, found {entry.get('key')}")
+        return entry["record"]
+
+    def _ensure(self) -> None:
+        if self._stamp is None:
+            self.refresh()
+
+    def _entries(self, fid: int, data: Path) -> tuple[np.ndarray, ...]:
+        keys, offsets, size = read_index(data)
+        ends = np.append(np.asarray(offsets[1:], dtype=np.int64), size)
+        off = np.asarray(offsets, dtype=np.int64)
+        return _as_bytes(keys), np.full(len(keys), fid, dtype=np.int32), off, (ends - off).astype(np.uint32)
+
+    def _merge(self, parts: list[tuple[np.ndarray, ...]]) -> None:
+        """Add new files' entries and sort by key; of a key in several files (never written so) the oldest wins."""
+        keys, fid, off, length = (
+            np.concatenate([old, *(p[i] for p in parts)])
+            for i, old in enumerate((self._keys, self._fid, self._off, self._len))
+        )
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        order = order[first]
+        self._keys, self._fid, self._off, self._len = keys[first], fid[order], off[order], length[order]
+
+
+def _as_bytes(keys: list[str]) -> np.ndarray:
+    return np.array([k.encode() for k in keys], dtype=bytes) if keys else np.empty(0, dtype="S1")
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names published in `path` durable (a no-op where directories cannot be fsynced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish(tmp: Path, records_dir: Path) -> Path:
+    """Give a complete, fsynced batch file the next free number, never replacing a published one."""
+    files = data_files(records_dir)
+    number = int(_DATA.match(files[-1].name).group(1)) + 1 if files else 0
+    while True:
+        final = records_dir / f"records-{number:05d}.jsonl"
+        try:
+            os.link(tmp, final)
+            break
+        except FileExistsError:
+            number += 1
+        except OSError:  # no hard links here (some FUSE and object-store mounts): check, then rename
+            if final.exists():
+                number += 1
+                continue
+            os.replace(tmp, final)
+            break
+    tmp.unlink(missing_ok=True)
+    return final
+
+
+class BatchWriter:
+    """One batch file being written: lines go to a temporary file, `publish` gives it its final name and index."""
+
+    def __init__(self, records_dir: Path) -> None:
+        records_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = records_dir
+        self.tmp = temp_path(records_dir / "records.jsonl")
+        self.file: IO[bytes] = open(self.tmp, "wb")  # noqa: SIM115 - closed in publish / discard
+        self.keys: list[str] = []
+        self.offsets: list[int] = []
+        self.size = 0
+
+    def add(self, key: str, line: bytes) -> None:
+        self.keys.append(key)
+        self.offsets.append(self.size)
+        self.file.write(line)
+        self.size += len(line)
+
+    def publish(self) -> Path:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        index = temp_path(self.dir / "records.index.json")
+        try:
+            _write_synced(index, json.dumps({"keys": self.keys, "offsets": self.offsets, "size": self.size}).encode())
+            final = publish(self.tmp, self.dir)
+            os.replace(index, index_path(final))  # after its data file: an index never describes a missing file
+        finally:
+            index.unlink(missing_ok=True)
+        return final
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def record_line(step_dir: Path, key: str) -> bytes | None:
+    """The batch line of `key`'s small record; None when it cannot be read (it then stays a small file)."""
+    try:
+        with open(os.path.join(step_dir, f"{key}.json"), "rb") as f:  # os.path: pathlib costs a third more here
+            record = json.loads(f.read())
+    except (OSError, ValueError):
+        logger.warning("record %s/%s.json is unreadable: left as it is", step_dir.name, key)
+        return None
+    return json.dumps({"key": key, "record": record}, separators=(",", ":")).encode() + b"\n"
+
+
+def write_batches(step_dir: Path, keys: list[str], max_records: int, max_bytes: int) -> list[tuple[Path, list[str]]]:
+    """Consolidate the small records of `keys` into new batch files: (file, keys it holds) per file."""
+    records_dir, out = step_dir / RECORDS_DIR, []
+    batch: BatchWriter | None = None
+    try:
+        for key in keys:
+            line = record_line(step_dir, key)
+            if line is None:
+                continue
+            if batch and (len(batch.keys) >= max_records or batch.size + len(line) > max_bytes):
+                out.append((batch.publish(), batch.keys))
+                batch = None
+            batch = batch or BatchWriter(records_dir)
+            batch.add(key, line)
+        if batch:
+            out.append((batch.publish(), batch.keys))
+            batch = None
+    finally:
+        if batch:  # an error mid-batch: nothing of it is published
+            batch.discard()
+    return out
+
+
+def tidy(records_dir: Path) -> None:
+    """Undo what a killed compaction left: temporary files, index files without their data file, and data files
+    without a valid index file (indexed again)."""
+    if not records_dir.is_dir():
+        return
+    for p in records_dir.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    data = data_files(records_dir)
+    names = {p.name for p in data}
+    for p in records_dir.glob("records-*.index.json"):
+        if p.name.removesuffix(".index.json") + ".jsonl" not in names:
+            p.unlink(missing_ok=True)
+    for p in data:
+        if not _index_matches(p):
+            keys, offsets, size = scan(p)
+            tmp = temp_path(index_path(p))
+            _write_synced(tmp, json.dumps({"keys": keys, "offsets": offsets, "size": size}).encode())
+            os.replace(tmp, index_path(p))
+
+
+def _index_matches(data: Path) -> bool:
+    try:
+        return json.loads(index_path(data).read_bytes())["size"] == data.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def list_step(step_dir: Path) -> tuple[list[str], list[str]]:
+    """(keys with a small record, keys with an attempt log) in a step folder; one listing."""
+    small, attempts = [], []
+    with os.scandir(step_dir) as entries:
+        for e in entries:
+            if e.name.startswith("."):  # temporary files
+                continue
+            if e.name.endswith(".json"):
+                small.append(e.name[: -len(".json")])
+            elif e.name.endswith(".attempts"):
+                attempts.append(e.name[: -len(".attempts")])
+    return small, attempts
+
+
+@dataclasses.dataclass
+class Compaction:
+    """What one step's compaction did."""
+
+    step: str
+    records: int = 0  # records consolidated into new batch files
+    files: int = 0  # new batch files
+    removed: int = 0  # small record files deleted (consolidated now or by an earlier, interrupted compaction)
+    attempts_removed: int = 0  # attempt logs of inputs with a record
+
+
+def compact_step(step_dir: str | Path, max_records: int = MAX_RECORDS, max_bytes: int = MAX_BYTES) -> Compaction:
+    """Consolidate a step's small records into new batch files, then delete the small files and the attempt logs of
+    inputs with a record (those of inputs without one stay: finalize reports them as crashes). Run it where no step
+    is running (the driver, after the run's executions): its cost is one listing plus the new records."""
+    step_dir = Path(step_dir)
+    out = Compaction(step_dir.name)
+    if not step_dir.is_dir():
+        return out
+    tidy(step_dir / RECORDS_DIR)
+    index = RecordIndex(step_dir)
+    small, attempts = list_step(step_dir)
+    already = index.contains(small)
+    new = sorted(k for k, done in zip(small, already, strict=True) if not done)
+    written = write_batches(step_dir, new, max_records, max_bytes)
+    if written:
+        fsync_dir(step_dir / RECORDS_DIR)  # the batches are durable before their small files go
+    consolidated = [k for k, done in zip(small, already, strict=True) if done] + [k for _, ks in written for k in ks]
+    out.records, out.files = sum(len(ks) for _, ks in written), len(written)
+    out.removed = _unlink_all(step_dir, consolidated, ".json")
+    has_small = set(small)
+    in_index = index.contains(attempts)
+    with_record = [k for k, found in zip(attempts, in_index, strict=True) if found or k in has_small]
+    out.attempts_removed = _unlink_all(step_dir, with_record, ".attempts")
+    return out
+
+
+def _unlink_all(folder: Path, keys: Iterable[str], suffix: str) -> int:
+    n = 0
+    for key in keys:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, f"{key}{suffix}"))
+            n += 1
+    return n
+
+
+def compact_run(run_dir: str | Path, steps: Iterable[str]) -> list[Compaction]:
+    """Compact the records of `steps` in RUN_DIR/_work (see `compact_step`)."""
+    return [compact_step(Path(run_dir) / "_work" / step) for step in steps]
