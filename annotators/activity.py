@@ -77,7 +77,30 @@ def epipolar_distance(flow: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
     return (num / np.maximum(np.hypot(lines[..., 0], lines[..., 1]), 1e-12)).astype(np.float32)
 
 
-def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.ndarray | None = None) -> np.ndarray:
+def epipolar_residual(flow: np.ndarray, camera: np.ndarray, fundamental: np.ndarray, bound: float) -> np.ndarray:
+    """(h, w) residual in pixels under a translating camera: the endpoint's distance to its epipolar line, plus
+    whatever of the motion along that line (relative to the homography's prediction `camera`) exceeds `bound`
+    pixels, the most parallax the step's translation can make. Unbounded, any motion along the line would count as
+    parallax, so a tiny spurious translation would explain away an object that moves along its epipolar lines."""
+    distance = epipolar_distance(flow, fundamental)
+    if not math.isfinite(bound):
+        return distance
+    ys, xs = pixel_grid(*flow.shape[:2])
+    p1 = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
+    lines = p1 @ fundamental.T
+    norm = np.maximum(np.hypot(lines[..., 0], lines[..., 1]), 1e-12)
+    d = flow - camera  # the motion the homography leaves, split into across (distance) and along the line
+    along = np.abs(d[..., 0] * -lines[..., 1] + d[..., 1] * lines[..., 0]) / norm
+    excess = np.maximum(along - bound, 0.0)
+    return np.hypot(distance, excess).astype(np.float32)
+
+
+def camera_residual(
+    flow: np.ndarray,
+    homography: np.ndarray,
+    fundamental: np.ndarray | None = None,
+    parallax_bound: float = math.inf,
+) -> np.ndarray:
     """(h, w) magnitude in pixels of the motion the camera does not explain.
 
     Non-finite flow counts as moving with the camera. Points the camera carries out of the next frame (or to
@@ -89,7 +112,7 @@ def camera_residual(flow: np.ndarray, homography: np.ndarray, fundamental: np.nd
     flow = np.where(np.isfinite(flow), flow, camera)  # no estimate: assume the point moves with the camera
     residual = np.linalg.norm(flow - camera, axis=-1)
     if fundamental is not None:
-        residual = np.minimum(residual, epipolar_distance(flow, fundamental))
+        residual = np.minimum(residual, epipolar_residual(flow, camera, fundamental, parallax_bound))
     margin = EDGE_MARGIN * min(h, w)
     ys, xs = pixel_grid(h, w)
     x1, y1 = xs + camera[..., 0], ys + camera[..., 1]
@@ -312,13 +335,15 @@ def change_maps(
     grid: tuple[int, int],
     fundamentals: list[np.ndarray | None] | None = None,
     *,
+    parallax_bounds: list[float] | None = None,
     weights: np.ndarray | None = None,
     min_explained: float = 0.0,
 ) -> np.ndarray:
     """(T-1, gh, gw) camera-compensated change per pair in frame diagonals per second, frame median removed.
 
     `flows` (T-1, h, w, 2) px on the flow grid; `homographies` (T-1, 3, 3) frame t -> t+1 on that grid;
-    `seconds` (T-1,) between the frames; `fundamentals` per pair or None (no translation estimate); `weights`
+    `seconds` (T-1,) between the frames; `fundamentals` per pair or None (no translation estimate), with the
+    most parallax in pixels each pair's translation can make in `parallax_bounds` (None: unbounded); `weights`
     (T-1, h, w) in [0, 1] scale each pixel's residual by how far its flow can be trusted (`texture_weights` of
     frame t). A pair whose camera model explains less than `min_explained` of the grid (to within the global
     motion's RANSAC threshold) has no usable background model: whatever its residual is, it is not evidence of
@@ -329,7 +354,8 @@ def change_maps(
         flow = np.asarray(flows[t], np.float32)
         h, w = flow.shape[:2]
         fundamental = fundamentals[t] if fundamentals is not None else None
-        residual = camera_residual(flow, homographies[t], fundamental)
+        bound = parallax_bounds[t] if parallax_bounds is not None else math.inf
+        residual = camera_residual(flow, homographies[t], fundamental, bound)
         if min_explained > 0 and explained_share(residual, ransac_threshold(h, w)) < min_explained:
             continue
         if weights is not None:

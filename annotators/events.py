@@ -22,6 +22,7 @@ The math is in `annotators.activity`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -58,6 +59,9 @@ class EventConfig:
     # this many grey levels per pixel, not at all below half of it (0 = trust all flow; `activity.texture_weights`)
     flow_texture: float = 1.5
     min_explained: float = 0.25  # a pair whose camera model explains less of the frame than this has no events
+    # Motion along an epipolar line counts as parallax only up to this many times the step's median parallax
+    # (+ 1 px): a tiny translation the camera mistook an object for cannot explain that object away (0 = unbounded)
+    parallax_bound: float = 6.0
     # Stored maps at a video VAE's latent frames (1 + (T - 1) / factor); set from [latents] like the noise's.
     temporal_factor: int = 1
     # flow: residual motion from optical flow (recipe A); latent: camera-compensated change of the stored VAE
@@ -84,6 +88,8 @@ class EventConfig:
             raise ValueError(f"events.source must be flow or latent, got {self.source!r}")
         if self.flow_texture < 0 or not 0.0 <= self.min_explained < 1.0:
             raise ValueError("events.flow_texture must be >= 0 and events.min_explained in [0, 1)")
+        if self.parallax_bound < 0:
+            raise ValueError("events.parallax_bound must be >= 0 (0 = unbounded)")
         if self.latent_min_change <= 0:
             raise ValueError("events.latent_min_change must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
@@ -111,27 +117,49 @@ def event_grid(frame_height: int, frame_width: int, cell: int) -> tuple[int, int
 
 
 BORROW_STEPS = 2  # a step without a translation estimate uses the nearest translating step this close
+PARALLAX_FLOOR_PX = 1.0  # the parallax bound never drops below this (flow noise along the epipolar line)
 
 
-def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int) -> list[np.ndarray | None] | None:
-    """Per pair, the fundamental matrix of the estimated camera step on the flow grid; None overall without a
-    camera estimate. Camera motion is smooth, so in a clip whose camera translates in most steps, a step the
-    camera model did not see translate (small parallax in that one pair) borrows the nearest translating step
-    within `BORROW_STEPS`; in a clip that mostly turns or stands, a lone translating step is more likely an
+def step_epipolar(
+    c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int, bound_factor: float = 0.0
+) -> tuple[list[np.ndarray | None], list[float]] | None:
+    """Per pair, the fundamental matrix of the estimated camera step on the flow grid and the most parallax in
+    pixels that step can make; None overall without a camera estimate.
+
+    The camera stores a step's translation as a unit direction times its median parallax in radians, so the
+    median static point moves |t| * focal pixels along its epipolar line; nearer points move more. The bound is
+    `bound_factor` times that plus `PARALLAX_FLOOR_PX` (0 = unbounded: any motion along the line is parallax).
+
+    Camera motion is smooth, so in a clip whose camera translates in most steps, a step the camera model did not
+    see translate (small parallax in that one pair) borrows the nearest translating step within `BORROW_STEPS`
+    (fundamental and bound); in a clip that mostly turns or stands, a lone translating step is more likely an
     object the camera model mistook for parallax, and lending its epipolar lines to its neighbours would explain
     that object away in them too (measured: two objects moving under a pan lost 5 steps of events to 1 such
     step). A camera that never translates gives None everywhere (a still camera has no epipolar geometry)."""
     if c2w is None or k is None or len(c2w) != n_pairs + 1:
         return None
-    c2w = np.asarray(c2w, np.float64)
-    own = [act.fundamental_from_step(np.linalg.inv(c2w[t]) @ c2w[t + 1], np.asarray(k)) for t in range(n_pairs)]
-    if 2 * sum(f is not None for f in own) < n_pairs:
-        return own
-    offsets = [0] + [d * sign for d in range(1, BORROW_STEPS + 1) for sign in (-1, 1)]  # nearest first
-    return [
-        next((own[t + d] for d in offsets if 0 <= t + d < n_pairs and own[t + d] is not None), None)
-        for t in range(n_pairs)
+    c2w, k = np.asarray(c2w, np.float64), np.asarray(k, np.float64)
+    steps = [np.linalg.inv(c2w[t]) @ c2w[t + 1] for t in range(n_pairs)]
+    own = [act.fundamental_from_step(step, k) for step in steps]
+    focal = float(k[0, 0])
+    bounds = [
+        bound_factor * float(np.linalg.norm(step[:3, 3])) * focal + PARALLAX_FLOOR_PX if bound_factor > 0 else math.inf
+        for step in steps
     ]
+    if 2 * sum(f is not None for f in own) < n_pairs:
+        return own, bounds
+    offsets = [0] + [d * sign for d in range(1, BORROW_STEPS + 1) for sign in (-1, 1)]  # nearest first
+    source = [
+        next((t + d for d in offsets if 0 <= t + d < n_pairs and own[t + d] is not None), None) for t in range(n_pairs)
+    ]
+    lent = [own[i] if i is not None else None for i in source]
+    return lent, [bounds[i] if i is not None else math.inf for i in source]
+
+
+def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int) -> list[np.ndarray | None] | None:
+    """`step_epipolar`'s fundamental matrices alone (unbounded parallax)."""
+    epipolar = step_epipolar(c2w, k, n_pairs)
+    return None if epipolar is None else epipolar[0]
 
 
 class EventAnnotator:
@@ -184,11 +212,19 @@ class EventAnnotator:
         if n_pairs > 0:
             flows = np.asarray(flow, np.float32).transpose(0, 2, 3, 1)  # (T-1, h, w, 2)
             homs = np.asarray(homographies) if homographies is not None else np.tile(np.eye(3), (n_pairs, 1, 1))
-            fundamentals = step_fundamentals(camera_c2w, camera_k, n_pairs) if cfg.use_camera else None
+            epipolar = step_epipolar(camera_c2w, camera_k, n_pairs, cfg.parallax_bound) if cfg.use_camera else None
+            fundamentals, bounds = epipolar if epipolar is not None else (None, None)
             seconds = pair_intervals(frame_pts)
             weights = act.texture_weights(np.asarray(frames[:-1]), flows.shape[1:3], cfg.flow_texture)
             change = act.change_maps(
-                flows, homs, seconds, grid, fundamentals, weights=weights, min_explained=cfg.min_explained
+                flows,
+                homs,
+                seconds,
+                grid,
+                fundamentals,
+                parallax_bounds=bounds,
+                weights=weights,
+                min_explained=cfg.min_explained,
             )
             frame_change = None
             if cfg.frame_change:

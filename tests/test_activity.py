@@ -390,6 +390,29 @@ def test_residual_with_fundamental_explains_parallax():
     assert with_f[outside].max() < 1e-3
 
 
+def test_parallax_bound_keeps_an_object_moving_along_tiny_translation_epipolar_lines():
+    # A pan with a spurious sideways translation of 0.002 (the camera mistook part of an object for parallax): the
+    # epipolar lines are horizontal, so an object sliding 8 px sideways lies on them. Unbounded, the epipolar
+    # distance explains it away; bounded by the parallax such a translation can make, it stays an event.
+    rotation, centre = rot_y(1.0), np.array([0.002, 0.0, 0.0])
+    flow = static_scene_flow(rotation, centre, seed=5)
+    rot_hom = K @ rotation.T @ np.linalg.inv(K)
+    fundamental = act.fundamental_from_step(pose(rotation, centre), K)
+    obj = (slice(24, 40), slice(24, 40))
+    flow[obj] += np.array([8.0, 0.0], np.float32)
+    bound = 4.0 * np.linalg.norm(centre) * K[0, 0] + 1.0
+    unbounded = act.camera_residual(flow, rot_hom, fundamental)
+    bounded = act.camera_residual(flow, rot_hom, fundamental, bound)
+    assert np.median(unbounded[obj]) < 0.5  # explained away as parallax
+    assert np.median(bounded[obj]) > 8.0 - bound - 0.5  # only the bound's worth is forgiven
+    outside = np.ones((IMG_H, IMG_W), bool)
+    outside[obj] = False
+    assert bounded[outside].max() < 1e-3  # the static scene's true parallax is within the bound
+    # A bound never adds residual: it is the plain residual at most, and the epipolar distance at least.
+    assert (bounded <= act.camera_residual(flow, rot_hom) + 1e-5).all()
+    assert (bounded >= unbounded - 1e-5).all()
+
+
 # ---------------------------------------------------------------- splatting, pooling, normalization
 
 

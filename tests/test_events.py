@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,20 @@ def test_only_a_mostly_translating_camera_lends_its_epipolar_lines():
     own = step_fundamentals(_steps(lone), k, 12)
     assert [f is not None for f in own] == lone
     assert step_fundamentals(_steps([False] * 12), k, 12) == [None] * 12
+
+
+def test_parallax_bounds_follow_the_step_translation_and_are_borrowed_with_it():
+    from annotators.events import PARALLAX_FLOOR_PX, step_epipolar
+
+    k = np.array([[100.0, 0, 63.5], [0, 100.0, 63.5], [0, 0, 1]])
+    mostly = [True] * 6 + [False] + [True] * 5
+    fundamentals, bounds = step_epipolar(_steps(mostly), k, 12, bound_factor=4.0)
+    # translation 0.05 (parallax radians) x focal 100 px = 5 px of median parallax, x 4, + the floor
+    np.testing.assert_allclose(bounds, 4.0 * 0.05 * 100.0 + PARALLAX_FLOOR_PX)  # step 6 borrows its neighbour's
+    assert all(f is not None for f in fundamentals)
+    _, unbounded = step_epipolar(_steps(mostly), k, 12)
+    assert unbounded == [math.inf] * 12
+    lone = [False] * 6 + [True] + [False] * 5
+    _, own = step_epipolar(_steps(lone), k, 12, bound_factor=4.0)
+    assert own[6] == pytest.approx(21.0) and own[5] == pytest.approx(PARALLAX_FLOOR_PX)
+    assert step_epipolar(None, k, 12) is None
