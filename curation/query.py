@@ -1,5 +1,8 @@
 """Query a run with DuckDB: `python -m curation.query RUN_DIR "SELECT ..."` or `--name clips_per_source`.
 
+RUN_DIR may be an object-store URL (`s3://bucket/prefix`); its endpoint and credentials come from the standard
+AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...).
+
 `--run OTHER_RUN` (repeatable) queries several runs at once: every view has a `run` column. Read-only;
 parameters are bound (`--param key=value`, referenced as `$key`), never pasted into the SQL.
 """
@@ -16,13 +19,14 @@ import pyarrow.parquet as pq
 
 from curation.duck import QueryError, connect, load_named, named_queries, run_query
 from curation.selection import SELECTION_QUERY, check_params, configured_params
+from curation.storage import StorageError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m curation.query", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="run directory written by pipelines.run")
+    p.add_argument("run_dir", help="run directory written by pipelines.run, or its URL (s3://bucket/prefix)")
     p.add_argument(
-        "--run", action="append", default=[], metavar="RUN_DIR", help="another run to query with it (repeatable)"
+        "--run", action="append", default=[], metavar="RUN_DIR", help="another run or URL to query too (repeatable)"
     )
     p.add_argument("sql", nargs="?", help="ad-hoc SQL over the views videos, scenes, clips, rejected, shards")
     p.add_argument("--name", help=f"named query from sql/: {', '.join(named_queries())}")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.name == SELECTION_QUERY:  # unset selection parameters come from the runs' own config
             params = check_params({**configured_params(runs, given=params), **params})
         table = run_query(con, load_named(args.name) if args.name else args.sql, params)
-    except QueryError as e:
+    except (QueryError, StorageError) as e:  # a store that refuses mid-query: one line too
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.format == "parquet":

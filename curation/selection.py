@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from curation import storage
 from curation.duck import QueryError, connect, load_named, run_query
 
 SELECTION_QUERY = "select_training_set"
@@ -36,11 +37,14 @@ def selection_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved config a run recorded in `_run.json`."""
-    path = Path(run_dir) / "_run.json"
-    if not path.exists():
-        raise QueryError(f"{run_dir} has no _run.json: the run has not finished")
-    return json.loads(path.read_text())["config"]
+    """The resolved config a run recorded in `_run.json`; `run_dir` may be a URL (`curation.storage`)."""
+    path = storage.join(storage.location(run_dir), "_run.json")
+    try:
+        if not storage.exists(path):
+            raise QueryError(f"{run_dir} has no _run.json: the run has not finished")
+        return storage.read_json(path)["config"]
+    except storage.StorageError as e:
+        raise QueryError(str(e)) from e
 
 
 def configured_params(run_dirs: Sequence[str | Path], given: Collection[str] = ()) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.ids import shard_name
 from curation.schema import SCHEMA_VERSION, SHARD_META, UNCOMPRESSED_TENSORS, shard_schema
-from curation.tables import atomic_write_json, read_json, temp_path
+from curation.tables import atomic_write_json, temp_path
 from curation.video_store import VideoCodec, decode_video, encode_video, is_video_dtype
 
 MANIFEST = "manifest.json"
@@ -174,17 +175,18 @@ def write_manifest(run_dir: str | Path, shards: Sequence[Any], config_hash: str,
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "shards" / MANIFEST
-    if not path.exists():
+    """The run's `shards/manifest.json`; `run_dir` may be a URL (`curation.storage`)."""
+    path = storage.join(storage.location(run_dir), "shards", MANIFEST)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: the run has not finished (re-run the same command to complete it)")
-    return read_json(path)
+    return storage.read_json(path)
 
 
 def curated_clip_ids(run_dir: str | Path) -> set[str]:
     """The clip ids of the run's `clips` table: the curated set. Shard rows of clips that a global stage dropped
     afterwards (score filters, dedup, the event filter; listed in `rejected`) stay in the files but are not in it."""
-    paths = sorted((Path(run_dir) / "clips").glob("*.parquet"))
-    return {cid for p in paths for cid in pq.read_table(p, columns=["clip_id"]).column("clip_id").to_pylist()}
+    paths = storage.glob(storage.join(storage.location(run_dir), "clips"), "*.parquet")
+    return {cid for p in paths for cid in storage.read_table(p, columns=["clip_id"]).column("clip_id").to_pylist()}
 
 
 def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -196,7 +198,7 @@ def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Ite
     manifest = read_manifest(run_dir)
     curated = curated_clip_ids(run_dir)
     for shard in manifest["shards"]:
-        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard["name"])
+        pf = storage.parquet_file(shard_path(run_dir, shard["name"]))
         names = pf.schema_arrow.names
         tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
         wanted, extra = None, set()
@@ -211,13 +213,18 @@ def iter_clips(run_dir: str | Path, columns: Sequence[str] | None = None) -> Ite
                     yield {k: v for k, v in _decode_row(row, tensors).items() if k not in extra}
 
 
+def shard_path(run_dir: str | Path, shard: str) -> str | Path:
+    """Where shard file `shard` of a run lives: a Path, or a URL for a run on an object store."""
+    return storage.join(storage.location(run_dir), "shards", shard)
+
+
 def read_tensor_column(run_dir: str | Path, shard_names: Sequence[str], name: str) -> dict[str, np.ndarray]:
     """{clip_id: tensor `name`} over the named shards, reading only that tensor's columns; shards without the
     tensor, and rows where it is null, contribute nothing."""
     out: dict[str, np.ndarray] = {}
     wanted = ["clip_id", name, f"{name}_dtype", f"{name}_shape"]
     for shard in shard_names:
-        pf = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        pf = storage.parquet_file(shard_path(run_dir, shard))
         if name not in pf.schema_arrow.names:
             continue
         for row in pf.read(columns=wanted).to_pylist():
@@ -257,10 +264,10 @@ class ShardReader:
     """Random access to one shard's rows by index, decoded like `iter_clips` (tensors as numpy arrays); the footer
     and row-group offsets are read once, and each call reads only the row groups holding its rows."""
 
-    def __init__(self, run_dir: Path, shard: str, columns: Sequence[str] | None) -> None:
+    def __init__(self, run_dir: str | Path, shard: str, columns: Sequence[str] | None) -> None:
         self.key = (run_dir, shard)
         self.name = shard
-        self.file = pq.ParquetFile(Path(run_dir) / "shards" / shard)
+        self.file = storage.parquet_file(shard_path(run_dir, shard))
         names = self.file.schema_arrow.names
         self.tensors = [n for n in names if f"{n}_dtype" in names and f"{n}_shape" in names]
         self.columns = None

@@ -31,11 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.duck import QueryError, connect, load_named
 from curation.schema import SCHEMA_VERSION
 from curation.selection import SELECTION_QUERY, check_params, configured_params
 from curation.shards import MANIFEST, ShardReader
-from curation.tables import atomic_write_json, read_json, temp_path
+from curation.tables import atomic_write_json, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class SnapshotError(QueryError):
 class Snapshot:
     """A snapshot directory's record (`snapshot.json`) and where it lives."""
 
-    path: Path
+    path: Path | str  # a URL for a snapshot read from an object store
     record: dict[str, Any]
 
     @property
@@ -64,25 +65,27 @@ class Snapshot:
         return self.record["clips"]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a local file or of an object at a URL, streamed."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with storage.open_input(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _run_lineage(run_dir: Path, shards: Sequence[str], selected: int) -> dict[str, Any]:
-    """What identifies a source run and the exact shard files the snapshot reads from it."""
-    run = read_json(run_dir / "_run.json")
-    manifest_path = run_dir / "shards" / MANIFEST
-    manifest = read_json(manifest_path)
+def _run_lineage(run_dir: storage.Location, shards: Sequence[str], selected: int) -> dict[str, Any]:
+    """What identifies a source run and the exact shard files the snapshot reads from it. A URL run is recorded by
+    its URL alone: the endpoint and credentials that reached it stay in the environment."""
+    run = storage.read_json(storage.join(run_dir, "_run.json"))
+    manifest_path = storage.join(run_dir, "shards", MANIFEST)
+    manifest = storage.read_json(manifest_path)
     listed = {s["name"]: s for s in manifest["shards"]}
     files = []
     for name in sorted(shards):
-        path = run_dir / "shards" / name
+        path = storage.join(run_dir, "shards", name)
         files.append(
-            {"name": name, "rows": listed[name]["rows"], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            {"name": name, "rows": listed[name]["rows"], "bytes": storage.size(path), "sha256": file_sha256(path)}
         )
     return {
         "run_id": _run_id(run),
@@ -101,21 +104,29 @@ def create_snapshot(
     run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, overrides: Mapping[str, Any] | None = None
 ) -> Snapshot:
     """Select the training set over `run_dirs` (parameters from their config, `overrides` replacing some) and
-    write it to `out_dir`, which must not exist yet (or be empty).
+    write it to `out_dir`, which must not exist yet (or be empty). Runs may be URLs (`curation.storage`); the
+    snapshot itself is written to a local directory.
 
     The selection streams from DuckDB in batches straight into `clips.parquet`, and the id and lineage are
     accumulated as it goes: memory stays at one batch however many clips are selected (DuckDB sorts out of core)."""
+    if storage.is_url(out_dir):
+        raise SnapshotError(f"{out_dir}: snapshots are written to a local directory (--out), not to a URL")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SnapshotError(f"{out} already exists: snapshots are immutable, choose a new --out")
-    dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
-    con = connect(dirs)
+    given = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
+    con = connect(given)
+    dirs = [storage.location(d) for d in given]
     overrides = dict(overrides or {})
     params = check_params({**configured_params(dirs, given=overrides), **overrides})
     sql = load_named(SELECTION_QUERY)
-    by_path = {str(d.resolve()): d.resolve() for d in dirs}
-    run_ids = {key: _run_id(read_json(run_dir / "_run.json")) for key, run_dir in by_path.items()}
-    manifests = {key: file_sha256(run_dir / "shards" / MANIFEST) for key, run_dir in by_path.items()}
+    # Keyed like the views' `run` column: a resolved local path, or the URL.
+    by_path = {storage.key(d): storage.location(storage.key(d)) for d in dirs}
+    try:
+        run_ids = {key: _run_id(storage.read_json(storage.join(d, "_run.json"))) for key, d in by_path.items()}
+        manifests = {key: file_sha256(storage.join(d, "shards", MANIFEST)) for key, d in by_path.items()}
+    except storage.StorageError as e:
+        raise SnapshotError(str(e)) from e
     sql_sha256 = hashlib.sha256(sql.encode()).hexdigest()
     identity = {
         "format": SNAPSHOT_FORMAT,
@@ -233,28 +244,37 @@ def _run_id(run: Mapping[str, Any]) -> str:
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
-    record_path = Path(path) / SNAPSHOT_FILE
-    if not record_path.exists():
+    """A snapshot directory's record; `path` may be a URL (`curation.storage`)."""
+    where = storage.location(path)
+    record_path = storage.join(where, SNAPSHOT_FILE)
+    if not storage.exists(record_path):
         raise SnapshotError(f"{path} is not a snapshot (no {SNAPSHOT_FILE}); write one with `curation.snapshot create`")
-    record = read_json(record_path)
+    record = storage.read_json(record_path)
     if record.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotError(f"{path}: snapshot format {record.get('format')}, this code reads {SNAPSHOT_FORMAT}")
-    return Snapshot(Path(path), record)
+    return Snapshot(where, record)
 
 
 def verify_snapshot(
     snapshot: Snapshot, runs: Mapping[str, str | Path] | None = None, checksums: bool = False
-) -> dict[str, Path]:
+) -> dict[str, Path | str]:
     """Check that every referenced shard file is still there with its recorded size (and sha256 with `checksums`);
-    returns {run_id: run directory}. `runs` relocates runs by id (a copy on another machine)."""
+    returns {run_id: run directory (a Path, or a URL)}. `runs` relocates runs by id (a copy on another machine, or
+    in a bucket)."""
     located = {}
     for run in snapshot.record["runs"]:
-        run_dir = Path((runs or {}).get(run["run_id"], run["path"]))
+        run_dir = storage.location((runs or {}).get(run["run_id"], run["path"]))
         for shard in run["shards"]:
-            path = run_dir / "shards" / shard["name"]
-            if not path.exists():
+            path = storage.join(run_dir, "shards", shard["name"])
+            try:
+                found = storage.size(path)
+            except FileNotFoundError:
+                found = None
+            except storage.StorageError as e:
+                raise SnapshotError(f"snapshot {snapshot.snapshot_id}: {e}") from e
+            if found is None:
                 raise SnapshotError(f"snapshot {snapshot.snapshot_id}: {path} is missing (run {run['run_id']})")
-            if path.stat().st_size != shard["bytes"] or (checksums and file_sha256(path) != shard["sha256"]):
+            if found != shard["bytes"] or (checksums and file_sha256(path) != shard["sha256"]):
                 raise SnapshotError(
                     f"snapshot {snapshot.snapshot_id}: {path} changed since the snapshot was taken "
                     f"(recorded {shard['bytes']} bytes, sha256 {shard['sha256'][:12]}...)"
@@ -275,7 +295,7 @@ def iter_snapshot(
     located = verify_snapshot(snapshot, runs, checksums)
     wanted = None if columns is None else sorted({*columns, "clip_id"})
     reader: ShardReader | None = None
-    for group in _ref_runs(Path(path) / CLIPS_FILE):
+    for group in _ref_runs(storage.join(snapshot.path, CLIPS_FILE)):
         run_dir, shard = located[group[0]["run_id"]], group[0]["shard"]
         if reader is None or reader.key != (run_dir, shard):  # a shard's footer is read once per run of its rows
             reader = ShardReader(run_dir, shard, wanted)
@@ -291,11 +311,11 @@ def iter_snapshot(
 READ_ROWS = 256  # refs decoded at once by `iter_snapshot`: a few row groups of clips, whatever a shard holds
 
 
-def _ref_runs(clips_file: Path) -> Iterator[list[dict[str, Any]]]:
+def _ref_runs(clips_file: str | Path) -> Iterator[list[dict[str, Any]]]:
     """The snapshot's refs in order, in runs of consecutive rows from one (run_id, shard) of at most READ_ROWS,
     read batch by batch: memory stays at one batch of locators however many clips the snapshot holds."""
     group: list[dict[str, Any]] = []
-    pf = pq.ParquetFile(clips_file)
+    pf = storage.parquet_file(clips_file)
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["run_id", "shard", "shard_row", "clip_id"]):
         for ref in batch.to_pylist():
             same = group and (ref["run_id"], ref["shard"]) == (group[0]["run_id"], group[0]["shard"])
@@ -334,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             snapshot = load_snapshot(args.snapshot)
             verify_snapshot(snapshot, checksums=args.checksums)
-    except QueryError as e:
+    except (QueryError, storage.StorageError) as e:  # a store that refuses mid-way: one line too
         print(f"error: {e}", file=sys.stderr)
         return 2
     record = snapshot.record

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from annotators.qcm import NUM_TOKENS
+from curation import storage
 from curation.video_store import decode_video, is_video_dtype
 from training.camera_rays import RAY_CHANNELS, intrinsics_size, origin_std_for, ray_embedding, scale_intrinsics
 from training.data.config import NOISE_KEY
@@ -154,7 +154,7 @@ class _Decoder:
     def read(self, unit: _Unit, items: Sequence[int]) -> list[dict[str, Any] | _BadRow]:
         t0 = time.perf_counter()
         shard = self.src.shards[unit.shard]
-        pf = pq.ParquetFile(shard.path, metadata=shard.metadata, memory_map=True)
+        pf = storage.parquet_file(shard.path, metadata=shard.metadata, memory_map=True)  # a Path or a URL
         columns = [c for c in self.wanted if c in shard.columns]
         offsets = [unit.rows[i] for i in items]
         table = pf.read_row_group(unit.group, columns=columns, use_threads=False)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.buckets import Bucket
 from curation.shards import read_manifest
 from curation.snapshot import CLIPS_FILE, SNAPSHOT_FILE, load_snapshot, verify_snapshot
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 class _Shard:
     run: int
     name: str
-    path: Path
+    path: Path | str  # a URL for a run on an object store
     starts: tuple[int, ...]  # first row of each row group, plus the total row count
     columns: frozenset[str]
     metadata: pq.FileMetaData
@@ -59,7 +60,7 @@ Shape = tuple[int, int, int]  # a stored clip shape (num_frames, height, width)
 @dataclasses.dataclass(frozen=True)
 class _Run:
     key: str  # snapshot run_id, or "" for a run directory
-    path: Path
+    path: Path | str  # a URL for a run on an object store
     layout: dict[str, tuple[tuple[Dim, ...], np.dtype]]  # tensor -> (shape, dtype) from the manifest
     shapes: tuple[Shape, ...]  # the stored clip shapes: the buckets, or the one [frames] shape
     bucketed: bool  # rows carry their shape in the `bucket` column
@@ -100,7 +101,7 @@ def resolve_dims(dims: tuple[Dim, ...], shape: Shape) -> tuple[int | None, ...]:
 @dataclasses.dataclass
 class _Source:
     kind: str  # "run" | "snapshot"
-    path: Path
+    path: Path | str
     runs: list[_Run]
     shards: list[_Shard]
     units: list[_Unit]
@@ -114,7 +115,7 @@ class _Source:
         return sum(len(u.rows) for u in self.units)
 
 
-def _run_layout(run_dir: Path, key: str) -> _Run:
+def _run_layout(run_dir: Path | str, key: str) -> _Run:
     manifest = read_manifest(run_dir)
     layout = {
         name: (tuple(s if isinstance(s, int) else str(s) for s in spec["shape"]), np.dtype(spec["dtype"]))
@@ -140,11 +141,11 @@ def _run_layout(run_dir: Path, key: str) -> _Run:
     return _Run(key, run_dir, layout, (tuple(frames[:3]),), False, manifest)
 
 
-def _shard_info(run: int, run_dir: Path, name: str) -> _Shard:
-    path = run_dir / "shards" / name
-    if not path.exists():
+def _shard_info(run: int, run_dir: Path | str, name: str) -> _Shard:
+    path = storage.join(run_dir, "shards", name)
+    if not storage.exists(path):
         raise ValueError(f"shard {path} is missing: the source references it")
-    meta = pq.read_metadata(path)
+    meta = storage.read_metadata(path)
     counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     starts = tuple(int(x) for x in np.cumsum([0, *counts]))
     return _Shard(run, name, path, starts, frozenset(meta.schema.to_arrow_schema().names), meta)
@@ -160,19 +161,22 @@ def _bucket_names(table: pa.Table, rows: list[int], runs: list[_Run], where: str
     return [names[i] if runs[r].bucketed else None for i, r in enumerate(rows)]
 
 
-def _read_selection(path: Path, columns: list[str]) -> pa.Table:
+def _read_selection(path: Path | str, columns: list[str]) -> pa.Table:
     """The selection table of a snapshot or a run, with `bucket` when it has one."""
-    files = [path / CLIPS_FILE] if (path / SNAPSHOT_FILE).exists() else sorted((path / "clips").glob("*.parquet"))
-    names = set(pq.read_schema(files[0]).names) if files else set()
+    if storage.exists(storage.join(path, SNAPSHOT_FILE)):
+        files = [storage.join(path, CLIPS_FILE)]
+    else:
+        files = storage.glob(storage.join(path, "clips"), "*.parquet")
+    names = set(storage.read_schema(files[0]).names) if files else set()
     wanted = [*columns, *(["bucket"] if "bucket" in names else [])]
-    return pa.concat_tables(pq.read_table(p, columns=wanted) for p in files)
+    return pa.concat_tables(storage.read_table(p, columns=wanted) for p in files)
 
 
 REF_BATCH = 65536  # selection rows turned into Python values at once
 
 
 def _iter_refs(
-    table: pa.Table, run_of: Callable[[pa.Table], list[int]], runs: list[_Run], path: Path
+    table: pa.Table, run_of: Callable[[pa.Table], list[int]], runs: list[_Run], path: Path | str
 ) -> Iterator[tuple[int, str, int, str, str | None]]:
     """(run, shard, row, clip_id, bucket) of every selected row, in table order, converted batch by batch: only one
     batch of rows is ever held as Python objects. ValueError (from `_bucket_names`) before any row when a bucketed
@@ -188,28 +192,30 @@ def _iter_refs(
 
 
 def _open_source(source: str) -> _Source:
+    """The source's shards and row-group units. `source` may be a URL (`s3://bucket/prefix`, `curation.storage`)
+    of a run or a snapshot; ValueError for one that is missing, unfinished or cannot be read."""
     if not source:
         raise ValueError("data.source is empty: give a run directory or a snapshot directory")
-    path = Path(source)
-    if not path.is_dir():
+    path = storage.location(source)
+    if not storage.is_dir(path):
         raise ValueError(f"data.source {source!r} does not exist or is not a directory")
-    if (path / SNAPSHOT_FILE).exists():
+    if storage.exists(storage.join(path, SNAPSHOT_FILE)):
         snapshot = load_snapshot(path)
         located = verify_snapshot(snapshot)  # refuses when a source shard changed since the snapshot
         keys = list(located)
-        runs = [_run_layout(Path(located[k]), k) for k in keys]
+        runs = [_run_layout(located[k], k) for k in keys]
         table = _read_selection(path, ["run_id", "shard", "shard_row", "clip_id"])
         index = {k: i for i, k in enumerate(keys)}
         refs = _iter_refs(table, lambda batch: [index[r] for r in batch.column("run_id").to_pylist()], runs, path)
         kind, identity = "snapshot", snapshot.snapshot_id
-    elif (path / "shards").is_dir():
+    elif storage.is_dir(storage.join(path, "shards")):
         try:
             runs = [_run_layout(path, "")]
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
         manifest = read_manifest(path)
         names = [s["name"] for s in manifest["shards"]]
-        if not sorted((path / "clips").glob("*.parquet")):
+        if not storage.glob(storage.join(path, "clips"), "*.parquet"):
             raise ValueError(f"{path}: no clips table (clips/*.parquet): not a finished run")
         table = _read_selection(path, ["clip_id", "shard", "shard_row"])
         # Manifest order, then row: a stable sort, done by Arrow rather than over Python tuples of every row.
