@@ -201,6 +201,11 @@ def test_loader_source_on_the_bucket_lists_what_the_local_run_does(
         x, y = next(iter(a)), next(iter(b))
     assert x["clip_id"] == y["clip_id"]
     assert all(_same(x[k].numpy(), y[k].numpy()) for k in ("latents", "noise", "event_activity"))
+    # The data space (latent training, the camera bank) reads the manifests behind a URL run or its snapshot.
+    from training.data.space import read_space, source_run_dirs
+
+    assert source_run_dirs(s3_run) == [s3_run] and source_run_dirs(str(snap.path)) == [s3_run]
+    assert read_space(s3_run) == read_space(str(smoke_run)) == read_space(str(snap.path))
 
 
 @pytest.mark.parametrize("url", [f"s3://{BUCKET}/no-such-run", "s3://no-such-bucket/run"])

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from curation import storage
 from curation.shards import read_manifest
 from curation.snapshot import SNAPSHOT_FILE
 from training.data.config import SPACES
@@ -74,13 +74,15 @@ class DataSpace:
         return int(self.text["max_length"]) if self.text else 0
 
 
-def source_run_dirs(source: str | Path) -> list[Path]:
-    """The run directories behind a source: itself, or every run a snapshot lists (in its order)."""
-    path = Path(source)
-    if (path / SNAPSHOT_FILE).exists():
-        record = json.loads((path / SNAPSHOT_FILE).read_text())
-        return [Path(r["path"]) for r in record.get("runs", [])]
-    return [path]
+def source_run_dirs(source: str | Path) -> list[storage.Location]:
+    """The run directories behind a source (a local path or an object-store URL, `curation.storage`): itself, or
+    every run a snapshot lists (in its order)."""
+    where = storage.location(source)
+    snapshot = storage.join(where, SNAPSHOT_FILE)
+    if storage.exists(snapshot):
+        record = storage.read_json(snapshot)
+        return [storage.location(r["path"]) for r in record.get("runs", [])]
+    return [where]
 
 
 def _has_tensor(manifest: dict[str, Any], name: str) -> bool:
