@@ -93,6 +93,10 @@ def check_run_dir(run_dir: storage.Location) -> None:
     if missing:
         raise QueryError(f"{run_dir} has no {', '.join(missing)} table: the run has not finished (rerun it)")
     run_json = storage.join(run_dir, "_run.json")
+    if storage.is_url(run_dir) and not storage.exists(run_json):
+        # On an object store `_run.json` is the commit point of a publish (pipelines.publish): without it the
+        # prefix is still being written, or was left half-published by a killed run.
+        raise QueryError(f"{run_dir} is not finished (no _run.json): its publish has not completed (rerun it)")
     if storage.exists(run_json):
         version = storage.read_json(run_json).get("schema_version")
         if version != SCHEMA_VERSION:
