@@ -67,14 +67,22 @@ def fundamental_from_step(relative_pose: np.ndarray, k: np.ndarray) -> np.ndarra
     return k_inv.T @ (tx @ r_21) @ k_inv
 
 
+def _epipolar_lines(shape: tuple[int, ...], fundamental: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(xs, ys, a, b, c, |(a, b)|): every pixel's epipolar line l = F p1 in the next frame, one product per
+    coefficient (no (h, w, 3) stack and matrix product: the per-pair cost of the events stage is mostly such
+    whole-grid passes)."""
+    ys, xs = pixel_grid(*shape[:2])
+    f = np.asarray(fundamental, np.float64)
+    a = f[0, 0] * xs + f[0, 1] * ys + f[0, 2]
+    b = f[1, 0] * xs + f[1, 1] * ys + f[1, 2]
+    c = f[2, 0] * xs + f[2, 1] * ys + f[2, 2]
+    return xs, ys, a, b, c, np.maximum(np.hypot(a, b), 1e-12)
+
+
 def epipolar_distance(flow: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
     """(h, w) pixel distance of each point's flow endpoint to its epipolar line in the next frame."""
-    ys, xs = pixel_grid(*flow.shape[:2])
-    p1 = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
-    lines = p1 @ fundamental.T  # l = F p1, one line (a, b, c) per point
-    x2, y2 = xs + flow[..., 0], ys + flow[..., 1]
-    num = np.abs(lines[..., 0] * x2 + lines[..., 1] * y2 + lines[..., 2])
-    return (num / np.maximum(np.hypot(lines[..., 0], lines[..., 1]), 1e-12)).astype(np.float32)
+    xs, ys, a, b, c, norm = _epipolar_lines(flow.shape, fundamental)
+    return (np.abs(a * (xs + flow[..., 0]) + b * (ys + flow[..., 1]) + c) / norm).astype(np.float32)
 
 
 def epipolar_residual(flow: np.ndarray, camera: np.ndarray, fundamental: np.ndarray, bound: float) -> np.ndarray:
@@ -82,17 +90,13 @@ def epipolar_residual(flow: np.ndarray, camera: np.ndarray, fundamental: np.ndar
     whatever of the motion along that line (relative to the homography's prediction `camera`) exceeds `bound`
     pixels, the most parallax the step's translation can make. Unbounded, any motion along the line would count as
     parallax, so a tiny spurious translation would explain away an object that moves along its epipolar lines."""
-    distance = epipolar_distance(flow, fundamental)
+    xs, ys, a, b, c, norm = _epipolar_lines(flow.shape, fundamental)
+    distance = np.abs(a * (xs + flow[..., 0]) + b * (ys + flow[..., 1]) + c) / norm
     if not math.isfinite(bound):
-        return distance
-    ys, xs = pixel_grid(*flow.shape[:2])
-    p1 = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
-    lines = p1 @ fundamental.T
-    norm = np.maximum(np.hypot(lines[..., 0], lines[..., 1]), 1e-12)
-    d = flow - camera  # the motion the homography leaves, split into across (distance) and along the line
-    along = np.abs(d[..., 0] * -lines[..., 1] + d[..., 1] * lines[..., 0]) / norm
-    excess = np.maximum(along - bound, 0.0)
-    return np.hypot(distance, excess).astype(np.float32)
+        return distance.astype(np.float32)
+    # the motion the homography leaves, split into across (the distance) and along the line (its direction (-b, a))
+    along = np.abs((camera[..., 0] - flow[..., 0]) * b + (flow[..., 1] - camera[..., 1]) * a) / norm
+    return np.hypot(distance, np.maximum(along - bound, 0.0)).astype(np.float32)
 
 
 def camera_residual(
@@ -110,14 +114,15 @@ def camera_residual(
     h, w = flow.shape[:2]
     camera = homography_flow(safe_homography(homography), h, w)
     flow = np.where(np.isfinite(flow), flow, camera)  # no estimate: assume the point moves with the camera
-    residual = np.linalg.norm(flow - camera, axis=-1)
+    residual = np.hypot(flow[..., 0] - camera[..., 0], flow[..., 1] - camera[..., 1])
     if fundamental is not None:
         residual = np.minimum(residual, epipolar_residual(flow, camera, fundamental, parallax_bound))
     margin = EDGE_MARGIN * min(h, w)
     ys, xs = pixel_grid(h, w)
     x1, y1 = xs + camera[..., 0], ys + camera[..., 1]
     inside = (x1 >= margin) & (x1 <= w - 1 - margin) & (y1 >= margin) & (y1 <= h - 1 - margin)
-    moved = np.abs(camera).max(axis=-1) > 0.25  # a still camera keeps its borders: objects may enter there
+    # a still camera keeps its borders: objects may enter there
+    moved = np.maximum(np.abs(camera[..., 0]), np.abs(camera[..., 1])) > 0.25
     return np.where(inside | ~moved, residual, 0.0).astype(np.float32)
 
 
