@@ -156,12 +156,6 @@ def step_epipolar(
     return lent, [bounds[i] if i is not None else math.inf for i in source]
 
 
-def step_fundamentals(c2w: np.ndarray | None, k: np.ndarray | None, n_pairs: int) -> list[np.ndarray | None] | None:
-    """`step_epipolar`'s fundamental matrices alone (unbounded parallax)."""
-    epipolar = step_epipolar(c2w, k, n_pairs)
-    return None if epipolar is None else epipolar[0]
-
-
 class EventAnnotator:
     """EVD event pseudo-targets per clip from `flow`, `global_homography` and, when present, the camera."""
 

@@ -80,7 +80,7 @@ def exists(where: Location) -> bool:
     if not is_url(where):
         return Path(where).exists()
     fs, path = filesystem(str(where))
-    with _store_errors(str(where)):
+    with store_errors(str(where)):
         return fs.exists(path)
 
 
@@ -89,7 +89,7 @@ def is_dir(where: Location) -> bool:
     if not is_url(where):
         return Path(where).is_dir()
     fs, path = filesystem(str(where))
-    with _store_errors(str(where)):
+    with store_errors(str(where)):
         return fs.isdir(path)
 
 
@@ -98,7 +98,7 @@ def size(where: Location) -> int:
     if not is_url(where):
         return Path(where).stat().st_size
     fs, path = filesystem(str(where))
-    with _store_errors(str(where)):
+    with store_errors(str(where)):
         return int(fs.size(path))
 
 
@@ -118,7 +118,7 @@ def glob(base: Location, pattern: str) -> list[Location]:
     if not is_url(base):
         return sorted(Path(base).glob(pattern))
     fs, path = filesystem(str(base))
-    with _store_errors(str(base)):
+    with store_errors(str(base)):
         found = fs.glob(f"{path.rstrip('/')}/{pattern}")
     # fsspec returns paths without the protocol: put it back so each one is a URL again.
     return sorted(fs.unstrip_protocol(p) for p in found)
@@ -132,7 +132,7 @@ def open_input(where: Location) -> Iterator[IO[bytes]]:
             yield f
         return
     fs, path = filesystem(str(where))
-    with _store_errors(str(where)), fs.open(path, "rb") as f:
+    with store_errors(str(where)), fs.open(path, "rb") as f:
         yield f
 
 
@@ -142,7 +142,7 @@ def parquet_file(where: Location, **kwargs: Any) -> pq.ParquetFile:
         return pq.ParquetFile(where, **kwargs)
     kwargs.pop("memory_map", None)
     fs, path = filesystem(str(where))
-    with _store_errors(str(where)):
+    with store_errors(str(where)):
         return pq.ParquetFile(path, filesystem=fs, **kwargs)
 
 
@@ -172,7 +172,7 @@ def filesystems(locations: list[Location]) -> list[AbstractFileSystem]:
 
 
 @contextmanager
-def _store_errors(url: str) -> Iterator[None]:
+def store_errors(url: str) -> Iterator[None]:
     """A refused or failed store request as a one-line StorageError; a missing file stays FileNotFoundError (callers
     turn that into their own message)."""
     try:

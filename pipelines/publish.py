@@ -68,7 +68,7 @@ def remote_files(url: str) -> dict[str, dict]:
     """The objects under the URL's prefix (their fsspec info: size, ETag), by key relative to it."""
     fs, root = storage.filesystem(url)
     root = root.rstrip("/")
-    with storage._store_errors(url):
+    with storage.store_errors(url):
         fs.invalidate_cache(root)
         found = fs.find(root, detail=True) if fs.exists(root) else {}
     return {p[len(root) + 1 :]: info for p, info in found.items() if info.get("type", "file") == "file"}
@@ -113,7 +113,7 @@ def publish(staging: Path, url: str) -> Plan:
         return todo
     fs, root = storage.filesystem(url)
     root = root.rstrip("/")
-    with storage._store_errors(url):
+    with storage.store_errors(url):
         if todo.uncommit:
             fs.rm_file(f"{root}/{COMMIT}")
         if todo.upload:

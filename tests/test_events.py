@@ -238,7 +238,10 @@ def _steps(translating: list[bool]) -> np.ndarray:
 
 
 def test_only_a_mostly_translating_camera_lends_its_epipolar_lines():
-    from annotators.events import step_fundamentals
+    from annotators.events import step_epipolar
+
+    def step_fundamentals(c2w: np.ndarray, k: np.ndarray, n_pairs: int) -> list:
+        return step_epipolar(c2w, k, n_pairs)[0]
 
     k = np.array([[100.0, 0, 63.5], [0, 100.0, 63.5], [0, 0, 1]])
     mostly = [True] * 6 + [False] + [True] * 5  # one step without parallax in a strafe: it borrows

@@ -4,7 +4,6 @@ loopback; endpoint and credentials reach the code only through the AWS environme
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from curation.duck import QueryError, connect, run_query
 from curation.query import main as query_main
 from curation.shards import ShardReader, curated_clip_ids, iter_clips, read_manifest, read_rows
 from curation.snapshot import CLIPS_FILE, SnapshotError, create_snapshot, iter_snapshot, verify_snapshot
+from tests.s3_moto import forget_s3_clients, moto_s3
 from training.data import DataConfig, make_loader
 from training.data.source import _open_source
 
@@ -32,42 +32,8 @@ SECRET_KEY = "s3-read-test-secret-never-written"
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 API on a free loopback port, and the AWS environment pointing at it (nothing else: a developer's
-    own ~/.aws must not leak in)."""
-    from moto.server import ThreadedMotoServer
-
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        none = str(tmp_path_factory.mktemp("aws") / "absent")
-        with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-                mp.delenv(name, raising=False)
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("AWS_CONFIG_FILE", none)
-            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", none)
-            _forget_s3_clients()  # an instance made under another environment would keep its endpoint
-            try:
-                yield endpoint
-            finally:
-                _forget_s3_clients()
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
-
-
-def _forget_s3_clients() -> None:
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3(tmp_path_factory.mktemp("aws"), ACCESS_KEY, SECRET_KEY) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +219,11 @@ def test_an_unreachable_endpoint_is_one_line_without_the_endpoint(
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries, from the environment like the rest
-    _forget_s3_clients()
+    forget_s3_clients()
     try:
         assert query_main([f"s3://{BUCKET}/run", "SELECT 1"]) == 2
     finally:
-        _forget_s3_clients()  # the next test's client must see the real endpoint again
+        forget_s3_clients()  # the next test's client must see the real endpoint again
     err = capsys.readouterr().err
     assert err.startswith(f"error: s3://{BUCKET}/run") and err.count("\n") == 1
     assert "Could not connect" in err and closed not in err and "127.0.0.1" not in err

@@ -4,11 +4,8 @@ uploaded. The bucket lives in moto's S3 API server on loopback, reached only thr
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +13,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from curation import storage
@@ -25,6 +21,8 @@ from curation.query import main as query_main
 from curation.snapshot import create_snapshot
 from pipelines import publish
 from tests.conftest import SMOKE, run_pipeline
+from tests.s3_moto import moto_s3
+from tests.test_resume import kill_everything
 
 BUCKET = "curation-writes"
 URL = f"s3://{BUCKET}/run"
@@ -32,42 +30,8 @@ URL = f"s3://{BUCKET}/run"
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 API on a free loopback port, the AWS environment pointing at it, and an empty bucket."""
-    from moto.server import ThreadedMotoServer
-
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        none = str(tmp_path_factory.mktemp("aws") / "absent")
-        with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-                mp.delenv(name, raising=False)
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_ACCESS_KEY_ID", "AKIAS3WRITETEST00042")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "s3-write-test-secret")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("AWS_CONFIG_FILE", none)
-            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", none)
-            _forget_s3_clients()
-            fsspec.filesystem("s3").mkdir(BUCKET)
-            try:
-                yield endpoint
-            finally:
-                _forget_s3_clients()
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
-
-
-def _forget_s3_clients() -> None:
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3(tmp_path_factory.mktemp("aws"), "AKIAS3WRITETEST00042", "s3-write-test-secret", BUCKET) as endpoint:
+        yield endpoint
 
 
 def objects(url: str = f"s3://{BUCKET}") -> dict[str, tuple]:
@@ -87,32 +51,6 @@ def start_run(corpus_dir: Path, staging: Path, ray_tmp: Path) -> subprocess.Pope
     cmd += ["--set", "runtime.num_cpus=1"]  # one CPU: slow enough to be caught mid-run
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}  # the AWS variables too: they point at moto
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def ray_processes(ray_tmp: Path) -> list[int]:
-    """Every live process of the run's own Ray, found by the RAY_TMPDIR they inherited (as in test_resume)."""
-    marker = f"RAY_TMPDIR={ray_tmp}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-def kill_everything(proc: subprocess.Popen, ray_tmp: Path) -> None:
-    """SIGKILL the driver and every process of its Ray at once, as a machine crash would."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 30
-    while (alive := ray_processes(ray_tmp)) and time.time() < deadline:
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    assert not alive, f"processes of the killed run survived: {alive}"
 
 
 def clip_ids(run: str | Path) -> list[str]:
