@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import dedup_index
 
@@ -97,6 +99,43 @@ def parse_hashes(hashes: Sequence[Sequence[str | None] | None]) -> tuple[np.ndar
         for j, h in enumerate(row or ()):
             if h:
                 values[i, j], valid[i, j] = np.uint64(int(h, 16)), True
+    return values, valid
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)  # ASCII -> nibble value; 255: not a hex digit
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _HEX[ord(chr(_c).upper())] = _i
+
+
+def hash_arrays(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_hashes` of an Arrow list<string> column (the clips table's `key_frame_hashes`), without a Python object
+    per hash: the 16-digit hex strings are decoded straight from the string buffer. Other lengths go through `int`."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    k = int(lengths.max(initial=0))
+    values, valid = np.zeros((n, k), dtype=np.uint64), np.zeros((n, k), dtype=bool)
+    flat = arr.flatten().cast(pa.string())
+    if not len(flat):
+        return values, valid
+    rows = np.repeat(np.arange(n), lengths)
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1]
+    sizes = np.diff(offsets)
+    present = sizes > 0  # null and empty strings: no hash (as in `parse_hashes`)
+    if flat.null_count:
+        present &= flat.is_valid().to_numpy(zero_copy_only=False)
+    data = np.frombuffer(flat.buffers()[2], dtype=np.uint8) if flat.buffers()[2] is not None else np.zeros(0, np.uint8)
+    fixed = present & (sizes == 16)
+    digits = _HEX[data[offsets[:-1][fixed, None] + np.arange(16)]]
+    ok = (digits != 255).all(axis=1)
+    parsed = np.zeros(int(fixed.sum()), dtype=np.uint64)
+    for d in range(16):  # most significant digit first
+        parsed = (parsed << np.uint64(4)) | digits[:, d].astype(np.uint64)
+    at = np.flatnonzero(fixed)[ok]
+    values[rows[at], cols[at]], valid[rows[at], cols[at]] = parsed[ok], True
+    for i in np.flatnonzero(present & ~np.isin(np.arange(len(flat)), at)):  # odd lengths or bad digits: int() decides
+        values[rows[i], cols[i]], valid[rows[i], cols[i]] = np.uint64(int(flat[int(i)].as_py(), 16)), True
     return values, valid
 
 
@@ -242,6 +281,16 @@ def find_duplicates(
     if not cfg.enabled or len(clips) < 2:
         return []
     values, valid = parse_hashes([c.get("key_frame_hashes") for c in clips])
+    return find_duplicates_in(values, valid, embeddings, lambda i: quality_rank(clips[i]), cfg)
+
+
+def find_duplicates_in(
+    values: np.ndarray, valid: np.ndarray, embeddings: np.ndarray | None, rank: Callable[[int], Any], cfg: DedupConfig
+) -> list[Duplicate]:
+    """`find_duplicates` over arrays: hashes as `parse_hashes` or `hash_arrays` give them, and `rank(i)` the
+    `quality_rank` of clip i (called only for clips in a group), so a run's clips need not be dicts."""
+    if not cfg.enabled or len(values) < 2:
+        return []
     by_embedding = find_embedding_pairs(embeddings, cfg) if cfg.use_embeddings and embeddings is not None else []
     evidence = evidence_of(find_hash_pairs(values, valid, cfg), by_embedding)
-    return resolve_groups(len(clips), evidence, lambda i: quality_rank(clips[i]))
+    return resolve_groups(len(values), evidence, rank)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from curation.camera_filter import CameraFilterConfig
@@ -85,15 +86,24 @@ def violation(clip: Mapping[str, Any], cfg: FilterConfig) -> tuple[str, str] | N
     return None
 
 
-def apply_filters(
-    clips: Sequence[Mapping[str, Any]], cfg: FilterConfig
-) -> tuple[list[Mapping[str, Any]], list[tuple[Mapping[str, Any], str, str]]]:
-    """Split `clips` into (kept, [(clip, reason, detail)])."""
-    kept, dropped = [], []
-    for clip in clips:
-        broken = violation(clip, cfg)
-        if broken is None:
-            kept.append(clip)
-        else:
-            dropped.append((clip, *broken))
-    return kept, dropped
+def filter_columns(columns: Mapping[str, np.ndarray], cfg: FilterConfig) -> tuple[np.ndarray, list[str], list[str]]:
+    """`violation` over whole columns (one array per column of `cfg.columns`, NaN where null): the indices of the
+    clips that break a rule, ascending, with each one's reason and detail (the first broken rule in column order,
+    worded as `violation` words it)."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    undecided = np.ones(n, dtype=bool)
+    hits, reasons, details = [], [], []
+    for column in (c for c in FILTERABLE if c in cfg.columns):
+        value = np.asarray(columns[column], dtype=np.float64)
+        for bound, word, sign in (("min", "low", "<"), ("max", "high", ">")):
+            if column not in getattr(cfg, bound):
+                continue
+            limit = getattr(cfg, bound)[column]
+            hit = np.flatnonzero(undecided & ((value < limit) if bound == "min" else (value > limit)))  # NaN: neither
+            undecided[hit] = False
+            hits.append(hit)
+            reasons += [f"{word}_{column}"] * len(hit)
+            details += [f"{column} {value[i]:.4g} {sign} filters.{bound}.{column}={limit:g}" for i in hit]
+    order = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+    sort = np.argsort(order, kind="stable")
+    return order[sort], [reasons[i] for i in sort], [details[i] for i in sort]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,19 +218,39 @@ def shard_path(run_dir: str | Path, shard: str) -> str | Path:
     return storage.join(storage.location(run_dir), "shards", shard)
 
 
-def read_tensor_column(run_dir: str | Path, shard_names: Sequence[str], name: str) -> dict[str, np.ndarray]:
-    """{clip_id: tensor `name`} over the named shards, reading only that tensor's columns; shards without the
-    tensor, and rows where it is null, contribute nothing."""
-    out: dict[str, np.ndarray] = {}
-    wanted = ["clip_id", name, f"{name}_dtype", f"{name}_shape"]
-    for shard in shard_names:
+def visit_tensors(
+    run_dir: str | Path,
+    names: Sequence[str],
+    codes: np.ndarray,
+    rows: np.ndarray,
+    name: str,
+    visit: Callable[[int, np.ndarray], None],
+    batch_rows: int = 4096,
+) -> int:
+    """Call `visit(i, tensor)` for every i whose shard row (`names[codes[i]]`, `rows[i]`) holds tensor `name`, file
+    by file and batch by batch, reading only that tensor's columns: memory is one batch, however many clips.
+    Returns how many were visited."""
+    codes, rows = np.asarray(codes, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+    order = np.lexsort((rows, codes))
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    wanted, visited = [name, f"{name}_dtype", f"{name}_shape"], 0
+    for code, shard in enumerate(names):
+        members = order[bounds[code] : bounds[code + 1]]
+        if not len(members):
+            continue
         pf = storage.parquet_file(shard_path(run_dir, shard))
         if name not in pf.schema_arrow.names:
             continue
-        for row in pf.read(columns=wanted).to_pylist():
-            if row[name] is not None:
-                out[row["clip_id"]] = decode_tensor(row, name)
-    return out
+        at, start = rows[members], 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+            lo, hi = np.searchsorted(at, [start, start + batch.num_rows])
+            if hi > lo:
+                for i, row in zip(members[lo:hi], batch.take(pa.array(at[lo:hi] - start)).to_pylist(), strict=True):
+                    if row[name] is not None:
+                        visit(int(i), decode_tensor(row, name))
+                        visited += 1
+            start += batch.num_rows
+    return visited
 
 
 def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,28 @@ def write_run_table(run_dir: str | Path, name: str, rows: list[dict]) -> Path:
     """Write RUN_DIR/<name>/<name>.parquet with the table's explicit schema (typed even when empty)."""
     path = Path(run_dir) / name / f"{name}.parquet"
     atomic_write_parquet(rows_to_table(rows, TABLES[name]), path)
+    return path
+
+
+def write_run_table_batches(run_dir: str | Path, name: str, batches: Iterable[pa.Table]) -> Path:
+    """`write_run_table` from tables of rows, one row group each, so a table of millions of rows never has to be
+    in memory at once; each batch is cast to the table's schema. Atomic like every write here."""
+    schema = TABLES[name]
+    path = Path(run_dir) / name / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            wrote = False
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_table(batch.select(schema.names).cast(schema))
+                    wrote = True
+            if not wrote:
+                writer.write_table(schema.empty_table())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,115 +1,52 @@
 """Turn the per-input work records into the run's tables: videos, scenes, clips, rejected, and the shard manifest.
 
-Runs on the driver after the DAG, and again on every rerun: it only reads small JSON records, so rebuilding the
-tables is cheap and always reflects exactly the finished work. Inputs are visited in sorted URI order, so the
-tables and the manifest are identical however the work was scheduled or interrupted.
+Runs on the driver after the DAG, and again on every rerun: it reads the records (small JSON) into column files
+(`pipelines.collected`), curates over the columns each stage needs, and writes the tables batch by batch, so its
+memory follows the curation columns, not the rows. Inputs are visited in sorted URI order, so the tables and the
+manifest are identical however the work was scheduled or interrupted.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from annotators.events import EventConfig
 from curation.camera_filter import REASON as CAMERA_OUTLIER
 from curation.camera_filter import CameraFilterConfig, camera_magnitude, find_outliers
-from curation.dedup import DedupConfig, find_duplicates
-from curation.filters import FilterConfig, apply_filters
-from curation.packing import Member, PackFile, pack_shards, packing_summary, remove_unlisted
+from curation.dedup import DedupConfig, find_duplicates_in, hash_arrays, quality_rank
+from curation.filters import FilterConfig, filter_columns
+from curation.packing import Member, pack_shards, packing_summary, remove_unlisted
 from curation.schema import VIDEOS
-from curation.shards import ShardFile, read_tensor_column, write_manifest
-from curation.tables import write_run_table
-from pipelines.steps import WorkDir, read_attempts, rejected_row
+from curation.shards import ShardFile, visit_tensors, write_manifest
+from curation.tables import write_run_table_batches
+from pipelines.collected import FAULT_REASONS, LIVE_SPILLS, SPILL_PREFIX, Collected
+from pipelines.steps import WorkDir, rejected_row
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
 
+__all__ = ["FAULT_REASONS", "Collected", "collect", "curate", "pack_run", "write_tables"]
+
 logger = logging.getLogger(__name__)
 
-# Rejection reasons that are faults of the machinery rather than verdicts on the content.
-FAULT_REASONS = ("worker_crashed", "worker_died", "out_of_memory")  # and every `*_error`
-
-
-@dataclasses.dataclass
-class Collected:
-    """Every table's rows plus the bookkeeping the summary needs."""
-
-    videos: list[dict] = dataclasses.field(default_factory=list)
-    scenes: list[dict] = dataclasses.field(default_factory=list)
-    clips: list[dict] = dataclasses.field(default_factory=list)
-    rejected: list[dict] = dataclasses.field(default_factory=list)
-    shards: list[ShardFile] = dataclasses.field(default_factory=list)  # per-video files, as the records list them
-    packs: list[PackFile] | None = None  # the packed files holding them, once `pack_run` ran
-    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
-    ready: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))  # inputs per step
-    # per step: one {"start", "end", "node", "seconds"} per finished input, for the throughput figures
-    timings: dict[str, list[dict]] = dataclasses.field(default_factory=lambda: defaultdict(list))
-    # per step: {"retried": inputs that needed more than one attempt, "retries": extra attempts, "lost": inputs
-    # whose every attempt died}
-    attempts: dict[str, Counter] = dataclasses.field(default_factory=lambda: defaultdict(Counter))
-
-    def note_record(self, step: str, key: str, record: dict) -> None:
-        """Account one finished step record: its busy time, timing and attempts."""
-        self.seconds[step] += record.get("seconds", 0.0)
-        if timing := record.get("timing"):
-            self.timings[step].append({**timing, "key": key, "seconds": record.get("seconds", 0.0)})
-        if (extra := int(record.get("attempts", 1)) - 1) > 0:
-            self.attempts[step].update(retried=1, retries=extra)
-
-    def note_crash(self, work: WorkDir, step: str, row: dict) -> None:
-        """Account an input that `step` attempted but left without a record: a `worker_crashed` rejection, and the
-        attempts its attempt log shows."""
-        attempts = read_attempts(work.attempts_path(step, row["key"]))
-        if attempts:
-            self.attempts[step].update(lost=1, retries=len(attempts) - 1, retried=int(len(attempts) > 1))
-        self.rejected.append(rejected_row(step, row, "worker_crashed", crashed_detail(attempts)))
-
-    def faults(self) -> dict[str, Any]:
-        """Retries and failures of the run, for _run.json and the summary."""
-        errors = Counter(
-            f"{r['stage']}/{r['reason']}"
-            for r in self.rejected
-            if r["reason"] in FAULT_REASONS or r["reason"].endswith("_error")
-        )
-        return {
-            "retries": sum(c["retries"] for c in self.attempts.values()),
-            "retried_inputs": sum(c["retried"] for c in self.attempts.values()),
-            "by_step": {step: dict(c) for step, c in sorted(self.attempts.items())},
-            "errors": dict(sorted(errors.items())),
-        }
-
-    @property
-    def files(self) -> list[ShardFile] | list[PackFile]:
-        """The shard files of the run: the packs once packed, else the per-video files."""
-        return self.packs if self.packs is not None else self.shards
-
-    def counts(self) -> dict[str, Any]:
-        failed = sum(1 for v in self.videos if v.get("error"))
-        return {
-            "videos": len(self.videos),
-            "videos_failed": failed,
-            "scenes": len(self.scenes),
-            "clips": len(self.clips),
-            "rejected": len(self.rejected),
-            "rejected_by_reason": dict(Counter(f"{r['stage']}/{r['reason']}" for r in self.rejected)),
-            "shards": len(self.files),
-            "shard_bytes": sum(s.bytes for s in self.files),
-            "clip_seconds": round(sum(c["end_s"] - c["start_s"] for c in self.clips), 3),
-        }
+RANK_FIELDS = ("aesthetic_score", "width", "height", "start_s", "end_s", "sharpness", "clip_id")  # quality_rank's
 
 
 def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) -> Collected:
     """Read every input's records in order. Inputs that a step in `attempted` left without a record (their worker
     died) become `worker_crashed` rejections; rerunning retries them."""
-    work, out = WorkDir(run_dir), Collected()
+    work, out = WorkDir(run_dir), Collected(run_dir)
     first_uri_of: dict[str, str] = {}
     for row in inputs:
         key = row["key"]
@@ -131,6 +68,7 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
             continue
         first_uri_of[video["video_id"]] = video["source_uri"]
         _collect_video(work, row, video, out, attempted)
+    out.seal()
     return out
 
 
@@ -154,30 +92,28 @@ def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attemp
             out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 
 
-def crashed_detail(attempts: list[dict]) -> str:
-    """Why an input has no record of its step: its `attempts` (from the attempt log) all lost their worker."""
-    nodes = sorted({a["node"][:8] for a in attempts})
-    where = f" on node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)}" if nodes else ""
-    return f"the worker process died ({len(attempts) or 'unknown'} attempts{where}); rerun to retry"
-
-
-def drop_clips(data: Collected, stage: str, dropped: list[tuple[dict, str, str]]) -> None:
-    """Move clips from `clips` to `rejected` (stage, reason, detail). Their shard rows stay; readers select the
-    curated set by the `clips` table."""
-    gone = {id(c) for c, _, _ in dropped}
-    data.clips = [c for c in data.clips if id(c) not in gone]
-    for clip, reason, detail in dropped:
-        data.rejected.append(rejected_row(stage, clip, reason, detail, (clip["start_frame"], clip["end_frame"])))
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64, NaN where null."""
+    return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def filter_scores(data: Collected, cfg: FilterConfig) -> dict[str, Any] | None:
     """`[filters]` thresholds over the run's clips (stage `filters`); None when no threshold is set."""
     if not cfg.columns:
         return None
-    kept, dropped = apply_filters(data.clips, cfg)
-    drop_clips(data, "filters", dropped)
-    by_reason = Counter(reason for _, reason, _ in dropped)
-    return {"min": cfg.min, "max": cfg.max, "kept": len(kept), "excluded": len(dropped), "by_reason": by_reason}
+    live, table = data.clips.live(), data.clips.columns(sorted(cfg.columns))
+    hit, reasons, details = filter_columns({c: _floats(table, c) for c in cfg.columns}, cfg)
+    data.clips.drop("filters", live[hit], reasons, details)
+    by_reason = Counter(reasons)
+    return {"min": cfg.min, "max": cfg.max, "kept": len(data.clips), "excluded": len(hit), "by_reason": by_reason}
+
+
+def _tensor_rows(data: Collected) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Where each kept clip's shard row is: (file names, each clip's index into them, row in that file)."""
+    table = data.clips.columns(["shard", "shard_row"])
+    encoded = pc.dictionary_encode(table["shard"].combine_chunks())
+    rows = table["shard_row"].to_numpy(zero_copy_only=False)
+    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False), rows
 
 
 def filter_camera_outliers(data: Collected, cfg: CameraFilterConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -186,12 +122,15 @@ def filter_camera_outliers(data: Collected, cfg: CameraFilterConfig, run_dir: Pa
     for the manifest; None when off."""
     if not cfg.enabled:
         return None
-    shards = sorted({c["shard"] for c in data.clips})
-    poses = read_tensor_column(run_dir, shards, "camera_c2w")
-    intrinsics = read_tensor_column(run_dir, shards, "camera_intrinsics")
-    magnitudes = [camera_magnitude(poses.get(c["clip_id"]), intrinsics.get(c["clip_id"])) for c in data.clips]
+    live, where = data.clips.live(), _tensor_rows(data)
+    poses: list[np.ndarray | None] = [None] * len(live)
+    intrinsics: list[np.ndarray | None] = [None] * len(live)
+    visit_tensors(run_dir, *where, "camera_c2w", poses.__setitem__)
+    visit_tensors(run_dir, *where, "camera_intrinsics", intrinsics.__setitem__)
+    magnitudes = [camera_magnitude(c2w, k) for c2w, k in zip(poses, intrinsics, strict=True)]
+    del poses, intrinsics
     rule, found = find_outliers(magnitudes, cfg)
-    drop_clips(data, "filters", [(data.clips[i], CAMERA_OUTLIER, detail) for i, detail in found])
+    data.clips.drop("filters", live[[i for i, _ in found]], CAMERA_OUTLIER, [detail for _, detail in found])
     return {**rule.as_dict(), "excluded": len(found)}
 
 
@@ -210,30 +149,43 @@ def filter_clips(data: Collected, cfg: FilterConfig, run_dir: Path) -> dict[str,
     return out
 
 
+def clip_embeddings(data: Collected, run_dir: Path, name: str = "clip_embedding") -> np.ndarray | None:
+    """The kept clips' `name` tensors as an (n, d) float16 array on disk (a memmap in the collection's folder:
+    10 M clips of 768 values are 15 GB), NaN rows where a clip has none; None when no clip has one."""
+    where = _tensor_rows(data)
+    out: dict[str, Any] = {}
+    path = data.folder / f"{name}.npy"
+
+    def put(i: int, tensor: np.ndarray) -> None:
+        if "array" not in out:  # the width comes from the first tensor found
+            shape = (len(where[1]), tensor.size)
+            out["array"] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+            for start in range(0, len(where[1]), 65536):
+                out["array"][start : start + 65536] = np.nan
+        out["array"][i] = tensor.reshape(-1)  # float16 as stored: dedup converts rows as it reads them
+
+    visit_tensors(run_dir, *where, name, put)
+    return out.get("array")
+
+
 def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[str, Any] | None:
     """Global near-duplicate removal (stage `dedup`, reason `duplicate`, the kept clip in the detail): key-frame
     hashes, plus the `clip_embedding` tensors in the shards when they exist. None when dedup is off."""
     if not cfg.enabled:
         return None
-    clips = data.clips
-    embeddings = None
-    if cfg.use_embeddings:
-        stored = read_tensor_column(run_dir, sorted({c["shard"] for c in clips}), "clip_embedding")
-        if stored:
-            dim = len(next(iter(stored.values())))
-            # float16 as stored: half the memory of float32 at 1e6+ clips, and dedup converts rows as it reads them
-            embeddings = np.full((len(clips), dim), np.nan, dtype=np.float16)
-            for i, clip in enumerate(clips):
-                if clip["clip_id"] in stored:
-                    embeddings[i] = stored[clip["clip_id"]]
-    method = "approximate" if cfg.approximate(len(clips)) else "exact"  # which path decides (dedup.method)
-    found = find_duplicates(clips, embeddings, cfg)
-    dropped = []
-    for dup in found:
-        kept = clips[dup.kept]
-        span = f"{kept['source_uri']} frames {kept['start_frame']}-{kept['end_frame']}"
-        dropped.append((clips[dup.dropped], "duplicate", f"{kept['clip_id']} ({span}); {dup.evidence}"))
-    drop_clips(data, "dedup", dropped)
+    live = data.clips.live()
+    embeddings = clip_embeddings(data, run_dir) if cfg.use_embeddings else None
+    table = data.clips.columns(["key_frame_hashes", *RANK_FIELDS])
+    values, valid = hash_arrays(table["key_frame_hashes"])
+    table = table.drop_columns(["key_frame_hashes"])
+    method = "approximate" if cfg.approximate(len(live)) else "exact"  # which path decides (dedup.method)
+    found = find_duplicates_in(values, valid, embeddings, lambda i: quality_rank(table.slice(i, 1).to_pylist()[0]), cfg)
+    keepers = data.clips.take(live[[d.kept for d in found]], ["clip_id", "source_uri", "start_frame", "end_frame"])
+    details = [
+        f"{k['clip_id']} ({k['source_uri']} frames {k['start_frame']}-{k['end_frame']}); {d.evidence}"
+        for d, k in zip(found, keepers.to_pylist(), strict=True)
+    ]
+    data.clips.drop("dedup", live[[d.dropped for d in found]], "duplicate", details)
     return {
         "method": method,
         "hash_distance": cfg.hash_distance,
@@ -270,32 +222,33 @@ def select_events(data: Collected, cfg: EventConfig) -> dict[str, Any] | None:
     filter is off."""
     if not cfg.enabled or (cfg.top_fraction >= 1.0 and not cfg.drop_diffuse):
         return None
-    scored = [c for c in data.clips if c.get("event_score") is not None]
-    kept, dropped = [], []
-    for clip in scored:
-        if cfg.drop_diffuse and clip.get("event_diffuse"):
-            detail = f"activity spread over the frame: entropy {clip['event_entropy']:.2f} (events.drop_diffuse)"
-            dropped.append((clip, "event_diffuse", detail))
-        else:
-            kept.append(clip)
+    live, table = data.clips.live(), data.clips.columns(["event_score", "event_diffuse", "event_entropy"])
+    score, entropy = _floats(table, "event_score"), _floats(table, "event_entropy")
+    scored = ~np.isnan(score)
+    diffuse = np.zeros(len(live), dtype=bool)
+    if cfg.drop_diffuse:
+        diffuse = scored & pc.fill_null(table["event_diffuse"], False).to_numpy(zero_copy_only=False).astype(bool)
+    kept = scored & ~diffuse
+    dropped = [np.flatnonzero(diffuse)]
+    reasons = ["event_diffuse"] * len(dropped[0])
+    details = [f"activity spread over the frame: entropy {entropy[i]:.2f} (events.drop_diffuse)" for i in dropped[0]]
     min_score = 0.0
-    if kept and cfg.top_fraction < 1.0:
-        ranked = sorted((c["event_score"] for c in kept), reverse=True)
-        min_score = ranked[max(1, math.ceil(cfg.top_fraction * len(ranked))) - 1]
-        pool = len(kept)
-        for clip in [c for c in kept if c["event_score"] < min_score]:
-            detail = (
-                f"event_score {clip['event_score']:.4g} < {min_score:.4g}, the cutoff of the top "
-                f"{cfg.top_fraction:.0%} of {pool} clips (events.top_fraction)"
-            )
-            dropped.append((clip, "low_event_score", detail))
-    drop_clips(data, "events", dropped)
+    if kept.any() and cfg.top_fraction < 1.0:
+        ranked = np.sort(score[kept])[::-1]
+        min_score = float(ranked[max(1, math.ceil(cfg.top_fraction * len(ranked))) - 1])
+        low = np.flatnonzero(kept & (score < min_score))
+        rule = f"the cutoff of the top {cfg.top_fraction:.0%} of {int(kept.sum())} clips (events.top_fraction)"
+        dropped.append(low)
+        reasons += ["low_event_score"] * len(low)
+        details += [f"event_score {score[i]:.4g} < {min_score:.4g}, {rule}" for i in low]
+    out = np.concatenate(dropped)
+    data.clips.drop("events", live[out], reasons, details)
     return {
         "min_event_score": min_score,
         "drop_diffuse": cfg.drop_diffuse,
         "top_fraction": cfg.top_fraction,
-        "kept": len(scored) - len(dropped),
-        "excluded": len(dropped),
+        "kept": int(scored.sum()) - len(out),
+        "excluded": len(out),
     }
 
 
@@ -319,18 +272,20 @@ def pack_run(run_dir: Path, data: Collected, cfg: RunConfig) -> None:
         workers=min(4, os.cpu_count() or 1),
         progress=progress,
     )
-    for clip in data.clips:
-        pack, offset = where[clip["shard"]]
-        clip["shard"], clip["shard_row"] = pack, clip["shard_row"] + offset
+    data.clips.relocate(where)
     data.packs = packs
 
 
 def remove_stale_temp_files(run_dir: Path) -> int:
-    """Delete temporary files a killed run left behind (called when no step is running)."""
+    """Delete temporary files a killed run left behind (called when no step is running), and the collection
+    folders (`pipelines.collected`) of finalizes that are not this process's."""
     stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
-    return len(stale)
+    folders = [p for p in (run_dir / "_work").glob(f"{SPILL_PREFIX}*") if str(p) not in LIVE_SPILLS]
+    for p in folders:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale) + len(folders)
 
 
 def remove_used_frames(run_dir: Path) -> int:
@@ -345,8 +300,9 @@ def remove_used_frames(run_dir: Path) -> int:
 
 
 def write_tables(run_dir: Path, data: Collected, config_hash: str, with_manifest: bool, extra: dict) -> None:
-    for name in ("videos", "scenes", "clips", "rejected"):
-        write_run_table(run_dir, name, getattr(data, name))
+    for name in ("videos", "scenes", "clips"):
+        write_run_table_batches(run_dir, name, getattr(data, name).batches())
+    write_run_table_batches(run_dir, "rejected", data.rejected_tables())
     if with_manifest:
         files = data.files
         if data.packs is not None:

@@ -16,7 +16,7 @@ from curation.dedup import (
     parse_hashes,
     quality_rank,
 )
-from curation.filters import FILTERABLE, FilterConfig, apply_filters, violation
+from curation.filters import FILTERABLE, FilterConfig, filter_columns, violation
 
 
 def random_hashes(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -143,9 +143,9 @@ def test_filters_drop_with_reason_and_keep_nulls():
         {"clip_id": "bright", "sharpness": 30.0, "brightness": 0.95},
         {"clip_id": "unscored", "sharpness": None, "brightness": None},
     ]
-    kept, dropped = apply_filters(clips, cfg)
-    assert [c["clip_id"] for c in kept] == ["ok", "unscored"]
-    assert [(c["clip_id"], r) for c, r, _ in dropped] == [("soft", "low_sharpness"), ("bright", "high_brightness")]
+    columns = {c: np.array([np.nan if x[c] is None else x[c] for x in clips]) for c in ("sharpness", "brightness")}
+    dropped, reasons, _ = filter_columns(columns, cfg)
+    assert dropped.tolist() == [1, 2] and reasons == ["low_sharpness", "high_brightness"]  # the unscored clip stays
     assert violation(clips[1], cfg)[1] == "sharpness 3 < filters.min.sharpness=10"
 
 

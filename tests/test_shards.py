@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation.shards import ShardConfig, ShardWriter, encode_tensor, iter_clips, read_tensor_column, write_manifest
+from curation.shards import ShardConfig, ShardWriter, encode_tensor, iter_clips, visit_tensors, write_manifest
 from curation.tables import write_run_table
 
 
@@ -93,16 +93,18 @@ def test_iter_clips_skips_rows_missing_from_clips_table(tmp_path):
     assert [r["frames"][0, 0, 0, 0] for r in iter_clips(tmp_path, columns=["frames"])] == [0, 2]
 
 
-def test_read_tensor_column(tmp_path):
+def test_visit_tensors_decodes_a_written_shard(tmp_path):
     writer = ShardWriter(tmp_path / "shards", "vid", ["frames", "clip_embedding"], ShardConfig())
     emb = np.arange(4, dtype=np.float16)
     writer.add({**make_row(0, np.zeros((4, 2, 2, 3), np.uint8)), **encode_tensor("clip_embedding", emb)})
     writer.add(make_row(1, np.zeros((4, 2, 2, 3), np.uint8)))  # no embedding: null
     files = writer.close()
-    got = read_tensor_column(tmp_path, [f.name for f in files], "clip_embedding")
-    assert list(got) == ["c000"] and got["c000"].dtype == np.float16
-    np.testing.assert_array_equal(got["c000"], emb)
-    assert read_tensor_column(tmp_path, [f.name for f in files], "warped_noise") == {}
+    got: dict[int, np.ndarray] = {}
+    names, codes, rows = [f.name for f in files], np.zeros(2, np.int64), np.array([1, 0])
+    assert visit_tensors(tmp_path, names, codes, rows, "clip_embedding", got.__setitem__) == 1
+    assert list(got) == [1] and got[1].dtype == np.float16  # position 1 asked for row 0
+    np.testing.assert_array_equal(got[1], emb)
+    assert visit_tensors(tmp_path, names, codes, rows, "warped_noise", got.__setitem__) == 0
 
 
 def test_aborted_writer_leaves_nothing(tmp_path):

@@ -29,7 +29,8 @@ def test_unexpected_step_error_is_recorded_and_reported(tmp_path, monkeypatch: p
     data = collect(tmp_path, [row], attempted=("ingest",))
     assert [r["reason"] for r in data.rejected] == ["ingest_error"]
     assert "decoder library bug" in data.rejected[0]["detail"]
-    assert data.videos[0]["error"] and data.videos[0]["source_uri"] == row["source_uri"]
+    video = next(iter(data.videos))
+    assert video["error"] and video["source_uri"] == row["source_uri"]
     assert not data.ready["scenes"]  # a failed input is not scheduled for later steps
 
 
