@@ -63,10 +63,10 @@ from metadata_synth import (  # noqa: E402
     TABLE_OVERRIDES,
     run_config,
     synthesize,
-    synthesize_tables,
     video_plan,
     write_complete_run_json,
 )
+from metadata_synth_tables import synthesize_tables  # noqa: E402
 
 STEPS = ("finalize", "dedup", "queries", "snapshot", "loader", "report")
 TABLE_STEPS = ("queries", "snapshot", "loader")  # --tables-only: nothing for finalize and dedup to read
