@@ -279,6 +279,44 @@ def main_window(active: np.ndarray, activity: np.ndarray) -> tuple[int, int] | N
     return best
 
 
+def moving_share(change: np.ndarray, active: np.ndarray, window: tuple[int, int]) -> tuple[float, float]:
+    """The share of the first and of the last pair of `window` (activity frames, inclusive; frame t holds the change
+    of pair t-1 -> t) during which the event moved. Change is a speed over the whole pair, so a mover that starts or
+    stops part-way through a pair shows that part of its speed there: each boundary pair's peak change over its
+    active cells, against the peak of the neighbouring inner pair around those cells (the same mover one pair
+    later, or earlier, at full speed; a clip's other movers are faster or slower). (1, 1) when no pair lies inside."""
+    first, last = window
+    if last - first < 2:
+        return 1.0, 1.0
+
+    def share(t: int, inner: int) -> float:
+        cells = active[t].astype(bool)
+        if not cells.any():
+            return 1.0
+        padded, (h, w) = np.pad(cells, 1), cells.shape
+        around = np.zeros_like(cells)  # the cells and their 8 neighbours: where the mover is one pair on
+        for dy in range(3):
+            for dx in range(3):
+                around |= padded[dy : dy + h, dx : dx + w]
+        reference = float(change[inner - 1][around].max())
+        return min(1.0, float(change[t - 1][cells].max()) / reference) if reference > 0.0 else 1.0
+
+    return share(first, first + 1), share(last, last - 1)
+
+
+def window_frames(window: tuple[int, int], shares: tuple[float, float], indices: np.ndarray) -> tuple[int, int]:
+    """[start, end) source frames of an activity `window` (frame t holds the change since sampled frame t-1) whose
+    first and last pairs moved for `shares` of their span (`moving_share`): the motion is taken to end the first
+    pair and open the last, so a window is resolved to source frames rather than to the sampled frames around it."""
+    first, last = window
+    lo, hi = int(indices[max(first - 1, 0)]), int(indices[first])
+    start = hi - shares[0] * (hi - lo)
+    lo, hi = int(indices[max(last - 1, 0)]), int(indices[last])
+    end = lo + shares[1] * (hi - lo)
+    start_frame = int(round(start))
+    return start_frame, max(start_frame + 1, int(round(end)))
+
+
 @dataclasses.dataclass(frozen=True)
 class ActivityParams:
     """The knobs of the activity maps (see `annotators.events.EventConfig` for their meaning and defaults)."""

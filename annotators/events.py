@@ -15,7 +15,8 @@ Outputs, aligned with the clip's sampled frames (`frame_indices`), or with a vid
 - `event_diffuse`: activity is spread over the frame (entropy or active-cell share above the limits): what
   camera-dominated clips look like, and what EVD's filter rejects;
 - `event_start_frame` / `event_end_frame`: the main active window in source frames, [start, end) in the same
-  convention as the corpus truth (steps start -> start+1 that move), null when no cell is ever active.
+  convention as the corpus truth (steps start -> start+1 that move), null when no cell is ever active; resolved
+  inside its first and last pair of sampled frames by how much of each the motion filled (`activity.moving_share`).
 The math is in `annotators.activity`.
 """
 
@@ -234,6 +235,7 @@ class EventAnnotator:
         diffuse = stats.entropy >= cfg.diffuse_entropy or stats.active_share >= cfg.diffuse_share
         window = stats.window
         indices = np.asarray(frame_indices, np.int64)
+        bounds = act.window_frames(window, act.moving_share(change, active, window), indices) if window else None
         phase = act.phase(stats.frame_mass)
         if cfg.temporal_factor > 1:  # the scores and the window above stay frame-exact
             if n_frames < 1 or (n_frames - 1) % cfg.temporal_factor:
@@ -251,9 +253,8 @@ class EventAnnotator:
             "event_entropy": stats.entropy,
             "event_gini": stats.gini,
             "event_diffuse": bool(diffuse),
-            # Frame `first` holds the change from sampled frame first-1: the window opens at that frame.
-            "event_start_frame": int(indices[max(window[0] - 1, 0)]) if window else None,
-            "event_end_frame": int(indices[window[1]]) if window else None,
+            "event_start_frame": bounds[0] if bounds else None,
+            "event_end_frame": bounds[1] if bounds else None,
         }
 
     def from_latents(
