@@ -8,6 +8,7 @@ is closed or collected, and by the next run's `remove_stale_temp_files` if the p
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 import weakref
@@ -238,6 +239,24 @@ class Timings:
         return isinstance(other, Timings) and list(self) == list(other)
 
 
+def stale_spill(folder: Path) -> bool:
+    """Whether a collection folder is left over: not this process's, and its process (the pid in its name) is gone.
+    A folder of another live finalize on this machine stays (two runs in one directory are not supported, but one
+    must not pull the other's files away)."""
+    if str(folder) in LIVE_SPILLS:
+        return False
+    pid = folder.name[len(SPILL_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return int(pid) == os.getpid()  # this process, but no longer listed: closed
+
+
 def _remove_spill(folder: str) -> None:
     LIVE_SPILLS.discard(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -249,7 +268,7 @@ class Collected:
     clips curation drops come from `clips.rejected()`."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        folder = Path(run_dir) / "_work" / f"{SPILL_PREFIX}{uuid.uuid4().hex[:12]}"
+        folder = Path(run_dir) / "_work" / f"{SPILL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         folder.mkdir(parents=True)
         LIVE_SPILLS.add(str(folder))
         self.close = weakref.finalize(self, _remove_spill, str(folder))  # close(): remove the folder now

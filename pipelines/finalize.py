@@ -30,7 +30,7 @@ from curation.packing import Member, pack_shards, packing_summary, remove_unlist
 from curation.schema import VIDEOS
 from curation.shards import ShardFile, visit_tensors, write_manifest
 from curation.tables import write_run_table_batches
-from pipelines.collected import FAULT_REASONS, LIVE_SPILLS, SPILL_PREFIX, Collected
+from pipelines.collected import FAULT_REASONS, SPILL_PREFIX, Collected, stale_spill
 from pipelines.steps import WorkDir, rejected_row
 
 if TYPE_CHECKING:
@@ -278,11 +278,11 @@ def pack_run(run_dir: Path, data: Collected, cfg: RunConfig) -> None:
 
 def remove_stale_temp_files(run_dir: Path) -> int:
     """Delete temporary files a killed run left behind (called when no step is running), and the collection
-    folders (`pipelines.collected`) of finalizes that are not this process's."""
+    folders (`pipelines.collected`) of finalizes whose process is gone."""
     stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
-    folders = [p for p in (run_dir / "_work").glob(f"{SPILL_PREFIX}*") if str(p) not in LIVE_SPILLS]
+    folders = [p for p in (run_dir / "_work").glob(f"{SPILL_PREFIX}*") if stale_spill(p)]
     for p in folders:
         shutil.rmtree(p, ignore_errors=True)
     return len(stale) + len(folders)

@@ -4,6 +4,8 @@ per-row rules they replace at scale."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +90,17 @@ def test_clip_table_drops_relocates_and_names_what_it_dropped(tmp_path: Path):
     assert not folder.exists()
 
 
-def test_stale_collection_folders_are_removed_but_not_this_processes(tmp_path: Path):
+def test_stale_collection_folders_are_removed_but_not_live_ones(tmp_path: Path):
     live = Collected(tmp_path)
-    stale = tmp_path / "_work" / f"{SPILL_PREFIX}deadbeef"
-    stale.mkdir()
-    (stale / "clips.parquet").write_bytes(b"x")
-    assert remove_stale_temp_files(tmp_path) == 1
-    assert not stale.exists() and live.folder.exists()
+    work = tmp_path / "_work"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [work / f"{SPILL_PREFIX}{gone.stdout.strip()}-abc", work / f"{SPILL_PREFIX}deadbeef"]  # a dead pid, none
+    other = work / f"{SPILL_PREFIX}1-abc"  # pid 1 is alive: another process's finalize
+    for folder in (*stale, other):
+        folder.mkdir()
+        (folder / "clips.parquet").write_bytes(b"x")
+    assert remove_stale_temp_files(tmp_path) == 2
+    assert not any(f.exists() for f in stale) and other.exists() and live.folder.exists()
     folder = live.folder
     del live  # garbage: its folder goes with it
     assert not folder.exists()
