@@ -134,7 +134,8 @@ def hash_arrays(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
         parsed = (parsed << np.uint64(4)) | digits[:, d].astype(np.uint64)
     at = np.flatnonzero(fixed)[ok]
     values[rows[at], cols[at]], valid[rows[at], cols[at]] = parsed[ok], True
-    for i in np.flatnonzero(present & ~np.isin(np.arange(len(flat)), at)):  # odd lengths or bad digits: int() decides
+    present[at] = False  # what is left: odd lengths or bad digits, where int() decides (and raises on bad hex)
+    for i in np.flatnonzero(present):
         values[rows[i], cols[i]], valid[rows[i], cols[i]] = np.uint64(int(flat[int(i)].as_py(), 16)), True
     return values, valid
 

@@ -223,31 +223,36 @@ def visit_tensors(
     names: Sequence[str],
     codes: np.ndarray,
     rows: np.ndarray,
-    name: str,
-    visit: Callable[[int, np.ndarray], None],
+    tensors: Sequence[str],
+    visit: Callable[[int, list[np.ndarray | None]], None],
     batch_rows: int = 4096,
 ) -> int:
-    """Call `visit(i, tensor)` for every i whose shard row (`names[codes[i]]`, `rows[i]`) holds tensor `name`, file
-    by file and batch by batch, reading only that tensor's columns: memory is one batch, however many clips.
-    Returns how many were visited."""
+    """Call `visit(i, [each of `tensors`, None where absent])` for every i whose shard row (`names[codes[i]]`,
+    `rows[i]`) holds at least one of them, file by file and batch by batch, reading only those tensors' columns and
+    each file's footer once: memory is one batch, however many clips. Returns how many were visited."""
+    if isinstance(tensors, str):  # a bare name would be read as its letters
+        raise TypeError("visit_tensors takes a sequence of tensor names")
     codes, rows = np.asarray(codes, dtype=np.int64), np.asarray(rows, dtype=np.int64)
     order = np.lexsort((rows, codes))
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    wanted, visited = [name, f"{name}_dtype", f"{name}_shape"], 0
+    visited = 0
     for code, shard in enumerate(names):
         members = order[bounds[code] : bounds[code + 1]]
         if not len(members):
             continue
         pf = storage.parquet_file(shard_path(run_dir, shard))
-        if name not in pf.schema_arrow.names:
+        present = [t for t in tensors if t in pf.schema_arrow.names]
+        if not present:
             continue
+        wanted = [c for t in present for c in (t, f"{t}_dtype", f"{t}_shape")]
         at, start = rows[members], 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
             lo, hi = np.searchsorted(at, [start, start + batch.num_rows])
             if hi > lo:
                 for i, row in zip(members[lo:hi], batch.take(pa.array(at[lo:hi] - start)).to_pylist(), strict=True):
-                    if row[name] is not None:
-                        visit(int(i), decode_tensor(row, name))
+                    found = [decode_tensor(row, t) if row.get(t) is not None else None for t in tensors]
+                    if any(f is not None for f in found):
+                        visit(int(i), found)
                         visited += 1
             start += batch.num_rows
     return visited

@@ -68,22 +68,9 @@ def create_json_once(obj: Any, path: str | Path) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_run_table(run_dir: str | Path, name: str, rows: list[dict]) -> Path:
     """Write RUN_DIR/<name>/<name>.parquet with the table's explicit schema (typed even when empty)."""
-    path = Path(run_dir) / name / f"{name}.parquet"
-    atomic_write_parquet(rows_to_table(rows, TABLES[name]), path)
-    return path
+    return write_run_table_batches(run_dir, name, [rows_to_table(rows, TABLES[name])])
 
 
 def write_run_table_batches(run_dir: str | Path, name: str, batches: Iterable[pa.Table]) -> Path:

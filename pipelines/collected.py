@@ -73,11 +73,6 @@ class TableSpill:
                 self._writer.close()
             self._sealed = True
 
-    @property
-    def rows(self) -> int:
-        """Every row appended."""
-        return self._rows
-
     def __len__(self) -> int:
         return self._rows
 
@@ -234,9 +229,6 @@ class Timings:
         for i, key in enumerate(self.keys):
             start, end, seconds = self.times[3 * i : 3 * i + 3]
             yield {"start": start, "end": end, "node": names[self.node_of[i]], "key": key, "seconds": seconds}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Timings) and list(self) == list(other)
 
 
 def stale_spill(folder: Path) -> bool:

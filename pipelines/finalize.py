@@ -30,13 +30,11 @@ from curation.packing import Member, pack_shards, packing_summary, remove_unlist
 from curation.schema import VIDEOS
 from curation.shards import ShardFile, visit_tensors, write_manifest
 from curation.tables import write_run_table_batches
-from pipelines.collected import FAULT_REASONS, SPILL_PREFIX, Collected, stale_spill
+from pipelines.collected import SPILL_PREFIX, Collected, stale_spill
 from pipelines.steps import WorkDir, rejected_row
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
-
-__all__ = ["FAULT_REASONS", "Collected", "collect", "curate", "pack_run", "write_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +120,13 @@ def filter_camera_outliers(data: Collected, cfg: CameraFilterConfig, run_dir: Pa
     for the manifest; None when off."""
     if not cfg.enabled:
         return None
-    live, where = data.clips.live(), _tensor_rows(data)
-    poses: list[np.ndarray | None] = [None] * len(live)
-    intrinsics: list[np.ndarray | None] = [None] * len(live)
-    visit_tensors(run_dir, *where, "camera_c2w", poses.__setitem__)
-    visit_tensors(run_dir, *where, "camera_intrinsics", intrinsics.__setitem__)
-    magnitudes = [camera_magnitude(c2w, k) for c2w, k in zip(poses, intrinsics, strict=True)]
-    del poses, intrinsics
+    live = data.clips.live()
+    magnitudes: list[float | None] = [None] * len(live)
+
+    def measure(i: int, found: list[np.ndarray | None]) -> None:
+        magnitudes[i] = camera_magnitude(*found)
+
+    visit_tensors(run_dir, *_tensor_rows(data), ("camera_c2w", "camera_intrinsics"), measure)
     rule, found = find_outliers(magnitudes, cfg)
     data.clips.drop("filters", live[[i for i, _ in found]], CAMERA_OUTLIER, [detail for _, detail in found])
     return {**rule.as_dict(), "excluded": len(found)}
@@ -153,19 +151,20 @@ def clip_embeddings(data: Collected, run_dir: Path, name: str = "clip_embedding"
     """The kept clips' `name` tensors as an (n, d) float16 array on disk (a memmap in the collection's folder:
     10 M clips of 768 values are 15 GB), NaN rows where a clip has none; None when no clip has one."""
     where = _tensor_rows(data)
-    out: dict[str, Any] = {}
-    path = data.folder / f"{name}.npy"
+    seen = np.zeros(len(where[1]), dtype=bool)
+    out: list[np.ndarray] = []
 
-    def put(i: int, tensor: np.ndarray) -> None:
-        if "array" not in out:  # the width comes from the first tensor found
-            shape = (len(where[1]), tensor.size)
-            out["array"] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-            for start in range(0, len(where[1]), 65536):
-                out["array"][start : start + 65536] = np.nan
-        out["array"][i] = tensor.reshape(-1)  # float16 as stored: dedup converts rows as it reads them
+    def put(i: int, found: list[np.ndarray | None]) -> None:
+        if not out:  # the width comes from the first tensor found
+            shape = (len(seen), found[0].size)
+            out.append(np.lib.format.open_memmap(data.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape))
+        out[0][i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads them
 
-    visit_tensors(run_dir, *where, name, put)
-    return out.get("array")
+    visit_tensors(run_dir, *where, (name,), put)
+    if not out:
+        return None
+    out[0][np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once
+    return out[0]
 
 
 def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[str, Any] | None:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pipelines.collected import Collected
 from pipelines.config import RunConfig, RuntimeConfig
 from pipelines.finalize import (
-    Collected,
     collect,
     curate,
     pack_run,

@@ -188,6 +188,6 @@ def test_visit_tensors_reads_the_named_rows(tmp_path: Path):
     got: dict[int, float] = {}
     codes, rows = np.array([1, 0, 0, 1, 0]), np.array([0, 4, 2, 2, 1])
     n = visit_tensors(
-        tmp_path, ["a.parquet", "b.parquet"], codes, rows, "emb", lambda i, t: got.update({i: float(t[0])})
+        tmp_path, ["a.parquet", "b.parquet"], codes, rows, ["emb"], lambda i, t: got.update({i: float(t[0][0])})
     )
     assert n == 3 and got == {0: 980.0, 1: 974.0, 4: 971.0}  # row 2 of each file holds no tensor

@@ -226,7 +226,7 @@ def test_finalize_collects_the_same_run_from_compacted_records(tmp_path: Path):
     def tables() -> tuple:
         got = collect(tmp_path, inputs, attempted=("ingest", "scenes", "clips"))
         tables = [list(t) for t in (got.videos, got.scenes, got.clips)]
-        return *tables, got.rejected, dict(got.ready), got.faults(), got.timings
+        return *tables, got.rejected, dict(got.ready), got.faults(), {k: list(v) for k, v in got.timings.items()}
 
     before = tables()
     for step in ("ingest", "scenes", "clips"):

@@ -101,10 +101,10 @@ def test_visit_tensors_decodes_a_written_shard(tmp_path):
     files = writer.close()
     got: dict[int, np.ndarray] = {}
     names, codes, rows = [f.name for f in files], np.zeros(2, np.int64), np.array([1, 0])
-    assert visit_tensors(tmp_path, names, codes, rows, "clip_embedding", got.__setitem__) == 1
+    assert visit_tensors(tmp_path, names, codes, rows, ["clip_embedding"], lambda i, t: got.update({i: t[0]})) == 1
     assert list(got) == [1] and got[1].dtype == np.float16  # position 1 asked for row 0
     np.testing.assert_array_equal(got[1], emb)
-    assert visit_tensors(tmp_path, names, codes, rows, "warped_noise", got.__setitem__) == 0
+    assert visit_tensors(tmp_path, names, codes, rows, ["warped_noise"], lambda i, t: got.update({i: t[0]})) == 0
 
 
 def test_aborted_writer_leaves_nothing(tmp_path):
