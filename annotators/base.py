@@ -36,6 +36,15 @@ class Annotator(Protocol):
     def __call__(self, batch: Batch) -> Batch: ...
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """np.isfinite(x).all(), ~7x faster on float16 (numpy has no vector loop for half floats; flows are stored in
+    float16): a half float is NaN or inf exactly when its five exponent bits are all set."""
+    if x.dtype == np.float16:
+        bits = np.ascontiguousarray(x).view(np.uint16) & np.uint16(0x7C00)
+        return not bool((bits == np.uint16(0x7C00)).any())
+    return bool(np.isfinite(x).all())
+
+
 def spread_indices(total: int, k: int) -> np.ndarray:
     """Indices of `min(k, total)` evenly spaced frames of `total`: ascending and unique, first and last included
     when k >= 2, the middle one when k == 1; empty when total is 0."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from annotators.base import all_finite
 from annotators.noise_warp_version import WARPER_VERSION as WARPER_VERSION  # re-exported: its users import it here
 
 # Densities are floored so that a^2 (a = density/deg) stays a normal float32: sqrt(a*a) == a exactly then, which is
@@ -211,12 +212,20 @@ def area_pool(noise: torch.Tensor, factor: int) -> torch.Tensor:
         raise ValueError(f"size {h}x{w} is not divisible by pooling factor {factor}")
     if factor == 1:
         return noise
-    # Rows first (whole contiguous rows added), then the column groups: both reductions run on contiguous memory,
-    # 3-8x faster than one reduction over the strided (row, column) block axes (one warp step's largest cost after
-    # the kernels). The two backends share this function, so they stay bit-identical.
+    # Rows first (whole contiguous rows added), then the column groups, each added one after the other: element-wise
+    # adds round the same on every CPU and GPU, where a reduction's summation order is the kernel's choice (torch's
+    # CPU sum of a block's 16 columns matches no fixed order), so the fused backend's pooling kernel
+    # (`noise_warp_kernels.area_pool`) reproduces this bit for bit with no check.
     lead = noise.shape[:-2]
-    rows = noise.reshape(*lead, h // factor, factor, w).sum(dim=-2)
-    return rows.reshape(*lead, h // factor, w // factor, factor).sum(dim=-1) / factor
+    blocks = noise.reshape(*lead, h // factor, factor, w)
+    rows = blocks[..., 0, :] + blocks[..., 1, :]
+    for k in range(2, factor):
+        rows += blocks[..., k, :]
+    cols = rows.reshape(*lead, h // factor, w // factor, factor)
+    pooled = cols[..., 0] + cols[..., 1]
+    for k in range(2, factor):
+        pooled += cols[..., k]
+    return pooled / factor
 
 
 def check_video_args(flows: Any, channels: int, noise_size: tuple[int, int], warp_scale: int) -> torch.Tensor:
@@ -232,7 +241,7 @@ def check_video_args(flows: Any, channels: int, noise_size: tuple[int, int], war
     # numpy's check on CPU: torch's allocates a bool tensor as big as the flows, whose page faults cost more than
     # a whole warp step on long clips
     numpy_ok = flows.device.type == "cpu" and flows.dtype in (torch.float16, torch.float32, torch.float64)
-    finite = np.isfinite(flows.detach().numpy()).all() if numpy_ok else torch.isfinite(flows).all()
+    finite = all_finite(flows.detach().numpy()) if numpy_ok else torch.isfinite(flows).all()
     if not bool(finite):
         raise ValueError("flows contain NaN or inf")
     if int(channels) != channels or channels < 1:

@@ -10,6 +10,12 @@ draws the random numbers, owns the buffers and drives the steps):
 * The random normals are drawn with torch from the caller's generator in the reference's order and shapes (split
   noise of expansion edges, of pulled sources' contraction edges, fresh noise), so the generator state matches too.
 * `_merge` does the split, the weighted merge, the expansion and fresh targets and the density.
+* The flow's bilinear resize to the warp grid happens inside `_plan`, row by row (it never writes the full-size
+  flow): torch's CPU formula, with the multiply-adds its compiler fuses. That is checked against torch's own resize
+  once per size pair (`_resize_tables`); where it differs (another instruction set, or a size torch resizes with
+  another kernel), torch resizes each frame as before.
+* The output frames are pooled by `kernels.area_pool`: the reference's `area_pool` adds in a fixed order, so the
+  same bits in one pass.
 
 Reproducibility rests on the reference's scatters being sequential on CPU (`bincount`, `index_add_`): each
 accumulator receives its addends in increasing source index, then the pulled sources' pieces in increasing source
@@ -27,6 +33,7 @@ faults that can exceed a whole step. CUDA tensors and non-float32 inputs go to t
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -52,7 +59,7 @@ class _Workspace:
         n, n_pad = h * w, (h + 2) * (w + 2)
         self.h, self.w = h, w
         i32, f32 = np.int32, np.float32
-        self.dst, self.dst_u, self.tgt = np.empty(n, i32), np.empty(n, i32), np.empty(n, i32)
+        self.dst, self.tgt = np.empty(n, i32), np.empty(n, i32)
         self.e_dst, self.e_src, self.fresh = np.empty(n, i32), np.empty(n, i32), np.empty(n, i32)
         self.pulls = np.zeros(n, i32)
         self.p_of, self.pulled, self.e_p = np.empty(n, i32), np.empty(n, i32), np.empty(n, i32)
@@ -60,14 +67,29 @@ class _Workspace:
         self.occ = np.zeros(-(-n // 8) * 8 + 8, np.uint8)  # whole words and the dummy byte n; past n never read
         self.occ64 = self.occ[: -(-n // 8) * 8].view(np.uint64)
         self.row_lo, self.row_hi, self.row_flag = np.empty(h, i32), np.empty(h, i32), np.zeros(h, np.uint8)
-        self.weight, self.coef, self.acc_d, self.nd = (np.empty(n, f32) for _ in range(4))
+        self.weight, self.acc_d, self.nd = (np.empty(n, f32) for _ in range(3))
         self.c_p, self.d_p, self.a_p, self.sd_p = (np.empty(n, f32) for _ in range(4))
         self.den = np.full(n_pad, np.inf, f32)  # the top and bottom border rows stay inf
         self.sden = np.empty(n_pad, f32)
         self.den_t, self.sden_t = torch.from_numpy(self.den), torch.from_numpy(self.sden)
         self.d_p_t, self.sd_p_t = torch.from_numpy(self.d_p), torch.from_numpy(self.sd_p)
         self.nd_t = torch.from_numpy(self.nd)
+        self.cols = np.empty((2, 0, w), f32)  # the flow resize's column pass, sized by the flow's rows
         self.flat = np.empty(0, f32)  # randn draws, z means and pieces: grown to the largest step seen
+        self.noise = np.empty((2, n, 0), f32)  # a video's state and spare state, pixel-major, sized by its channels
+        self.dens = np.empty((2, n), f32)  # and their densities
+
+    def columns(self, rows: int) -> np.ndarray:
+        """The resize's column pass of a flow with `rows` rows: (2, rows, w)."""
+        if self.cols.shape[1] != rows:
+            self.cols = np.empty((2, rows, self.w), np.float32)
+        return self.cols
+
+    def states(self, channels: int) -> np.ndarray:
+        """Two pixel-major noise states (2, n, channels) for the frame loop (reused: no page faults per clip)."""
+        if self.noise.shape[2] != channels:
+            self.noise = np.empty((2, self.h * self.w, channels), np.float32)
+        return self.noise
 
     def scratch(self, size: int) -> np.ndarray:
         if self.flat.size < size:
@@ -91,6 +113,27 @@ def _workspace(h: int, w: int) -> _Workspace:
     return ws
 
 
+_ResizeTables = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows' indices, weights; columns' the same
+_NO_TABLES: _ResizeTables = (np.zeros((2, 1), np.int64), np.zeros((2, 1), np.float32)) * 2
+_NO_COLUMNS = np.zeros((2, 1, 1), np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_tables(fh: int, fw: int, big_h: int, big_w: int) -> _ResizeTables | None:
+    """The kernels' bilinear resize tables from (fh, fw) to (big_h, big_w), or None where the kernels' resize is
+    not torch's bit for bit on this machine. torch's CPU kernel is compiled per instruction set (the compiler
+    fuses its multiply-adds in the AVX2 build), so the formula is checked once per size pair against torch's own
+    resize of random values, where a different rounding shows in a good share of them; on a mismatch the frames
+    are resized by torch, as before."""
+    iy, ly = kernels.resize_table(big_h, fh, np.float32(fh) / np.float32(big_h))
+    ix, lx = kernels.resize_table(big_w, fw, np.float32(fw) / np.float32(big_w))
+    probe = torch.randn((1, 2, fh, fw), generator=torch.Generator().manual_seed(fh * 7919 + fw)) * 8
+    want = torch.nn.functional.interpolate(probe, (big_h, big_w), mode="bilinear", align_corners=False)[0].numpy()
+    got = np.empty_like(want)
+    kernels.resize(probe[0].numpy(), iy, ly, ix, lx, got)
+    return (iy, ly, ix, lx) if np.array_equal(got.view(np.int32), want.view(np.int32)) else None
+
+
 def _normal(buf: np.ndarray, generator: torch.Generator) -> None:
     """Fill buf with torch's normals: the same values and generator advance as torch.randn of its shape."""
     torch.from_numpy(buf).normal_(generator=generator)
@@ -107,10 +150,15 @@ def _step(
     out: np.ndarray,
     new_dens: np.ndarray,
     threaded: bool | None = None,
-) -> None:
-    """One warp step from q (C, n), dens (n) and flow (2, n) (scaled by sx, sy) into out (C, n), new_dens (n).
-    threaded forces the threaded or the sequential kernels; None picks them by thread count and grid size."""
-    c = q.shape[0]
+    tables: _ResizeTables | None = None,
+    out_zeroed: bool = False,
+) -> bool:
+    """One warp step from q (n, C), dens (n) and flow (2, h, w) (scaled by sx, sy) into out (n, C), new_dens (n).
+    With tables, flow is (2, fh, fw) float32 and the step's flow is its bilinear resize by them. threaded forces
+    the threaded or the sequential kernels; None picks them by thread count and grid size. out_zeroed: out is all
+    zeros (the step does not clear it). Returns whether q was left all zeros (the sequential merge consumes it: the
+    next step's out then needs no clearing)."""
+    c = q.shape[1]
     h, w = ws.h, ws.w
     # Threads pay off only on large grids: each parallel loop costs a launch and a barrier, which stalls whenever
     # the machine is busy (measured on a 256x256 grid: the parallel plan is slower than the sequential one).
@@ -121,10 +169,12 @@ def _step(
     else:
         plan, merge = (kernels.plan_par, kernels.merge_par) if threaded else (kernels.plan_seq, kernels.merge_seq)
     nb = nb if merge is kernels.merge_par else 1  # bands: the plan's den pass and the merge share them
+    resized, (iy, ly, ix, lx) = (True, tables) if tables is not None else (False, _NO_TABLES)
+    cols = ws.columns(flow.shape[1]) if resized else _NO_COLUMNS
     n_e, n_f, n_p = plan(
-        flow, sx, sy, dens, h, w, nb, ws.dst, ws.dst_u, ws.tgt, ws.weight, ws.mark, ws.occ, ws.occ64, ws.row_lo,
-        ws.row_hi, ws.row_flag, ws.e_dst, ws.e_src, ws.fresh, ws.pulls, ws.p_of, ws.pulled, ws.e_p, ws.c_p, ws.d_p,
-        ws.a_p, ws.den,
+        flow, resized, iy, ly, ix, lx, cols, sx, sy, dens, h, w, nb, ws.dst, ws.tgt, ws.weight, ws.mark,
+        ws.occ, ws.occ64, ws.row_lo, ws.row_hi, ws.row_flag, ws.e_dst, ws.e_src, ws.fresh, ws.pulls, ws.p_of,
+        ws.pulled, ws.e_p, ws.c_p, ws.d_p, ws.a_p, ws.den,
     )  # fmt: skip
     torch.sqrt(ws.den_t, out=ws.sden_t)  # the reference's sqrt_ on the same padded array
     if n_p:
@@ -142,12 +192,13 @@ def _step(
     if n_f:
         _normal(z_f, generator)
     merge(
-        q, out, ws.nd, h, w, nb, n_e, n_f, n_p, ws.dst, ws.dst_u, ws.tgt, ws.weight, ws.sden, ws.coef, ws.acc_d,
+        q, out, ws.nd, h, w, nb, n_e, n_f, n_p, ws.dst, ws.tgt, ws.weight, ws.sden, ws.acc_d,
         ws.row_lo, ws.row_hi, ws.e_dst, ws.e_p, ws.fresh, ws.pulled, ws.c_p, ws.sd_p, ws.d_p, ws.a_p,
-        z_e, z_c, z_f, zm, xp, piece,
+        z_e, z_c, z_f, zm, xp, piece, out_zeroed, nb == 1,
     )  # fmt: skip
     mean = np.float32(ws.nd_t.mean().item())  # torch's summation order, as the reference's new_dens.mean()
     kernels.renormalise(ws.nd, mean, new_dens)
+    return nb == 1
 
 
 def _sync_threads() -> None:
@@ -167,10 +218,60 @@ def _sync_threads() -> None:
 _ONE = np.float32(1.0)
 
 
+def _pool(state: np.ndarray, h: int, factor: int, out: np.ndarray) -> None:
+    """out (C, h / factor, w / factor) = `area_pool` of the pixel-major state (h * w, C) read as (C, h, w), by the
+    kernel (the same bits, in one pass)."""
+    if factor == 1:
+        out[...] = state.T.reshape(out.shape)
+    else:
+        kernels.area_pool(state, h, factor, out)
+
+
+class WarpState:
+    """A noise state on one warp grid, warped frame after frame: the noise stays in the kernels' pixel-major layout
+    (h * w, C) between steps, so the merge scatters a pixel's channels together (`warped_noise_video`'s frame loop;
+    `warp_step` converts one step in and out of the (C, H, W) layout). One thread at a time."""
+
+    def __init__(self, h: int, w: int, channels: int, generator: torch.Generator, buffers: Any = None) -> None:
+        n = h * w
+        self.h, self.w, self.generator = h, w, generator
+        self.ws = _workspace(h, w)
+        noise, density = (
+            buffers if buffers is not None else (np.empty((2, n, channels), np.float32), np.empty((2, n), np.float32))
+        )
+        self.noise, self.spare = noise[0], noise[1]  # the state (h * w, C) and the next step's output buffer
+        self.density, self.spare_density = density[0], density[1]
+        self.spare_zeroed = False  # whether the spare buffer is all zeros (the merge then skips clearing it)
+
+    @classmethod
+    def of(cls, noise: torch.Tensor, density: torch.Tensor, generator: torch.Generator) -> WarpState:
+        """The state of noise (C, H, W) and density (H, W), float32 CPU tensors (copied in)."""
+        c, h, w = noise.shape
+        state = cls(h, w, c, generator)
+        kernels.interleave(noise.detach().reshape(c, h * w).contiguous().numpy(), state.noise)
+        state.density[:] = density.detach().reshape(h * w).numpy()
+        return state
+
+    def step(self, flow: np.ndarray, sx: np.float32 = _ONE, sy: np.float32 = _ONE, tables: Any = None) -> None:
+        """Warp one frame along flow (2, h, w) (or (2, fh, fw) resized by tables), its values scaled by sx, sy."""
+        self.spare_zeroed = _step(
+            self.ws, self.noise, self.density, flow, sx, sy, self.generator, self.spare, self.spare_density, None,
+            tables, self.spare_zeroed,
+        )  # fmt: skip
+        self.noise, self.spare = self.spare, self.noise
+        self.density, self.spare_density = self.spare_density, self.density
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise (C, H, W), density (H, W)) as new tensors."""
+        noise = torch.from_numpy(np.ascontiguousarray(self.noise.T)).view(-1, self.h, self.w)
+        return noise, torch.from_numpy(self.density.copy()).view(self.h, self.w)
+
+
 def warp_step(
     noise: torch.Tensor, density: torch.Tensor, flow: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`annotators.noise_warp.warp_step`, fused: same arguments, same random draws, bit-identical result."""
+    """`annotators.noise_warp.warp_step`, fused: same arguments, same random draws, bit-identical result (one
+    `WarpState` step, the layout converted in and out: a loop over frames keeps a WarpState instead)."""
     if noise.ndim != 3 or density.shape != noise.shape[1:] or flow.shape != (2, *noise.shape[1:]):
         raise ValueError(
             f"expected noise (C,H,W), density (H,W), flow (2,H,W); got {tuple(noise.shape)}, "
@@ -179,18 +280,14 @@ def warp_step(
     on_cpu = noise.device.type == density.device.type == flow.device.type == "cpu"
     if not on_cpu or noise.dtype != torch.float32 or density.dtype != torch.float32 or not flow.is_floating_point():
         return noise_warp.warp_step(noise, density, flow, generator)
-    c, h, w = noise.shape
-    n = h * w
-    q = noise.detach().reshape(c, n).contiguous().numpy()
-    dens = density.detach().reshape(n).contiguous().numpy()
     # the reference rounds the flow in its own dtype: float64 stays (the kernel's specialisation for it), narrower
     # floats widen to float32 exactly, so their rounding is the same
-    f = flow.detach().reshape(2, n)
+    f = flow.detach()
     f = (f if f.dtype == torch.float64 else f.to(torch.float32)).contiguous().numpy()
-    out, new_dens = np.empty((c, n), np.float32), np.empty(n, np.float32)  # numpy's allocator: reused pages
     _sync_threads()
-    _step(_workspace(h, w), q, dens, f, _ONE, _ONE, generator, out, new_dens)
-    return torch.from_numpy(out).view(c, h, w), torch.from_numpy(new_dens).view(h, w)
+    state = WarpState.of(noise, density, generator)  # a copy: the step consumes (zeroes) its input state
+    state.step(f)
+    return state.tensors()
 
 
 def warped_noise_video(
@@ -204,9 +301,9 @@ def warped_noise_video(
 ) -> torch.Tensor:
     """`annotators.noise_warp.warped_noise_video`, fused: the same checks, draws and output bit for bit.
 
-    The frame loop keeps the state in two reused buffers and resizes each flow into a reused buffer (the
-    reference's bilinear resize, with its dx/dy scaling folded into the rounding). Non-CPU devices run the
-    reference."""
+    A `WarpState` on the workspace's reused buffers (no page faults per video) warps frame by frame; the plan
+    resizes each flow itself (the reference's bilinear resize, with its dx/dy scaling folded into the rounding).
+    Non-CPU devices run the reference."""
     flows = check_video_args(flows, channels, noise_size, warp_scale)
     device = torch.device(device)
     if device.type != "cpu":
@@ -215,28 +312,30 @@ def warped_noise_video(
         )
     nh, nw = int(noise_size[0]), int(noise_size[1])
     big_h, big_w = nh * warp_scale, nw * warp_scale
-    n = big_h * big_w
     fh, fw = flows.shape[-2:]
     generator = torch.Generator(device).manual_seed(int(seed))
     ws = _workspace(big_h, big_w)
-    state, nxt = np.empty((channels, n), np.float32), np.empty((channels, n), np.float32)
-    dens, new_dens = np.ones(n, np.float32), np.empty(n, np.float32)
-    _normal(state, generator)  # = torch.randn((channels, big_h, big_w), generator=generator)
+    state = WarpState(big_h, big_w, channels, generator, (ws.states(channels), ws.dens))
+    state.density.fill(1.0)
+    first = state.spare.reshape(channels, big_h * big_w)  # the spare buffer's memory, free until the first step
+    _normal(first, generator)  # = torch.randn((channels, big_h, big_w), generator=generator)
+    kernels.interleave(first, state.noise)
     out = torch.empty((flows.shape[0] + 1, channels, nh, nw), dtype=torch.float32)
-    out[0] = area_pool(torch.from_numpy(state).view(channels, big_h, big_w), warp_scale)
+    _pool(state.noise, big_h, warp_scale, out[0].numpy())
     resized = (fh, fw) != (big_h, big_w)
     # the reference's resize_flow: scale = tensor([big_w / w, big_h / h], float32), applied after the resize
     sx, sy = (np.float32(big_w / fw), np.float32(big_h / fh)) if resized else (_ONE, _ONE)
-    flow_buf = torch.empty((1, 2, big_h, big_w), dtype=torch.float32) if resized else None
+    # the plan resizes each flow row by row as it routes (torch's values, checked); else torch resizes the frame
+    tables = _resize_tables(fh, fw, big_h, big_w) if resized else None
+    flow_buf = torch.empty((1, 2, big_h, big_w), dtype=torch.float32) if resized and tables is None else None
     _sync_threads()
     for i in range(flows.shape[0]):
         f = flows[i].to(dtype=torch.float32)
         if flow_buf is not None:  # F.interpolate(bilinear, align_corners=False) writing into the reused buffer
             torch._C._nn.upsample_bilinear2d(f[None], (big_h, big_w), False, None, None, out=flow_buf)
-            f = flow_buf
-        _step(ws, state, dens, f.reshape(2, n).contiguous().numpy(), sx, sy, generator, nxt, new_dens)
-        state, nxt, dens, new_dens = nxt, state, new_dens, dens
-        out[i + 1] = area_pool(torch.from_numpy(state).view(channels, big_h, big_w), warp_scale)
+            f = flow_buf[0]
+        state.step(f.contiguous().numpy(), sx, sy, tables)
+        _pool(state.noise, big_h, warp_scale, out[i + 1].numpy())
     return out
 
 
@@ -247,9 +346,14 @@ def warm_up() -> None:
     flow = torch.zeros(2, 4, 4)
     flow[0, :, :2] = 1.0  # a split and a fresh column: every branch of the kernels
     _sync_threads()
-    q, f = np.zeros((1, 16), np.float32), flow.reshape(2, 16).numpy()
+    q, d, f = np.zeros((16, 1), np.float32), np.ones(16, np.float32), flow.numpy()
+    _pool(q, 4, 2, np.empty((1, 2, 2), np.float32))
+    kernels.interleave(q.T.copy(), q.copy())
+    tables = _resize_tables(2, 2, 4, 4)
     for threaded in (False, True):
-        _step(_workspace(4, 4), q, np.ones(16, np.float32), f, _ONE, _ONE, gen, q.copy(), q[0].copy(), threaded)
+        _step(_workspace(4, 4), q, d, f, _ONE, _ONE, gen, q.copy(), d.copy(), threaded)
+        if tables is not None:  # the resizing specialisation
+            _step(_workspace(4, 4), q, d, f[:, :2, :2].copy(), _ONE, _ONE, gen, q.copy(), d.copy(), threaded, tables)
 
 
-__all__ = ["WARPER_VERSION", "area_pool", "resize_flow", "warm_up", "warp_step", "warped_noise_video"]
+__all__ = ["WARPER_VERSION", "WarpState", "area_pool", "resize_flow", "warm_up", "warp_step", "warped_noise_video"]

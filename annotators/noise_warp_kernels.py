@@ -6,6 +6,8 @@ are bit-identical to the torch reference).
   `a^2` per target.
 * `_merge` does the split, the weighted merge, the expansion and fresh targets and the density.
 * `renormalise` divides the density by its mean and clamps it as torch does.
+* `resize_table` / `resize` are torch's bilinear resize (the plan does the same inline), `area_pool` the
+  reference's pooling.
 
 Each of `_plan` and `_merge` is compiled twice (`plan_seq` / `plan_par`, `merge_seq` / `merge_par`): the parallel
 versions split the target rows into bands, one per thread, and each band scans the sources in increasing index, so
@@ -20,6 +22,8 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import types as nbtypes
+from numba.core.extending import intrinsic
 
 from annotators.noise_warp import _MIN_DENSITY
 
@@ -46,6 +50,73 @@ def _round_clamp(v: float, lim: np.float32) -> int:
     """torch's round (half to even) then clamp to [-lim, lim] in the flow's dtype, as the reference does before its
     int32 cast (branch-free, so the routing loop vectorises)."""
     return np.int32(min(max(np.rint(v), -lim), lim))
+
+
+@intrinsic
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """float32 a * b + c rounded once (LLVM's fma): what torch's AVX2 build of its bilinear kernel computes for
+    `a * b + c * d` (as fma(a, b, c * d); the compiler contracts it)."""
+    sig = nbtypes.float32(nbtypes.float32, nbtypes.float32, nbtypes.float32)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def resize_table(out_size: int, in_size: int, scale: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (2, out_size) and weights (2, out_size) of one axis of torch's bilinear resize
+    (align_corners=False; scale = in_size / out_size in float32), computed as its CPU kernel does."""
+    idx, lam = np.empty((2, out_size), np.int64), np.empty((2, out_size), np.float32)
+    half, one, zero = np.float32(0.5), np.float32(1.0), np.float32(0.0)
+    for d in range(out_size):
+        if out_size == in_size:
+            idx[0, d], idx[1, d], lam[0, d], lam[1, d] = d, d, one, zero
+            continue
+        real = max(_fma(scale, np.float32(d) + half, -half), zero)
+        i0 = min(np.int64(np.floor(real)), in_size - 1)
+        l1 = min(max(real - np.float32(i0), zero), one)
+        idx[0, d], idx[1, d] = i0, i0 + (1 if i0 < in_size - 1 else 0)
+        lam[0, d], lam[1, d] = one - l1, l1
+    return idx, lam
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _resize_row(src: np.ndarray, ix: np.ndarray, lx: np.ndarray, out: np.ndarray) -> None:
+    """The column pass of torch's bilinear resize on one row: out (W) from src (w) float32. torch computes each
+    value as fma(row0, w0, row1 * w1) with row_k = fma(src[x0], wx0, src[x1] * wx1), so resizing the columns of
+    every source row first and then the rows gives its bits (and reads contiguous memory in the row pass)."""
+    f32 = np.float32  # src is float32 wherever this runs; the casts only let the float64 kernels type-check
+    w, big = src.shape[0], out.shape[0]
+    if big == 2 * w and w > 2:
+        # Doubling (the default warp grid): outputs 2k and 2k + 1 blend src[k - 1], src[k] and src[k], src[k + 1]
+        # with the same two weights everywhere inside, so the loop reads src contiguously (no gathers) and
+        # vectorises; the weights are the table's, and the edges take the general formula.
+        a, b = lx[0, 2], lx[1, 2]  # output 2: src[0] * a + src[1] * b
+        c, d = lx[0, 3], lx[1, 3]  # output 3: src[1] * c + src[2] * d
+        for k in range(1, w - 1):
+            out[2 * k] = _fma(f32(src[k - 1]), a, f32(src[k]) * b)
+            out[2 * k + 1] = _fma(f32(src[k]), c, f32(src[k + 1]) * d)
+        for x in (0, 1, big - 2, big - 1):
+            out[x] = _fma(f32(src[ix[0, x]]), lx[0, x], f32(src[ix[1, x]]) * lx[1, x])
+        return
+    for x in range(big):
+        out[x] = _fma(f32(src[ix[0, x]]), lx[0, x], f32(src[ix[1, x]]) * lx[1, x])
+
+
+@numba.njit(cache=True, nogil=True)
+def resize(src: np.ndarray, iy: np.ndarray, ly: np.ndarray, ix: np.ndarray, lx: np.ndarray, out: np.ndarray) -> None:
+    """out (C, H, W) = the bilinear resize of src (C, h, w) with the tables of `resize_table`, value by value as
+    the plan computes it (what `noise_warp_fused` checks against torch before trusting the fused resize)."""
+    cols = np.empty((src.shape[1], out.shape[2]), np.float32)
+    for c in range(src.shape[0]):
+        for r in range(src.shape[1]):
+            _resize_row(src[c, r], ix, lx, cols[r])
+        for y in range(out.shape[1]):
+            r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
+            for x in range(out.shape[2]):
+                out[c, y, x] = _fma(cols[r0, x], w0, cols[r1, x] * w1)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -75,6 +146,12 @@ def _spans(row_lo: np.ndarray, row_hi: np.ndarray, off: int, r0: int, r1: int, w
 
 def _plan(
     flow: np.ndarray,
+    resized: bool,
+    iy: np.ndarray,
+    ly: np.ndarray,
+    ix: np.ndarray,
+    lx: np.ndarray,
+    cols: np.ndarray,
     sx: np.float32,
     sy: np.float32,
     dens: np.ndarray,
@@ -82,7 +159,6 @@ def _plan(
     w: int,
     nb: int,
     dst: np.ndarray,
-    dst_u: np.ndarray,
     tgt: np.ndarray,
     weight: np.ndarray,
     mark: np.ndarray,
@@ -105,10 +181,14 @@ def _plan(
 ) -> tuple[int, int, int]:
     """Edges and weights of one step, everything before the reference's square roots. Returns (n_e, n_f, n_p).
 
-    flow (2, n) is this grid's forward flow before its (sx, sy) scaling (the reference's `resize_flow` multiply,
-    folded in; 1.0 when unscaled). Fills: dst every source's contraction target on the canvas padded by one pixel
-    (the reference's layout: edges leaving the frame land on the border), dst_u the in-frame pixel it is clamped to,
-    tgt = dst_u, or -1 - dst_u for pulled sources (they send their split piece instead), row_lo / row_hi the range
+    flow (2, h, w) is this grid's forward flow before its (sx, sy) scaling (the reference's `resize_flow` multiply,
+    folded in; 1.0 when unscaled); resized: flow is (2, fh, fw) float32 and this grid's flow is its bilinear resize
+    by the tables iy, ly (rows) and ix, lx (columns) of `resize_table`, computed here row by row from the column
+    pass in cols (2, fh, w) (torch's resize bit for bit, without writing and reading back the full-size flow).
+
+    Fills: dst every source's contraction target on the canvas padded by one pixel (the reference's layout: edges
+    leaving the frame land on the border), tgt the in-frame pixel u it is clamped to, or -1 - u for pulled sources
+    (they send their split piece instead), row_lo / row_hi the range
     of target rows (-1..h) of each source row; e_dst / e_src the expansion edges in row-major target order, fresh
     the targets with no edge; pulled the sources with expansion edges (ascending), e_p the compact id of each
     expansion edge's source, c_p, d_p, a_p the pulled sources' contraction flag, degree and split weight; weight
@@ -122,16 +202,26 @@ def _plan(
     # non-zero: a float sum of non-negative terms is zero iff every term is, so "some dens^2 != 0" decides it
     # without summing (NaN != 0, as in the reference). The marks go through `mark` (n: a dummy byte) so that the
     # routing loop has no scatter and vectorises; threads only ever store 1, so any order gives the same occ.
+    if resized:
+        for r in numba.prange(flow.shape[1]):
+            _resize_row(flow[0, r], ix, lx, cols[0, r])
+            _resize_row(flow[1, r], ix, lx, cols[1, r])
     for y in numba.prange(h):
         lo, hi = h, -1
-        fx, fy = flow[0, y * w : (y + 1) * w], flow[1, y * w : (y + 1) * w]
+        if resized:
+            fx, fy = np.empty(w, flow.dtype), np.empty(w, flow.dtype)
+            r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
+            for x in range(w):
+                fx[x] = _fma(cols[0, r0, x], w0, cols[0, r1, x] * w1)
+                fy[x] = _fma(cols[1, r0, x], w0, cols[1, r1, x] * w1)
+        else:
+            fx, fy = flow[0, y], flow[1, y]
         for x in range(w):
             i = y * w + x
             ty = min(max(y + _round_clamp(fy[x] * sy, lim), -1), h)
             tx = min(max(x + _round_clamp(fx[x] * sx, lim), -1), w)
             dst[i] = (ty + 1) * wp + tx + 1
             u = min(max(ty, 0), h - 1) * w + min(max(tx, 0), w - 1)
-            dst_u[i] = u
             tgt[i] = u
             lo = min(lo, ty)
             hi = max(hi, ty)
@@ -151,8 +241,14 @@ def _plan(
                 if occ[t]:
                     continue
                 y, x = t // w, t % w
-                sy_ = y - _round_clamp(flow[1, t] * sy, lim)
-                sx_ = x - _round_clamp(flow[0, t] * sx, lim)
+                if resized:
+                    r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
+                    vx = flow.dtype.type(_fma(cols[0, r0, x], w0, cols[0, r1, x] * w1))
+                    vy = flow.dtype.type(_fma(cols[1, r0, x], w0, cols[1, r1, x] * w1))
+                else:
+                    vx, vy = flow[0, y, x], flow[1, y, x]
+                sy_ = y - _round_clamp(vy * sy, lim)
+                sx_ = x - _round_clamp(vx * sx, lim)
                 if 0 <= sy_ < h and 0 <= sx_ < w:
                     e_dst[n_e] = t
                     e_src[n_e] = sy_ * w + sx_
@@ -229,11 +325,9 @@ def _merge(
     n_f: int,
     n_p: int,
     dst: np.ndarray,
-    dst_u: np.ndarray,
     tgt: np.ndarray,
     weight: np.ndarray,
     sden: np.ndarray,
-    coef: np.ndarray,
     acc_d: np.ndarray,
     row_lo: np.ndarray,
     row_hi: np.ndarray,
@@ -251,16 +345,18 @@ def _merge(
     zm: np.ndarray,
     xp: np.ndarray,
     piece: np.ndarray,
+    out_zeroed: bool,
+    consume: bool,
 ) -> None:
-    """Split, merge and density of one step: out (C, n) the next noise, nd (n) the next density before its
-    renormalisation. sden = sqrt(den) and sd_p = sqrt(d_p) come from torch (see the module docstring)."""
-    c = q.shape[0]
+    """Split, merge and density of one step: out (n, C) the next noise (pixel-major, as q), nd (n) the next density
+    before its renormalisation. sden = sqrt(den) and sd_p = sqrt(d_p) come from torch (see the module docstring).
+
+    out_zeroed: out is all zeros already (not cleared again). consume: q is not needed after this step, so the
+    scatter zeroes each source's values once read (one band only: every source is read once), leaving q ready to be
+    the next step's out without a clearing pass over it."""
+    c = q.shape[1]
     wp = w + 2
     zero = np.float32(0.0)
-    # The merge coefficient a / sqrt(sum a^2 of the target) (exactly 0 for edges leaving the frame: sqrt(inf)) is
-    # computed in the first channel's scatter, which also scatters it for the density, saving two passes. Full
-    # spans belong to one band only, so their coefficients are stored for the other channels; the few sources on
-    # rows that straddle a band border recompute theirs (the same division, so the same bits).
     # Splits of the pulled sources, per channel: z mean over each source's edges (its contraction draw first, then
     # its expansion draws in edge order, as the reference's index_add_), x part and contraction piece.
     if n_e:
@@ -272,75 +368,88 @@ def _merge(
             for k in range(n_p):
                 z_mean = zm[ch, k] / d_p[k]
                 zm[ch, k] = z_mean
-                x = q[ch, pulled[k]] / sd_p[k]
+                x = q[pulled[k], ch] / sd_p[k]
                 xp[ch, k] = x
                 piece[ch, k] = (z_c[ch, k] * c_p[k] - z_mean) + x
-    # Scatter per band of target rows (as in _plan, in dst_u's rows): sources in increasing index, then the pulled
-    # sources' pieces in increasing index; then the expansion targets (one in-edge: the piece itself) and the fresh
-    # ones are overwritten, as the reference's index_copy_ does after its scatters. Pulled sources (tgt < 0) add
-    # +0.0 to their target, as the reference's zeroed values do, branch-free (they are scattered unpredictably).
+    # Scatter per band of target rows (as in _plan, in the clamped targets' rows): sources in increasing index, then
+    # the pulled sources' pieces in increasing index; then the expansion targets (one in-edge: the piece itself) and
+    # the fresh ones are overwritten, as the reference's index_copy_ does after its scatters. Each source's merge
+    # coefficient a / sqrt(sum a^2 of its target) (exactly 0 for edges leaving the frame: sqrt(inf)) is computed once
+    # and scatters itself (for the density) and every channel: the channels of a pixel are adjacent, so one pass over
+    # the sources touches one cache line per target, and each accumulator still receives its addends in increasing
+    # source index. Pulled sources (tgt < 0) add +0.0 to their target, as the reference's zeroed values do,
+    # branch-free.
     for b in numba.prange(nb):
         r0, r1 = _band(b, nb, h)
         t0, t1 = r0 * w, r1 * w
         je0, je1 = np.searchsorted(e_dst[:n_e], t0), np.searchsorted(e_dst[:n_e], t1)
         jf0, jf1 = np.searchsorted(fresh[:n_f], t0), np.searchsorted(fresh[:n_f], t1)
-        # dst_u clamps target rows -1 and h onto 0 and h - 1: the first and last band take those rows too
+        # the clamped targets put rows -1 and h onto 0 and h - 1: the first and last band take those rows too
         spans = np.empty((h, 3), np.int64)
         m = _spans(row_lo, row_hi, 0, -1 if r0 == 0 else r0, h + 1 if r1 == h else r1, w, spans)
         acc_d[t0:t1] = 0.0
-        for ch in range(max(c, 1)):  # no channels: the first pass still makes the density
-            acc = out[min(ch, c - 1)] if c else acc_d[:0]
-            qc = q[min(ch, c - 1)] if c else acc_d[:0]
-            acc[t0:t1] = 0.0
-            first = ch == 0
-            for s in range(m):
-                a0, a1 = spans[s, 0], spans[s, 1]
-                ts, ds, wts, cs = tgt[a0:a1], dst[a0:a1], weight[a0:a1], coef[a0:a1]
-                qs = qc[a0:a1] if c else wts
-                if spans[s, 2] and first:
-                    for k in range(ts.shape[0]):
-                        t = ts[k]
-                        keep = t >= 0
-                        u = t if keep else -1 - t
-                        d = ds[k]
-                        if d >= 0 and u >= 0:  # always: lets numba drop its negative-index wraparound
-                            cf = wts[k] / sden[d]
-                            cs[k] = cf
-                            acc_d[u] += cf
-                            if c:
-                                v = qs[k] * cf
-                                acc[u] += v if keep else zero
-                elif spans[s, 2]:
-                    for k in range(ts.shape[0]):
-                        t = ts[k]
-                        keep = t >= 0
-                        u = t if keep else -1 - t
-                        if u >= 0:  # always, as above
-                            v = qs[k] * cs[k]
-                            acc[u] += v if keep else zero
-                else:
-                    for k in range(ts.shape[0]):
-                        t = ts[k]
-                        keep = t >= 0
-                        u = t if keep else -1 - t
-                        if u >= t0 and u < t1:
-                            cf = wts[k] / sden[ds[k]]
-                            if first:
-                                acc_d[u] += cf
-                            if c:
-                                v = qs[k] * cf
-                                acc[u] += v if keep else zero
-            if c:
-                for k in range(n_p):
-                    i = pulled[k]
-                    t = dst_u[i]
-                    if t0 <= t < t1:
-                        acc[t] += piece[ch, k] * (weight[i] / sden[dst[i]])
-                for j in range(je0, je1):
-                    k = e_p[j]
-                    acc[e_dst[j]] = (z_e[ch, j] - zm[ch, k]) + xp[ch, k]
-                for j in range(jf0, jf1):
-                    acc[fresh[j]] = z_f[ch, j]
+        if not out_zeroed:
+            out[t0:t1] = 0.0
+        for s in range(m):
+            a0, a1 = spans[s, 0], spans[s, 1]
+            ts, ds, wts, qs = tgt[a0:a1], dst[a0:a1], weight[a0:a1], q[a0:a1]
+            if spans[s, 2] and c == 4:  # the usual latent channels: unrolled, one 16-byte add per source
+                for k in range(ts.shape[0]):
+                    t = ts[k]
+                    keep = t >= 0
+                    u = t if keep else -1 - t
+                    d = ds[k]
+                    if d >= 0 and u >= 0:  # always: lets numba drop its negative-index wraparound
+                        cf = wts[k] / sden[d]
+                        acc_d[u] += cf
+                        m0, m1, m2, m3 = qs[k, 0] * cf, qs[k, 1] * cf, qs[k, 2] * cf, qs[k, 3] * cf
+                        out[u, 0] += m0 if keep else zero
+                        out[u, 1] += m1 if keep else zero
+                        out[u, 2] += m2 if keep else zero
+                        out[u, 3] += m3 if keep else zero
+                    if consume:
+                        qs[k, 0], qs[k, 1], qs[k, 2], qs[k, 3] = zero, zero, zero, zero
+            elif spans[s, 2]:
+                for k in range(ts.shape[0]):
+                    t = ts[k]
+                    keep = t >= 0
+                    u = t if keep else -1 - t
+                    d = ds[k]
+                    if d >= 0 and u >= 0:  # always: lets numba drop its negative-index wraparound
+                        cf = wts[k] / sden[d]
+                        acc_d[u] += cf
+                        for ch in range(c):
+                            v = qs[k, ch] * cf
+                            out[u, ch] += v if keep else zero
+                    if consume:
+                        qs[k] = zero
+            else:
+                for k in range(ts.shape[0]):
+                    t = ts[k]
+                    keep = t >= 0
+                    u = t if keep else -1 - t
+                    if u >= t0 and u < t1:
+                        cf = wts[k] / sden[ds[k]]
+                        acc_d[u] += cf
+                        for ch in range(c):
+                            v = qs[k, ch] * cf
+                            out[u, ch] += v if keep else zero
+                    if consume:  # (one band: never a partial span)
+                        qs[k] = zero
+        for k in range(n_p):
+            i = pulled[k]
+            t = -1 - tgt[i]  # pulled: its clamped target, sign-flipped
+            if t0 <= t < t1:
+                cf = weight[i] / sden[dst[i]]
+                for ch in range(c):
+                    out[t, ch] += piece[ch, k] * cf
+        for j in range(je0, je1):
+            k = e_p[j]
+            for ch in range(c):
+                out[e_dst[j], ch] = (z_e[ch, j] - zm[ch, k]) + xp[ch, k]
+        for j in range(jf0, jf1):
+            for ch in range(c):
+                out[fresh[j], ch] = z_f[ch, j]
         # density: sum(coef) * sqrt(den) = sum(a) per target (the coefficients of pulled sources count too)
         for y in range(r0, r1):
             ns, acs, ss = nd[y * w : (y + 1) * w], acc_d[y * w : (y + 1) * w], sden[(y + 1) * wp + 1 :]
@@ -362,3 +471,40 @@ def renormalise(nd: np.ndarray, mean: np.float32, out: np.ndarray) -> None:
     for i in range(nd.shape[0]):
         v = nd[i] / mean
         out[i] = _MIN_DENSITY_F32 if v < _MIN_DENSITY_F32 else v
+
+
+@numba.njit(cache=True, nogil=True)
+def area_pool(noise: np.ndarray, h: int, f: int, out: np.ndarray) -> None:
+    """out (C, h/f, w/f) = `annotators.noise_warp.area_pool` bit for bit of noise (h * w, C) (pixel-major, the fused
+    warp's layout) read as (C, h, w): each block's rows added one after the other, then its columns, then / f, in
+    one pass over the noise."""
+    n, c = noise.shape
+    w = n // h
+    line = w * c  # one row of pixels, channels interleaved: the row adds run over it flat (and vectorise)
+    flat = noise.reshape(n * c)
+    rows = np.empty(line, np.float32)
+    ff = np.float32(f)
+    for r in range(h // f):
+        top, nxt = flat[r * f * line : (r * f + 1) * line], flat[(r * f + 1) * line : (r * f + 2) * line]
+        for x in range(line):
+            rows[x] = top[x] + nxt[x]
+        for k in range(2, f):
+            more = flat[(r * f + k) * line : (r * f + k + 1) * line]
+            for x in range(line):
+                rows[x] += more[x]
+        for j in range(w // f):
+            for ch in range(c):
+                acc = rows[j * f * c + ch] + rows[(j * f + 1) * c + ch]
+                for k in range(2, f):
+                    acc += rows[(j * f + k) * c + ch]
+                out[ch, r, j] = acc / ff
+
+
+@numba.njit(cache=True, nogil=True)
+def interleave(src: np.ndarray, out: np.ndarray) -> None:
+    """out (n, C) = src (C, n) transposed: a video's first noise, drawn channel-major as the reference draws it,
+    into the fused warp's pixel-major state (numpy's strided copy is 2-3x slower)."""
+    c, n = src.shape
+    for i in range(n):
+        for ch in range(c):
+            out[i, ch] = src[ch, i]

@@ -3,4 +3,5 @@
 
 from __future__ import annotations
 
-WARPER_VERSION: str = "gwtf-index-v1"  # stored in shards as noise_warper_version; bump if outputs change
+WARPER_VERSION: str = "gwtf-index-v2"  # stored in shards as noise_warper_version; bump if outputs change
+# v2: the area pool adds a block's columns one after the other (v1: torch's sum, whose order is its kernel's)

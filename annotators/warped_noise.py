@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, per_clip
+from annotators.base import AnnotatorError, Batch, all_finite, per_clip
 from annotators.models import resolve_device
 
 
@@ -130,7 +130,7 @@ class WarpedNoiser:
     def noise_for(self, flow: np.ndarray | None, frame_size: tuple[int, int], seed: int) -> np.ndarray:
         if flow is None:
             raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
-        if not np.isfinite(flow).all():
+        if not all_finite(flow):
             raise AnnotatorError("flow_not_finite", "flow has NaN or inf values")
         c = self.cfg
         noise = self.backend.warped_noise_video(

@@ -1,9 +1,9 @@
 """Benchmark: our distribution-preserving noise warp (torch reference and numba-fused) vs a bilinear grid_sample.
 
 Same noise, same flows (translation, zoom in/out and rotation fields), on CPU, at every --threads count and every
-grid: per-frame time of the reference `warp_step`, the fused one and `bilinear_warp` (warm-up, which also compiles
-or loads numba's cached kernels, then the median over repeats, the methods interleaved so machine load hits all
-alike), the ratios to bilinear, and the outputs' statistics after --frames frames (mean, std, KS D and p against
+grid: per-frame time of the reference `warp_step`, the fused one (a `WarpState` step, as in the pipeline's frame
+loop) and `bilinear_warp` (warm-up, which also compiles or loads numba's cached kernels, then the median over
+repeats, the methods interleaved so machine load hits all alike), the ratios to bilinear, and the outputs' statistics after --frames frames (mean, std, KS D and p against
 N(0,1), Moran's I). Bilinear warping is the usual naive choice; its variance collapses. Grids: `256` is 256x256x4;
 `wan` is the warp grid of a Wan latent (16 channels at 1/8 of a 448x256 (WxH) bucket, x16 warp_scale: 512x896).
 
@@ -77,8 +77,12 @@ def run_motion(flow: torch.Tensor, channels: int, frames: int, repeats: int, see
         "bilinear": stats(bil),
         "density_range": [float(density.min()), float(density.max())],
     }
+    # The fused warp steps a WarpState, as the pipeline's frame loop does: its state stays in the kernels'
+    # pixel-major layout between frames (warp_step would convert a (C, H, W) tensor in and out every call).
+    fused = noise_warp_fused.WarpState.of(ours, density, gen)
+    flow_np = flow.contiguous().numpy()
     step: dict[str, Callable[[], object]] = {
-        "fused": lambda: noise_warp_fused.warp_step(ours, density, flow, gen),
+        "fused": lambda: fused.step(flow_np),
         "reference": lambda: warp_step(ours, density, flow, gen),
         "bilinear": lambda: bilinear_warp(bil, flow),
     }

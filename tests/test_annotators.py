@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from annotators import ANNOTATORS, annotator_class
-from annotators.base import object_array
+from annotators.base import all_finite, object_array
 from annotators.flow import FlowEstimator
 from annotators.noise_warp import WARPER_VERSION
 from annotators.warped_noise import clip_noise_seed
@@ -150,3 +150,16 @@ def test_flow_off_stores_frames_only(corpus_dir, tmp_path):
     data = collect(tmp_path, [row])
     assert data.clips and all(c.get("motion_mean") is None for c in data.clips)
     assert clip_writer.tensor_columns(cfg) == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_matches_isfinite(dtype: type) -> None:
+    """all_finite (a bit test on float16) says what np.isfinite(x).all() says, for every special value, in
+    non-contiguous views too."""
+    base = np.random.default_rng(0).standard_normal((3, 40)).astype(dtype)
+    base[0, :4] = [np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny, -0.0]
+    assert all_finite(base) and all_finite(base[:, ::3])
+    for bad in (np.inf, -np.inf, np.nan):
+        x = base.copy()
+        x[2, 7] = bad
+        assert not all_finite(x) and not all_finite(x.T) and all_finite(x[:2])

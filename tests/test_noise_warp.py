@@ -98,7 +98,7 @@ def best_shift(a: torch.Tensor, b: torch.Tensor, radius: int) -> tuple[int, int,
 
 
 def test_version_string() -> None:
-    assert WARPER_VERSION == "gwtf-index-v1"
+    assert WARPER_VERSION == "gwtf-index-v2"
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
@@ -318,6 +318,17 @@ def test_resize_flow_scales_each_axis_by_its_own_ratio() -> None:
     batched = resize_flow(flow.expand(3, 2, 16, 32), (48, 64))
     assert batched.shape == (3, 2, 48, 64) and torch.equal(batched[1], big)
     assert resize_flow(flow, (16, 32)) is flow
+
+
+def test_area_pool_adds_in_a_fixed_order() -> None:
+    """Each block's rows are added one after the other, then its columns: element-wise adds, so the result does not
+    depend on a reduction kernel's order. In float32 ((1e8 + 1) - 1e8) + 1 = 1 (the first 1 is lost to rounding);
+    pairwise, (1e8 + 1) + (-1e8 + 1) = 0."""
+    values = torch.tensor([1e8, 1.0, -1e8, 1.0])
+    down = values.view(1, 4, 1).repeat(1, 1, 4)  # the values run down each column: the rows' adds
+    across = values.view(1, 1, 4).repeat(1, 4, 1)  # along each row: the columns' adds
+    assert area_pool(down, 4).item() == 1.0
+    assert area_pool(across, 4).item() == 1.0
 
 
 def test_area_pool_keeps_unit_variance_and_is_block_sum_over_f() -> None:

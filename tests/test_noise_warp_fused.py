@@ -13,12 +13,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("numba")
 
 from annotators import noise_warp, noise_warp_fused, warped_noise  # noqa: E402
+from annotators import noise_warp_kernels as kernels  # noqa: E402
 from annotators.warped_noise import NoiseConfig, WarpedNoiser, select_warper  # noqa: E402
 from tests.test_noise_warp import motion_flow  # noqa: E402
 
@@ -41,10 +43,10 @@ def flow_field(kind: str, h: int, w: int) -> torch.Tensor:
 KINDS = ("translate", "zoom_in", "zoom_out", "rotate", "random", "disocclusion", "half_pixel", "leave")
 
 
-def assert_steps_match(kind: str, steps: int, uniform_density: bool = False) -> None:
-    """`steps` warp steps of a 3x48x40 noise along `kind`'s flow: the fused warp gives the reference's noise, density
-    and random draws bit for bit after every step."""
-    c, h, w = 3, 48, 40
+def assert_steps_match(kind: str, steps: int, uniform_density: bool = False, channels: int = 3) -> None:
+    """`steps` warp steps of a channels x 48 x 40 noise along `kind`'s flow: the fused warp gives the reference's
+    noise, density and random draws bit for bit after every step."""
+    c, h, w = channels, 48, 40
     flow = flow_field(kind, h, w)
     start = torch.Generator().manual_seed(5)
     noise = torch.randn((c, h, w), generator=start)
@@ -63,6 +65,13 @@ def assert_steps_match(kind: str, steps: int, uniform_density: bool = False) -> 
 @pytest.mark.parametrize("uniform_density", [True, False])
 def test_fused_step_is_bit_identical(kind: str, uniform_density: bool) -> None:
     assert_steps_match(kind, 6, uniform_density)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("channels", [1, 4, 16])
+def test_fused_step_is_bit_identical_at_latent_channel_counts(kind: str, channels: int) -> None:
+    """4 channels (SD-style latents) take the merge's unrolled scatter, 16 (Wan-style) and 1 the general one."""
+    assert_steps_match(kind, 4, channels=channels)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -126,6 +135,7 @@ def test_parallel_kernels_are_bit_identical(bands: int, monkeypatch: pytest.Monk
     try:
         for kind in ("random", "rotate", "zoom_in", "zoom_out", "disocclusion", "leave"):
             assert_steps_match(kind, 4)
+            assert_steps_match(kind, 3, channels=4)
     finally:
         torch.set_num_threads(before)
 
@@ -141,6 +151,85 @@ def test_fused_video_resize_paths(flow_size: tuple[int, int], dtype: torch.dtype
     flows = (torch.randn((3, 2, *flow_size), generator=gen) * 2).to(dtype)
     args = {"channels": 2, "noise_size": (12, 16), "warp_scale": 4, "seed": 11}
     assert torch.equal(noise_warp.warped_noise_video(flows, **args), noise_warp_fused.warped_noise_video(flows, **args))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_video_doubling_the_flow(dtype: torch.dtype) -> None:
+    """The default grids: the flow at the frame size, the warp grid twice that (the resize's doubling loop), 4
+    latent channels (the merge's unrolled scatter); the flows come as float16 from the shards."""
+    flows = (torch.randn((4, 2, 64, 112), generator=torch.Generator().manual_seed(6)) * 4).to(dtype)
+    flows[1] = motion_flow("zoom_in", 64, 112) * 3
+    args = {"channels": 4, "noise_size": (16, 28), "warp_scale": 8, "seed": 21}
+    assert torch.equal(noise_warp.warped_noise_video(flows, **args), noise_warp_fused.warped_noise_video(flows, **args))
+
+
+@pytest.mark.parametrize("bands", [2, 5])
+def test_fused_resize_in_parallel_kernels(bands: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's column pass of the flow resize runs over the flow's rows in parallel: same bits at any band count."""
+    monkeypatch.setattr(noise_warp_fused, "_PAR_MIN_PLAN", 0)
+    monkeypatch.setattr(noise_warp_fused, "_PAR_MIN_MERGE", 0)
+    monkeypatch.setattr(noise_warp_fused.numba, "get_num_threads", lambda: bands)
+    flows = torch.randn((3, 2, 64, 112), generator=torch.Generator().manual_seed(8)) * 3
+    args = {"channels": 4, "noise_size": (16, 28), "warp_scale": 8, "seed": 2}
+    assert torch.equal(noise_warp.warped_noise_video(flows, **args), noise_warp_fused.warped_noise_video(flows, **args))
+
+
+@pytest.mark.parametrize(("size", "big"), [((24, 32), (48, 64)), ((30, 20), (48, 96)), ((48, 64), (24, 32)),
+                                           ((7, 9), (160, 96)), ((33, 17), (33, 40)), ((256, 448), (512, 896)),
+                                           ((100, 70), (512, 896)), ((256, 448), (128, 224))])  # fmt: skip
+def test_kernel_resize_is_torch_bilinear(size: tuple[int, int], big: tuple[int, int]) -> None:
+    """The plan resizes the flow itself, by the formula of torch's CPU bilinear kernel (the compiler's fused
+    multiply-adds included), once `_resize_tables` has seen it give torch's bits for that size pair. Where torch
+    rounds otherwise (another instruction set; here, small outputs take another kernel), it says None and torch
+    resizes: then the kernel's resize must indeed differ."""
+    src = torch.randn((2, *size), generator=torch.Generator().manual_seed(size[0])) * 20
+    src[0, 0, :3] = torch.tensor([2.5, -0.5, 1e-30])
+    want = torch.nn.functional.interpolate(src[None], big, mode="bilinear", align_corners=False)[0]
+    checked = noise_warp_fused._resize_tables(*size, *big)
+    iy, ly = kernels.resize_table(big[0], size[0], np.float32(size[0]) / np.float32(big[0]))
+    ix, lx = kernels.resize_table(big[1], size[1], np.float32(size[1]) / np.float32(big[1]))
+    got = torch.empty_like(want)
+    kernels.resize(src.numpy(), iy, ly, ix, lx, got.numpy())
+    assert torch.equal(got, want) == (checked is not None)
+
+
+def test_kernel_resize_is_used_on_avx_machines() -> None:
+    """On AVX2/AVX512 builds (the machines we run on), the fused resize is taken for the default 2x upsampling."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("torch runs its default (non-AVX) kernels here")
+    assert noise_warp_fused._resize_tables(256, 448, 512, 896) is not None
+
+
+def test_video_falls_back_to_torch_resize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel's resize is not torch's, torch resizes each flow into a reused buffer: same bits."""
+    monkeypatch.setattr(noise_warp_fused, "_resize_tables", lambda *size: None)
+    flows = torch.randn((3, 2, 30, 20), generator=torch.Generator().manual_seed(4)) * 2
+    args = {"channels": 2, "noise_size": (12, 16), "warp_scale": 4, "seed": 5}
+    assert torch.equal(noise_warp.warped_noise_video(flows, **args), noise_warp_fused.warped_noise_video(flows, **args))
+
+
+@pytest.mark.parametrize(("shape", "factor"), [((4, 64, 112), 16), ((3, 12, 18), 3), ((1, 8, 8), 2), ((2, 40, 24), 8)])
+def test_kernel_area_pool_is_the_reference(shape: tuple[int, int, int], factor: int) -> None:
+    """The fused backend pools its pixel-major state with its own kernel: the reference's block sums (rows, then
+    columns, in order) bit for bit, on values over a wide range (where any other summation order rounds
+    differently)."""
+    gen = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(shape, generator=gen) * torch.exp(torch.randn(shape, generator=gen) * 3)
+    got = torch.empty((shape[0], shape[1] // factor, shape[2] // factor))
+    pixel_major = x.reshape(shape[0], -1).T.contiguous()  # the fused warp's state layout (h * w, C)
+    kernels.area_pool(pixel_major.numpy(), shape[1], factor, got.numpy())
+    assert torch.equal(got, noise_warp.area_pool(x, factor))
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_fused_step_leaves_its_inputs_alone(channels: int) -> None:
+    """The sequential merge zeroes the state it has read (the next step's output buffer then needs no clearing);
+    warp_step must do that to its own copy, never to the caller's tensors."""
+    noise, density = torch.randn(channels, 20, 24), torch.rand(20, 24) + 0.5
+    flow = flow_field("random", 20, 24)
+    before = (noise.clone(), density.clone(), flow.clone())
+    noise_warp_fused.warp_step(noise, density, flow, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(before, (noise, density, flow), strict=True))
 
 
 def test_fused_step_takes_float64_flow() -> None:
