@@ -84,6 +84,8 @@ def run_and_watch(videos: list[Path], config: str, overrides: list[str] = ()) ->
         manifest = json.loads(Path(f"{tmp}/run/shards/manifest.json").read_text())
         seconds = time.perf_counter() - started
         files = len(manifest["shards"])
+        run_files = [f for f in Path(f"{tmp}/run").rglob("*") if f.is_file()]
+        records = sum(1 for f in run_files if "_work" in f.parts)
         return {
             "videos": len(videos),
             "clips": run["counts"]["clips"],
@@ -95,6 +97,11 @@ def run_and_watch(videos: list[Path], config: str, overrides: list[str] = ()) ->
             "shard_files": files,
             "shard_rows": manifest["rows"],
             "files_per_1000_clips": round(1000 * files / max(1, manifest["rows"]), 2),
+            # everything a finished run leaves (records, shards, tables, report and its samples), per input video
+            "run_files": len(run_files),
+            "record_files": records,
+            "run_files_per_1000_videos": round(1000 * len(run_files) / len(videos), 1),
+            "record_files_per_1000_videos": round(1000 * records / len(videos), 1),
             "shard_mb": round(manifest["bytes"] / 2**20, 2),
             "pack_s": round(run["wall_seconds"].get("pack", 0.0), 2),
         }
