@@ -215,7 +215,7 @@ def area_pool(noise: torch.Tensor, factor: int) -> torch.Tensor:
     # Rows first (whole contiguous rows added), then the column groups, each added one after the other: element-wise
     # adds round the same on every CPU and GPU, where a reduction's summation order is the kernel's choice (torch's
     # CPU sum of a block's 16 columns matches no fixed order), so the fused backend's pooling kernel
-    # (`noise_warp_kernels.area_pool`) reproduces this bit for bit with no check.
+    # (`noise_warp_grid.area_pool`) reproduces this bit for bit with no check.
     lead = noise.shape[:-2]
     blocks = noise.reshape(*lead, h // factor, factor, w)
     rows = blocks[..., 0, :] + blocks[..., 1, :]

@@ -14,7 +14,7 @@ draws the random numbers, owns the buffers and drives the steps):
   flow): torch's CPU formula, with the multiply-adds its compiler fuses. That is checked against torch's own resize
   once per size pair (`_resize_tables`); where it differs (another instruction set, or a size torch resizes with
   another kernel), torch resizes each frame as before.
-* The output frames are pooled by `kernels.area_pool`: the reference's `area_pool` adds in a fixed order, so the
+* The output frames are pooled by `noise_warp_grid.area_pool`: the reference's `area_pool` adds in a fixed order, so the
   same bits in one pass.
 
 Reproducibility rests on the reference's scatters being sequential on CPU (`bincount`, `index_add_`): each
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from annotators import noise_warp
+from annotators import noise_warp_grid as grid
 from annotators import noise_warp_kernels as kernels
 from annotators.noise_warp import area_pool, check_video_args, resize_flow
 
@@ -125,12 +126,12 @@ def _resize_tables(fh: int, fw: int, big_h: int, big_w: int) -> _ResizeTables | 
     fuses its multiply-adds in the AVX2 build), so the formula is checked once per size pair against torch's own
     resize of random values, where a different rounding shows in a good share of them; on a mismatch the frames
     are resized by torch, as before."""
-    iy, ly = kernels.resize_table(big_h, fh, np.float32(fh) / np.float32(big_h))
-    ix, lx = kernels.resize_table(big_w, fw, np.float32(fw) / np.float32(big_w))
+    iy, ly = grid.resize_table(big_h, fh, np.float32(fh) / np.float32(big_h))
+    ix, lx = grid.resize_table(big_w, fw, np.float32(fw) / np.float32(big_w))
     probe = torch.randn((1, 2, fh, fw), generator=torch.Generator().manual_seed(fh * 7919 + fw)) * 8
     want = torch.nn.functional.interpolate(probe, (big_h, big_w), mode="bilinear", align_corners=False)[0].numpy()
     got = np.empty_like(want)
-    kernels.resize(probe[0].numpy(), iy, ly, ix, lx, got)
+    grid.resize(probe[0].numpy(), iy, ly, ix, lx, got)
     return (iy, ly, ix, lx) if np.array_equal(got.view(np.int32), want.view(np.int32)) else None
 
 
@@ -224,7 +225,7 @@ def _pool(state: np.ndarray, h: int, factor: int, out: np.ndarray) -> None:
     if factor == 1:
         out[...] = state.T.reshape(out.shape)
     else:
-        kernels.area_pool(state, h, factor, out)
+        grid.area_pool(state, h, factor, out)
 
 
 class WarpState:
@@ -248,7 +249,7 @@ class WarpState:
         """The state of noise (C, H, W) and density (H, W), float32 CPU tensors (copied in)."""
         c, h, w = noise.shape
         state = cls(h, w, c, generator)
-        kernels.interleave(noise.detach().reshape(c, h * w).contiguous().numpy(), state.noise)
+        grid.interleave(noise.detach().reshape(c, h * w).contiguous().numpy(), state.noise)
         state.density[:] = density.detach().reshape(h * w).numpy()
         return state
 
@@ -319,7 +320,7 @@ def warped_noise_video(
     state.density.fill(1.0)
     first = state.spare.reshape(channels, big_h * big_w)  # the spare buffer's memory, free until the first step
     _normal(first, generator)  # = torch.randn((channels, big_h, big_w), generator=generator)
-    kernels.interleave(first, state.noise)
+    grid.interleave(first, state.noise)
     out = torch.empty((flows.shape[0] + 1, channels, nh, nw), dtype=torch.float32)
     _pool(state.noise, big_h, warp_scale, out[0].numpy())
     resized = (fh, fw) != (big_h, big_w)
@@ -348,7 +349,7 @@ def warm_up() -> None:
     _sync_threads()
     q, d, f = np.zeros((16, 1), np.float32), np.ones(16, np.float32), flow.numpy()
     _pool(q, 4, 2, np.empty((1, 2, 2), np.float32))
-    kernels.interleave(q.T.copy(), q.copy())
+    grid.interleave(q.T.copy(), q.copy())
     tables = _resize_tables(2, 2, 4, 4)
     for threaded in (False, True):
         _step(_workspace(4, 4), q, d, f, _ONE, _ONE, gen, q.copy(), d.copy(), threaded)

@@ -3,8 +3,9 @@
 Same noise, same flows (translation, zoom in/out and rotation fields), on CPU, at every --threads count and every
 grid: per-frame time of the reference `warp_step`, the fused one (a `WarpState` step, as in the pipeline's frame
 loop) and `bilinear_warp` (warm-up, which also compiles or loads numba's cached kernels, then the median over
-repeats, the methods interleaved so machine load hits all alike), the ratios to bilinear, and the outputs' statistics after --frames frames (mean, std, KS D and p against
-N(0,1), Moran's I). Bilinear warping is the usual naive choice; its variance collapses. Grids: `256` is 256x256x4;
+repeats, the methods interleaved so machine load hits all alike), the ratios to bilinear, and the outputs'
+statistics after --frames frames (mean, std, KS D and p against N(0,1), Moran's I). Bilinear warping is the usual
+naive choice; its variance collapses. Grids: `256` is 256x256x4;
 `wan` is the warp grid of a Wan latent (16 channels at 1/8 of a 448x256 (WxH) bucket, x16 warp_scale: 512x896).
 
 With --run-json (a finished run's `_run.json`, e.g. of `make run`), it also reports the warped-noise annotator's

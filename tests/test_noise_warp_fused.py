@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("numba")
 
 from annotators import noise_warp, noise_warp_fused, warped_noise  # noqa: E402
-from annotators import noise_warp_kernels as kernels  # noqa: E402
+from annotators import noise_warp_grid as grid  # noqa: E402
 from annotators.warped_noise import NoiseConfig, WarpedNoiser, select_warper  # noqa: E402
 from tests.test_noise_warp import motion_flow  # noqa: E402
 
@@ -186,10 +186,10 @@ def test_kernel_resize_is_torch_bilinear(size: tuple[int, int], big: tuple[int, 
     src[0, 0, :3] = torch.tensor([2.5, -0.5, 1e-30])
     want = torch.nn.functional.interpolate(src[None], big, mode="bilinear", align_corners=False)[0]
     checked = noise_warp_fused._resize_tables(*size, *big)
-    iy, ly = kernels.resize_table(big[0], size[0], np.float32(size[0]) / np.float32(big[0]))
-    ix, lx = kernels.resize_table(big[1], size[1], np.float32(size[1]) / np.float32(big[1]))
+    iy, ly = grid.resize_table(big[0], size[0], np.float32(size[0]) / np.float32(big[0]))
+    ix, lx = grid.resize_table(big[1], size[1], np.float32(size[1]) / np.float32(big[1]))
     got = torch.empty_like(want)
-    kernels.resize(src.numpy(), iy, ly, ix, lx, got.numpy())
+    grid.resize(src.numpy(), iy, ly, ix, lx, got.numpy())
     assert torch.equal(got, want) == (checked is not None)
 
 
@@ -217,7 +217,7 @@ def test_kernel_area_pool_is_the_reference(shape: tuple[int, int, int], factor: 
     x = torch.randn(shape, generator=gen) * torch.exp(torch.randn(shape, generator=gen) * 3)
     got = torch.empty((shape[0], shape[1] // factor, shape[2] // factor))
     pixel_major = x.reshape(shape[0], -1).T.contiguous()  # the fused warp's state layout (h * w, C)
-    kernels.area_pool(pixel_major.numpy(), shape[1], factor, got.numpy())
+    grid.area_pool(pixel_major.numpy(), shape[1], factor, got.numpy())
     assert torch.equal(got, noise_warp.area_pool(x, factor))
 
 
