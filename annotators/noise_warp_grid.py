@@ -2,7 +2,7 @@
 it, the area pool of the reference, and the change to the pixel-major layout the fused warp keeps its state in.
 
 * `resize_table` / `resize`: torch's CPU bilinear resize (align_corners=False), with the multiply-adds its
-  compiler fuses (`fma32`); `_plan` (`annotators.noise_warp_kernels`) runs `resize_row` and the same row blend
+  compiler fuses (`fma32`); `_plan` (`annotators.noise_warp_kernels`) runs `resize_row` and `blend_rows`
   inline. `annotators.noise_warp_fused` checks the formula against torch once per size pair.
 * `area_pool`: `annotators.noise_warp.area_pool` (rows, then columns, added in order) on the pixel-major state.
 * `interleave`: (C, n) to (n, C).
@@ -71,6 +71,19 @@ def resize_row(src: np.ndarray, ix: np.ndarray, lx: np.ndarray, out: np.ndarray)
         out[x] = fma32(f32(src[ix[0, x]]), lx[0, x], f32(src[ix[1, x]]) * lx[1, x])
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def blend_rows(top: Any, bottom: Any, w0: Any, w1: Any) -> Any:
+    """The row pass of the resize for one value, from the column pass of its two source rows: torch's
+    fma(top, w0, bottom * w1). The one place the formula `_resize_tables` checks is written."""
+    return fma32(top, w0, bottom * w1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def resized_at(cols: np.ndarray, iy: np.ndarray, ly: np.ndarray, y: int, x: int) -> Any:
+    """Value (y, x) of the resized grid from the column pass cols (h, W) of `resize_row`."""
+    return blend_rows(cols[iy[0, y], x], cols[iy[1, y], x], ly[0, y], ly[1, y])
+
+
 @numba.njit(cache=True, nogil=True)
 def resize(src: np.ndarray, iy: np.ndarray, ly: np.ndarray, ix: np.ndarray, lx: np.ndarray, out: np.ndarray) -> None:
     """out (C, H, W) = the bilinear resize of src (C, h, w) with the tables of `resize_table`, value by value as
@@ -80,9 +93,8 @@ def resize(src: np.ndarray, iy: np.ndarray, ly: np.ndarray, ix: np.ndarray, lx: 
         for r in range(src.shape[1]):
             resize_row(src[c, r], ix, lx, cols[r])
         for y in range(out.shape[1]):
-            r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
             for x in range(out.shape[2]):
-                out[c, y, x] = fma32(cols[r0, x], w0, cols[r1, x] * w1)
+                out[c, y, x] = resized_at(cols, iy, ly, y, x)
 
 
 @numba.njit(cache=True, nogil=True)

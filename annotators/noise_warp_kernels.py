@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from annotators.noise_warp import _MIN_DENSITY
-from annotators.noise_warp_grid import fma32, resize_row
+from annotators.noise_warp_grid import blend_rows, resize_row, resized_at
 
 # The passes of one kernel talk through indirect indices (dst, e_src, ...), which numba's loop fusion cannot see.
 _PARALLEL = {"fusion": False}
@@ -49,6 +49,33 @@ def _round_clamp(v: float, lim: np.float32) -> int:
     """torch's round (half to even) then clamp to [-lim, lim] in the flow's dtype, as the reference does before its
     int32 cast (branch-free, so the routing loop vectorises)."""
     return np.int32(min(max(np.rint(v), -lim), lim))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_scaled(out: np.ndarray, u: int, q: np.ndarray, k: int, cf: np.float32, keep: bool) -> None:
+    """out[u, :] += q[k, :] * cf, or += +0.0 where not keep (a pulled source: the reference adds its zeroed
+    values), branch-free; unrolled for 4 channels (one 16-byte add), the usual latent width."""
+    zero = np.float32(0.0)
+    if q.shape[1] == 4:
+        m0, m1, m2, m3 = q[k, 0] * cf, q[k, 1] * cf, q[k, 2] * cf, q[k, 3] * cf
+        out[u, 0] += m0 if keep else zero
+        out[u, 1] += m1 if keep else zero
+        out[u, 2] += m2 if keep else zero
+        out[u, 3] += m3 if keep else zero
+    else:
+        for ch in range(q.shape[1]):
+            v = q[k, ch] * cf
+            out[u, ch] += v if keep else zero
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _clear(q: np.ndarray, k: int) -> None:
+    """q[k, :] = 0 (unrolled for 4 channels)."""
+    zero = np.float32(0.0)
+    if q.shape[1] == 4:
+        q[k, 0], q[k, 1], q[k, 2], q[k, 3] = zero, zero, zero, zero
+    else:
+        q[k] = zero
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -144,8 +171,8 @@ def _plan(
             fx, fy = np.empty(w, flow.dtype), np.empty(w, flow.dtype)
             r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
             for x in range(w):
-                fx[x] = fma32(cols[0, r0, x], w0, cols[0, r1, x] * w1)
-                fy[x] = fma32(cols[1, r0, x], w0, cols[1, r1, x] * w1)
+                fx[x] = blend_rows(cols[0, r0, x], cols[0, r1, x], w0, w1)
+                fy[x] = blend_rows(cols[1, r0, x], cols[1, r1, x], w0, w1)
         else:
             fx, fy = flow[0, y], flow[1, y]
         for x in range(w):
@@ -174,9 +201,8 @@ def _plan(
                     continue
                 y, x = t // w, t % w
                 if resized:
-                    r0, r1, w0, w1 = iy[0, y], iy[1, y], ly[0, y], ly[1, y]
-                    vx = flow.dtype.type(fma32(cols[0, r0, x], w0, cols[0, r1, x] * w1))
-                    vy = flow.dtype.type(fma32(cols[1, r0, x], w0, cols[1, r1, x] * w1))
+                    vx = flow.dtype.type(resized_at(cols[0], iy, ly, y, x))
+                    vy = flow.dtype.type(resized_at(cols[1], iy, ly, y, x))
                 else:
                     vx, vy = flow[0, y, x], flow[1, y, x]
                 sy_ = y - _round_clamp(vy * sy, lim)
@@ -288,7 +314,6 @@ def _merge(
     the next step's out without a clearing pass over it."""
     c = q.shape[1]
     wp = w + 2
-    zero = np.float32(0.0)
     # Splits of the pulled sources, per channel: z mean over each source's edges (its contraction draw first, then
     # its expansion draws in edge order, as the reference's index_add_), x part and contraction piece.
     if n_e:
@@ -325,49 +350,18 @@ def _merge(
         for s in range(m):
             a0, a1 = spans[s, 0], spans[s, 1]
             ts, ds, wts, qs = tgt[a0:a1], dst[a0:a1], weight[a0:a1], q[a0:a1]
-            if spans[s, 2] and c == 4:  # the usual latent channels: unrolled, one 16-byte add per source
-                for k in range(ts.shape[0]):
-                    t = ts[k]
-                    keep = t >= 0
-                    u = t if keep else -1 - t
-                    d = ds[k]
-                    if d >= 0 and u >= 0:  # always: lets numba drop its negative-index wraparound
-                        cf = wts[k] / sden[d]
-                        acc_d[u] += cf
-                        m0, m1, m2, m3 = qs[k, 0] * cf, qs[k, 1] * cf, qs[k, 2] * cf, qs[k, 3] * cf
-                        out[u, 0] += m0 if keep else zero
-                        out[u, 1] += m1 if keep else zero
-                        out[u, 2] += m2 if keep else zero
-                        out[u, 3] += m3 if keep else zero
-                    if consume:
-                        qs[k, 0], qs[k, 1], qs[k, 2], qs[k, 3] = zero, zero, zero, zero
-            elif spans[s, 2]:
-                for k in range(ts.shape[0]):
-                    t = ts[k]
-                    keep = t >= 0
-                    u = t if keep else -1 - t
-                    d = ds[k]
-                    if d >= 0 and u >= 0:  # always: lets numba drop its negative-index wraparound
-                        cf = wts[k] / sden[d]
-                        acc_d[u] += cf
-                        for ch in range(c):
-                            v = qs[k, ch] * cf
-                            out[u, ch] += v if keep else zero
-                    if consume:
-                        qs[k] = zero
-            else:
-                for k in range(ts.shape[0]):
-                    t = ts[k]
-                    keep = t >= 0
-                    u = t if keep else -1 - t
-                    if u >= t0 and u < t1:
-                        cf = wts[k] / sden[ds[k]]
-                        acc_d[u] += cf
-                        for ch in range(c):
-                            v = qs[k, ch] * cf
-                            out[u, ch] += v if keep else zero
-                    if consume:  # (one band: never a partial span)
-                        qs[k] = zero
+            # a span that straddles a band border keeps only the targets in this band; a full one has all of them
+            lo, hi = (0, h * w) if spans[s, 2] else (t0, t1)
+            for k in range(ts.shape[0]):
+                t = ts[k]
+                keep = t >= 0
+                u = t if keep else -1 - t
+                if u >= lo and u < hi:
+                    cf = wts[k] / sden[ds[k]]
+                    acc_d[u] += cf
+                    _add_scaled(out, u, qs, k, cf, keep)
+                if consume:  # one band: every source is read here exactly once
+                    _clear(qs, k)
         for k in range(n_p):
             i = pulled[k]
             t = -1 - tgt[i]  # pulled: its clamped target, sign-flipped
