@@ -37,11 +37,12 @@ class Annotator(Protocol):
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """np.isfinite(x).all(), ~7x faster on float16 (numpy has no vector loop for half floats; flows are stored in
-    float16): a half float is NaN or inf exactly when its five exponent bits are all set."""
+    """np.isfinite(x).all(), ~4x faster on float16 (flows are stored in float16; numpy has no vector loop for half
+    floats): a compiled bit test, `annotators.finite`, imported on first use (numba is slow to import)."""
     if x.dtype == np.float16:
-        bits = np.ascontiguousarray(x).view(np.uint16) & np.uint16(0x7C00)
-        return not bool((bits == np.uint16(0x7C00)).any())
+        from annotators.finite import half_bits_finite
+
+        return bool(half_bits_finite(np.ascontiguousarray(x).reshape(-1).view(np.uint16)))
     return bool(np.isfinite(x).all())
 
 

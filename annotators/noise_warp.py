@@ -228,6 +228,10 @@ def area_pool(noise: torch.Tensor, factor: int) -> torch.Tensor:
     return pooled / factor
 
 
+class NonFiniteFlowError(ValueError):
+    """Flows with NaN or inf values (`check_video_args`): the annotator records it as the clip's reason."""
+
+
 def check_video_args(flows: Any, channels: int, noise_size: tuple[int, int], warp_scale: int) -> torch.Tensor:
     """`warped_noise_video`'s argument checks (shared with the fused backend): flows as a tensor, or ValueError."""
     if isinstance(flows, np.ndarray):
@@ -243,7 +247,7 @@ def check_video_args(flows: Any, channels: int, noise_size: tuple[int, int], war
     numpy_ok = flows.device.type == "cpu" and flows.dtype in (torch.float16, torch.float32, torch.float64)
     finite = all_finite(flows.detach().numpy()) if numpy_ok else torch.isfinite(flows).all()
     if not bool(finite):
-        raise ValueError("flows contain NaN or inf")
+        raise NonFiniteFlowError("flows contain NaN or inf")
     if int(channels) != channels or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels}")
     if int(warp_scale) != warp_scale or warp_scale < 1:

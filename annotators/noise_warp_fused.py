@@ -34,6 +34,7 @@ faults that can exceed a whole step. CUDA tensors and non-float32 inputs go to t
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from typing import Any
 
@@ -44,6 +45,7 @@ import torch
 from annotators import noise_warp
 from annotators import noise_warp_grid as grid
 from annotators import noise_warp_kernels as kernels
+from annotators.base import all_finite
 from annotators.noise_warp import area_pool, check_video_args, resize_flow
 
 WARPER_VERSION: str = noise_warp.WARPER_VERSION  # same outputs as the reference, so the same version
@@ -52,62 +54,94 @@ _PAR_MIN_PLAN = 1 << 18  # grid pixels from which the plan runs in parallel
 _PAR_MIN_MERGE = 1 << 18  # pixels x channels from which the merge does
 
 
-class _Workspace:
-    """Every buffer of one step on an (h, w) grid, reused across steps: allocating them per step costs page faults
-    that add up to a good part of a step. Channel-sized buffers grow on demand."""
+class _Memory:
+    """One thread's raw buffers, shared by its workspaces of every grid size (a thread steps one grid at a time).
+    A clip on a new size then reuses memory the process has already touched instead of paying ~15 ms of first-touch
+    page faults per size and worker (a run's clips come in several bucket sizes), and a worker holds one grid's
+    buffers rather than one set per size. Buffers grow, with headroom, and are never shrunk."""
 
-    def __init__(self, h: int, w: int) -> None:
+    def __init__(self) -> None:
+        self.raw: dict[str, np.ndarray] = {}
+        self.current: _Workspace | None = None  # the workspace whose step last completed on these buffers
+        self.grown = 0  # reallocations so far: a workspace made before the last one may hold the old buffers
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A C-contiguous view of `shape` on the raw buffer `name` (zeros when first allocated)."""
+        size = math.prod(shape)
+        buf = self.raw.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.zeros(size + size // 4, dtype)
+            self.raw[name] = buf
+            self.grown += 1
+        return buf[:size].reshape(shape)
+
+
+class _Workspace:
+    """Every buffer of one step on an (h, w) grid, views on the thread's `_Memory`, reused across steps:
+    allocating them per step costs page faults that add up to a good part of a step. Channel-sized buffers grow on
+    demand."""
+
+    def __init__(self, h: int, w: int, mem: _Memory) -> None:
         n, n_pad = h * w, (h + 2) * (w + 2)
-        self.h, self.w = h, w
+        self.h, self.w, self.mem = h, w, mem
         i32, f32 = np.int32, np.float32
-        self.dst, self.tgt = np.empty(n, i32), np.empty(n, i32)
-        self.e_dst, self.e_src, self.fresh = np.empty(n, i32), np.empty(n, i32), np.empty(n, i32)
-        self.pulls = np.zeros(n, i32)
-        self.p_of, self.pulled, self.e_p = np.empty(n, i32), np.empty(n, i32), np.empty(n, i32)
-        self.mark = np.empty(n, i32)
-        self.occ = np.zeros(-(-n // 8) * 8 + 8, np.uint8)  # whole words and the dummy byte n; past n never read
+        self.dst, self.tgt = mem.take("dst", (n,), i32), mem.take("tgt", (n,), i32)
+        self.e_dst, self.e_src = mem.take("e_dst", (n,), i32), mem.take("e_src", (n,), i32)
+        self.fresh, self.pulls = mem.take("fresh", (n,), i32), mem.take("pulls", (n,), i32)
+        self.p_of, self.pulled = mem.take("p_of", (n,), i32), mem.take("pulled", (n,), i32)
+        self.e_p = mem.take("e_p", (n,), i32)
+        # whole words and the dummy byte n; past n never read
+        self.occ = mem.take("occ", (-(-n // 8) * 8 + 8,), np.uint8)
         self.occ64 = self.occ[: -(-n // 8) * 8].view(np.uint64)
-        self.row_lo, self.row_hi, self.row_flag = np.empty(h, i32), np.empty(h, i32), np.zeros(h, np.uint8)
-        self.weight, self.acc_d, self.nd = (np.empty(n, f32) for _ in range(3))
-        self.c_p, self.d_p, self.a_p, self.sd_p = (np.empty(n, f32) for _ in range(4))
-        self.den = np.full(n_pad, np.inf, f32)  # the top and bottom border rows stay inf
-        self.sden = np.empty(n_pad, f32)
+        self.row_lo, self.row_hi = mem.take("row_lo", (h,), i32), mem.take("row_hi", (h,), i32)
+        self.pull_blk = mem.take("pull_blk", (-(-n // 64) * 8,), np.uint8)  # a byte per 8 sources, whole words
+        self.pull_blk64 = self.pull_blk.view(np.uint64)
+        self.weight, self.acc_d = mem.take("weight", (n,), f32), mem.take("acc_d", (n,), f32)
+        self.c_p, self.d_p = mem.take("c_p", (n,), f32), mem.take("d_p", (n,), f32)
+        self.a_p, self.sd_p = mem.take("a_p", (n,), f32), mem.take("sd_p", (n,), f32)
+        self.den, self.sden = mem.take("den", (n_pad,), f32), mem.take("sden", (n_pad,), f32)  # rewritten per step
         self.den_t, self.sden_t = torch.from_numpy(self.den), torch.from_numpy(self.sden)
         self.d_p_t, self.sd_p_t = torch.from_numpy(self.d_p), torch.from_numpy(self.sd_p)
-        self.nd_t = torch.from_numpy(self.nd)
-        self.cols = np.empty((2, 0, w), f32)  # the flow resize's column pass, sized by the flow's rows
-        self.flat = np.empty(0, f32)  # randn draws, z means and pieces: grown to the largest step seen
-        self.noise = np.empty((2, n, 0), f32)  # a video's state and spare state, pixel-major, sized by its channels
-        self.dens = np.empty((2, n), f32)  # and their densities
+        self.dens = mem.take("dens", (2, n), f32)  # a video's density and spare density
+        self.grown = mem.grown
+
+    def begin(self) -> None:
+        """Before a step: the buffers the plan needs zeroed (occ, pulls, pull_blk: each step leaves them zero, but
+        another grid size's layout, or a step cut short, can leave marks) are cleared unless this workspace's last
+        step was the last one on the memory."""
+        if self.mem.current is not self:
+            self.occ[:] = 0
+            self.pulls[:] = 0
+            self.pull_blk[:] = 0
+        self.mem.current = None  # until the step completes
+
+    def end(self) -> None:
+        self.mem.current = self
 
     def columns(self, rows: int) -> np.ndarray:
         """The resize's column pass of a flow with `rows` rows: (2, rows, w)."""
-        if self.cols.shape[1] != rows:
-            self.cols = np.empty((2, rows, self.w), np.float32)
-        return self.cols
+        return self.mem.take("cols", (2, rows, self.w), np.float32)
 
     def states(self, channels: int) -> np.ndarray:
         """Two pixel-major noise states (2, n, channels) for the frame loop (reused: no page faults per clip)."""
-        if self.noise.shape[2] != channels:
-            self.noise = np.empty((2, self.h * self.w, channels), np.float32)
-        return self.noise
+        return self.mem.take("noise", (2, self.h * self.w, channels), np.float32)
 
     def scratch(self, size: int) -> np.ndarray:
-        if self.flat.size < size:
-            self.flat = np.empty(max(size, self.flat.size * 5 // 4), np.float32)
-        return self.flat
+        """randn draws, z means and pieces of one step."""
+        return self.mem.take("flat", (size,), np.float32)
 
 
-_local = threading.local()  # workspaces per thread: concurrent callers never share buffers
+_local = threading.local()  # memory and workspaces per thread: concurrent callers never share buffers
 
 
 def _workspace(h: int, w: int) -> _Workspace:
     """This thread's workspace for an (h, w) grid: the four most recently used sizes are kept (clips of a run come
-    in a few bucket sizes; a workspace is ~25 numbers per pixel)."""
+    in a few bucket sizes); they share the thread's memory."""
     cache: dict[tuple[int, int], _Workspace] = _local.__dict__.setdefault("workspaces", {})
+    mem: _Memory = _local.__dict__.setdefault("memory", _Memory())
     ws = cache.pop((h, w), None)
-    if ws is None:
-        ws = _Workspace(h, w)
+    if ws is None or ws.grown != mem.grown:  # new, or its views may be on buffers the memory has replaced
+        ws = _Workspace(h, w, mem)
         while len(cache) >= 4:
             cache.pop(next(iter(cache)))  # the least recently used (dicts keep insertion order)
     cache[(h, w)] = ws
@@ -144,6 +178,7 @@ def _step(
     ws: _Workspace,
     q: np.ndarray,
     dens: np.ndarray,
+    mean: np.float32 | None,
     flow: np.ndarray,
     sx: np.float32,
     sy: np.float32,
@@ -153,14 +188,17 @@ def _step(
     threaded: bool | None = None,
     tables: _ResizeTables | None = None,
     out_zeroed: bool = False,
-) -> bool:
+) -> tuple[bool, np.float32]:
     """One warp step from q (n, C), dens (n) and flow (2, h, w) (scaled by sx, sy) into out (n, C), new_dens (n).
-    With tables, flow is (2, fh, fw) float32 and the step's flow is its bilinear resize by them. threaded forces
-    the threaded or the sequential kernels; None picks them by thread count and grid size. out_zeroed: out is all
-    zeros (the step does not clear it). Returns whether q was left all zeros (the sequential merge consumes it: the
-    next step's out then needs no clearing)."""
+    mean: dens is a previous step's density before its renormalisation, which is done as it is read (None: dens is
+    the density itself); new_dens is this step's density before its renormalisation, by the returned mean. With
+    tables, flow is (2, fh, fw) float32 and the step's flow is its bilinear resize by them. threaded forces the
+    threaded or the sequential kernels; None picks them by thread count and grid size. out_zeroed: out is all
+    zeros (the step does not clear it). Returns (whether q was left all zeros (the sequential merge consumes it:
+    the next step's out then needs no clearing), the mean)."""
     c = q.shape[1]
     h, w = ws.h, ws.w
+    ws.begin()
     # Threads pay off only on large grids: each parallel loop costs a launch and a barrier, which stalls whenever
     # the machine is busy (measured on a 256x256 grid: the parallel plan is slower than the sequential one).
     nb = numba.get_num_threads()
@@ -172,10 +210,11 @@ def _step(
     nb = nb if merge is kernels.merge_par else 1  # bands: the plan's den pass and the merge share them
     resized, (iy, ly, ix, lx) = (True, tables) if tables is not None else (False, _NO_TABLES)
     cols = ws.columns(flow.shape[1]) if resized else _NO_COLUMNS
+    renorm, by = (False, _ONE) if mean is None else (True, mean)
     n_e, n_f, n_p = plan(
-        flow, resized, iy, ly, ix, lx, cols, sx, sy, dens, h, w, nb, ws.dst, ws.tgt, ws.weight, ws.mark,
-        ws.occ, ws.occ64, ws.row_lo, ws.row_hi, ws.row_flag, ws.e_dst, ws.e_src, ws.fresh, ws.pulls, ws.p_of,
-        ws.pulled, ws.e_p, ws.c_p, ws.d_p, ws.a_p, ws.den,
+        flow, resized, iy, ly, ix, lx, cols, sx, sy, dens, renorm, by, h, w, nb, ws.dst, ws.tgt, ws.weight,
+        ws.occ, ws.occ64, ws.row_lo, ws.row_hi, ws.pull_blk, ws.pull_blk64, ws.e_dst, ws.e_src, ws.fresh,
+        ws.pulls, ws.p_of, ws.pulled, ws.e_p, ws.c_p, ws.d_p, ws.a_p, ws.den,
     )  # fmt: skip
     torch.sqrt(ws.den_t, out=ws.sden_t)  # the reference's sqrt_ on the same padded array
     if n_p:
@@ -193,13 +232,13 @@ def _step(
     if n_f:
         _normal(z_f, generator)
     merge(
-        q, out, ws.nd, h, w, nb, n_e, n_f, n_p, ws.dst, ws.tgt, ws.weight, ws.sden, ws.acc_d,
+        q, out, new_dens, h, w, nb, n_e, n_f, n_p, ws.dst, ws.tgt, ws.weight, ws.sden, ws.acc_d,
         ws.row_lo, ws.row_hi, ws.e_dst, ws.e_p, ws.fresh, ws.pulled, ws.c_p, ws.sd_p, ws.d_p, ws.a_p,
         z_e, z_c, z_f, zm, xp, piece, out_zeroed, nb == 1,
     )  # fmt: skip
-    mean = np.float32(ws.nd_t.mean().item())  # torch's summation order, as the reference's new_dens.mean()
-    kernels.renormalise(ws.nd, mean, new_dens)
-    return nb == 1
+    ws.end()
+    # torch's summation order, as the reference's new_dens.mean(); the next step's plan renormalises by it
+    return nb == 1, np.float32(torch.from_numpy(new_dens).mean().item())
 
 
 def _sync_threads() -> None:
@@ -241,7 +280,10 @@ class WarpState:
             buffers if buffers is not None else (np.empty((2, n, channels), np.float32), np.empty((2, n), np.float32))
         )
         self.noise, self.spare = noise[0], noise[1]  # the state (h * w, C) and the next step's output buffer
+        # the density (h * w) and the next step's; with mean set, density is a step's density before its
+        # renormalisation by mean, which the next step's plan does as it reads it (`density_values` applies it)
         self.density, self.spare_density = density[0], density[1]
+        self.mean: np.float32 | None = None
         self.spare_zeroed = False  # whether the spare buffer is all zeros (the merge then skips clearing it)
 
     @classmethod
@@ -255,17 +297,25 @@ class WarpState:
 
     def step(self, flow: np.ndarray, sx: np.float32 = _ONE, sy: np.float32 = _ONE, tables: Any = None) -> None:
         """Warp one frame along flow (2, h, w) (or (2, fh, fw) resized by tables), its values scaled by sx, sy."""
-        self.spare_zeroed = _step(
-            self.ws, self.noise, self.density, flow, sx, sy, self.generator, self.spare, self.spare_density, None,
-            tables, self.spare_zeroed,
+        self.spare_zeroed, self.mean = _step(
+            self.ws, self.noise, self.density, self.mean, flow, sx, sy, self.generator, self.spare,
+            self.spare_density, None, tables, self.spare_zeroed,
         )  # fmt: skip
         self.noise, self.spare = self.spare, self.noise
         self.density, self.spare_density = self.spare_density, self.density
 
+    def density_values(self) -> np.ndarray:
+        """The density (h * w), renormalised: a new array."""
+        if self.mean is None:
+            return self.density.copy()
+        out = np.empty_like(self.density)
+        kernels.renormalise(self.density, self.mean, out)
+        return out
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise (C, H, W), density (H, W)) as new tensors."""
         noise = torch.from_numpy(np.ascontiguousarray(self.noise.T)).view(-1, self.h, self.w)
-        return noise, torch.from_numpy(self.density.copy()).view(self.h, self.w)
+        return noise, torch.from_numpy(self.density_values()).view(self.h, self.w)
 
 
 def warp_step(
@@ -347,14 +397,17 @@ def warm_up() -> None:
     flow = torch.zeros(2, 4, 4)
     flow[0, :, :2] = 1.0  # a split and a fresh column: every branch of the kernels
     _sync_threads()
+    all_finite(np.zeros(4, np.float16))  # the flows' finiteness check (`check_video_args`), compiled too
     q, d, f = np.zeros((16, 1), np.float32), np.ones(16, np.float32), flow.numpy()
     _pool(q, 4, 2, np.empty((1, 2, 2), np.float32))
     grid.interleave(q.T.copy(), q.copy())
     tables = _resize_tables(2, 2, 4, 4)
     for threaded in (False, True):
-        _step(_workspace(4, 4), q, d, f, _ONE, _ONE, gen, q.copy(), d.copy(), threaded)
+        for mean in (None, _ONE):
+            _step(_workspace(4, 4), q, d, mean, f, _ONE, _ONE, gen, q.copy(), d.copy(), threaded)
         if tables is not None:  # the resizing specialisation
-            _step(_workspace(4, 4), q, d, f[:, :2, :2].copy(), _ONE, _ONE, gen, q.copy(), d.copy(), threaded, tables)
+            f_small = f[:, :2, :2].copy()
+            _step(_workspace(4, 4), q, d, _ONE, f_small, _ONE, _ONE, gen, q.copy(), d.copy(), threaded, tables)
 
 
 __all__ = ["WARPER_VERSION", "WarpState", "area_pool", "resize_flow", "warm_up", "warp_step", "warped_noise_video"]

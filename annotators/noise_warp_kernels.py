@@ -114,18 +114,20 @@ def _plan(
     sx: np.float32,
     sy: np.float32,
     dens: np.ndarray,
+    renorm: bool,
+    mean: np.float32,
     h: int,
     w: int,
     nb: int,
     dst: np.ndarray,
     tgt: np.ndarray,
     weight: np.ndarray,
-    mark: np.ndarray,
     occ: np.ndarray,
     occ64: np.ndarray,
     row_lo: np.ndarray,
     row_hi: np.ndarray,
-    row_flag: np.ndarray,
+    pull_blk: np.ndarray,
+    pull_blk64: np.ndarray,
     e_dst: np.ndarray,
     e_src: np.ndarray,
     fresh: np.ndarray,
@@ -140,6 +142,8 @@ def _plan(
 ) -> tuple[int, int, int]:
     """Edges and weights of one step, everything before the reference's square roots. Returns (n_e, n_f, n_p).
 
+    dens is the sources' density, or with renorm the previous step's density before its renormalisation by mean
+    (`renormalise`, done here as each value is read: one pass less over the grid per step).
     flow (2, h, w) is this grid's forward flow before its (sx, sy) scaling (the reference's `resize_flow` multiply,
     folded in; 1.0 when unscaled); resized: flow is (2, fh, fw) float32 and this grid's flow is its bilinear resize
     by the tables iy, ly (rows) and ix, lx (columns) of `resize_table`, computed here row by row from the column
@@ -151,15 +155,15 @@ def _plan(
     of target rows (-1..h) of each source row; e_dst / e_src the expansion edges in row-major target order, fresh
     the targets with no edge; pulled the sources with expansion edges (ascending), e_p the compact id of each
     expansion edge's source, c_p, d_p, a_p the pulled sources' contraction flag, degree and split weight; weight
-    every source's merge weight a = density/deg; den the padded `sum a^2` per target with the border at inf. mark,
-    occ (occ64: the same bytes as words), row_flag and pulls are scratch; occ, row_flag and pulls are zero between
-    calls.
+    every source's merge weight a = density/deg; den the padded `sum a^2` per target with the border at inf.
+    occ (occ64: the same bytes as words), pull_blk (one byte per 8 sources: some are pulled; pull_blk64: its
+    words) and pulls are scratch; occ, pull_blk and pulls are zero between calls.
     """
     n, wp = h * w, w + 2
     lim = np.float32(h + w)
     # Route every source (rows in parallel). occ marks targets whose reference den (a float32 sum of dens^2) is
     # non-zero: a float sum of non-negative terms is zero iff every term is, so "some dens^2 != 0" decides it
-    # without summing (NaN != 0, as in the reference). The marks go through `mark` (n: a dummy byte) so that the
+    # without summing (NaN != 0, as in the reference). The marks go through `marks` (n: a dummy byte) so that the
     # routing loop has no scatter and vectorises; threads only ever store 1, so any order gives the same occ.
     if resized:
         for r in numba.prange(flow.shape[1]):
@@ -175,6 +179,16 @@ def _plan(
                 fy[x] = blend_rows(cols[1, r0, x], cols[1, r1, x], w0, w1)
         else:
             fx, fy = flow[0, y], flow[1, y]
+        # the weights start as the densities; renorm: the previous step's renormalisation, `renormalise` fused in
+        # (same bits; a loop of its own, so that both loops vectorise)
+        ds, ws = dens[y * w : (y + 1) * w], weight[y * w : (y + 1) * w]
+        if renorm:
+            for x in range(w):
+                v = ds[x] / mean
+                ws[x] = _MIN_DENSITY_F32 if v < _MIN_DENSITY_F32 else v
+        else:
+            ws[:] = ds
+        marks = np.empty(w, np.int32)  # a row's worth (it stays in cache; nothing to write back)
         for x in range(w):
             i = y * w + x
             ty = min(max(y + _round_clamp(fy[x] * sy, lim), -1), h)
@@ -184,13 +198,12 @@ def _plan(
             tgt[i] = u
             lo = min(lo, ty)
             hi = max(hi, ty)
-            d = dens[i]
-            weight[i] = d
-            mark[i] = u if (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w) & (d * d != 0) else n
+            d = weight[i]
+            marks[x] = u if (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w) & (d * d != 0) else n
         row_lo[y] = lo
         row_hi[y] = hi
-        for i in range(y * w, (y + 1) * w):
-            occ[mark[i]] = 1
+        for x in range(w):
+            occ[marks[x]] = 1
     # Empty targets in row-major order (the reference's nonzero): an expansion edge from t - flow(t) if that is in
     # the frame, else fresh noise. Usually few: whole words of eight occupied targets are skipped.
     n_e, n_f = 0, 0
@@ -211,19 +224,24 @@ def _plan(
                     e_dst[n_e] = t
                     e_src[n_e] = sy_ * w + sx_
                     pulls[sy_ * w + sx_] += 1
-                    row_flag[sy_] = 1
+                    pull_blk[(sy_ * w + sx_) >> 3] = 1
                     n_e += 1
                 else:
                     fresh[n_f] = t
                     n_f += 1
         occ64[k] = 0
     # Pulled sources in ascending order (the reference's nonzero of the pull counts) and their split weights; only
-    # the rows holding one are scanned.
+    # the blocks of 8 sources holding one are scanned, found eight blocks to a word (a pass over every source, or
+    # every row holding one, costs more than the rest of this step's bookkeeping).
     n_p = 0
-    for y in range(h):
-        if row_flag[y]:
-            row_flag[y] = 0
-            for i in range(y * w, (y + 1) * w):
+    for k in range(pull_blk64.shape[0]):
+        if pull_blk64[k] == 0:
+            continue
+        for b in range(8 * k, 8 * k + 8):
+            if pull_blk[b] == 0:
+                continue
+            pull_blk[b] = 0
+            for i in range(8 * b, min(8 * b + 8, n)):
                 if pulls[i]:
                     p_of[i] = n_p
                     pulled[n_p] = i

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from annotators.base import AnnotatorError, Batch, all_finite, per_clip
+from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.models import resolve_device
 
 
@@ -130,17 +130,18 @@ class WarpedNoiser:
     def noise_for(self, flow: np.ndarray | None, frame_size: tuple[int, int], seed: int) -> np.ndarray:
         if flow is None:
             raise AnnotatorError("no_flow", "the flow annotator produced nothing for this clip")
-        if not all_finite(flow):
-            raise AnnotatorError("flow_not_finite", "flow has NaN or inf values")
         c = self.cfg
-        noise = self.backend.warped_noise_video(
-            flow,
-            channels=c.channels,
-            noise_size=noise_grid(*frame_size, c.factor),
-            warp_scale=c.warp_scale,
-            seed=seed,
-            device=self.device,
-        )
+        try:  # the warp checks the flow's finiteness (once per clip: it is a pass over all of it)
+            noise = self.backend.warped_noise_video(
+                flow,
+                channels=c.channels,
+                noise_size=noise_grid(*frame_size, c.factor),
+                warp_scale=c.warp_scale,
+                seed=seed,
+                device=self.device,
+            )
+        except self.warper.NonFiniteFlowError as exc:
+            raise AnnotatorError("flow_not_finite", "flow has NaN or inf values") from exc
         if c.temporal_factor > 1:
             if (noise.shape[0] - 1) % c.temporal_factor:
                 raise AnnotatorError(

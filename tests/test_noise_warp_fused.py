@@ -98,6 +98,23 @@ def test_fused_rejects_what_the_reference_rejects() -> None:
         noise_warp_fused.warp_step(torch.zeros(2, 8, 8), torch.ones(8, 8), torch.zeros(2, 8, 9), torch.Generator())
 
 
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_flow_is_the_clips_recorded_reason(backend: str, bad: float) -> None:
+    """The warp's own finiteness check (the annotator's only one) becomes the clip's reason, not a crash; the other
+    clips of the batch still get their noise."""
+    noiser = WarpedNoiser(NoiseConfig(device="cpu", backend=backend, channels=2, factor=4, warp_scale=2))
+    good = np.zeros((3, 2, 8, 8), np.float16)
+    broken = good.copy()
+    broken[2, 1, 7, 5] = bad
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    flows, all_frames = np.empty(2, object), np.empty(2, object)
+    flows[:], all_frames[:] = [broken, good], [frames, frames]
+    out = noiser({"clip_id": np.array(["a", "b"], object), "flow": flows, "frames": all_frames})
+    assert out["warped_noise"][0] is None and out["warped_noise_error"][0].startswith("flow_not_finite")
+    assert out["warped_noise"][1].shape == (4, 2, 2, 2) and out["warped_noise_error"][1] is None
+
+
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert select_warper("auto", "cpu") is noise_warp_fused
     assert select_warper("fused", "cpu") is noise_warp_fused
@@ -138,6 +155,33 @@ def test_parallel_kernels_are_bit_identical(bands: int, monkeypatch: pytest.Monk
             assert_steps_match(kind, 3, channels=4)
     finally:
         torch.set_num_threads(before)
+
+
+def test_grid_sizes_share_the_threads_memory_and_stay_bit_identical() -> None:
+    """Workspaces of every grid size are views on one per-thread memory: videos whose sizes alternate (a smaller
+    grid whose occupancy marks end on a word boundary, then larger ones that grow the buffers, then back) and two
+    warp states of different sizes stepped in turn all give the reference's bits."""
+    args = {"channels": 3, "warp_scale": 4, "seed": 5}
+    for noise_size in [(6, 8), (12, 16), (6, 8), (10, 14), (12, 16)]:  # 24 x 32: n % 8 == 0
+        flows = torch.stack([flow_field(k, *noise_size) for k in ("zoom_in", "random", "rotate")])
+        ref = noise_warp.warped_noise_video(flows, noise_size=noise_size, **args)
+        assert torch.equal(ref, noise_warp_fused.warped_noise_video(flows.numpy(), noise_size=noise_size, **args))
+    small, large = noise_warp_fused._workspace(24, 32), noise_warp_fused._workspace(48, 64)
+    assert np.shares_memory(small.dst, large.dst) and np.shares_memory(small.occ, large.occ)
+    states, refs = {}, {}
+    for h, w in ((24, 32), (40, 56)):
+        noise = torch.randn((3, h, w), generator=torch.Generator().manual_seed(h))
+        density = torch.ones(h, w)
+        states[h] = noise_warp_fused.WarpState.of(noise, density, torch.Generator().manual_seed(w))
+        refs[h] = (noise, density, torch.Generator().manual_seed(w))
+    for step in range(3):
+        for h, w in ((24, 32), (40, 56)):
+            flow = flow_field(("zoom_in", "random", "disocclusion")[step], h, w)
+            states[h].step(flow.numpy())
+            noise, density, gen = refs[h]
+            refs[h] = (*noise_warp.warp_step(noise, density, flow, gen), gen)
+            got = states[h].tensors()
+            assert torch.equal(got[0], refs[h][0]) and torch.equal(got[1], refs[h][1]), (h, step)
 
 
 @pytest.mark.parametrize(
