@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from annotators.camera import CameraConfig, CameraEstimator, estimate_step, flow_intrinsics, trajectory
+from annotators.camera import (
+    CameraConfig,
+    CameraEstimator,
+    correspondences,
+    estimate_step,
+    flow_intrinsics,
+    radial_parallax,
+    trajectory,
+)
 from annotators.flow import estimate_flow
 from annotators.qcm import quantize_steps, split_token, token_of
 from pipelines.annotate import annotate_file
@@ -256,3 +265,52 @@ def test_two_movers_cannot_turn_a_pan_into_a_translation(speeds: tuple[float, fl
     step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
     assert step.model == "rotation" and np.allclose(step.translation, 0)
     assert estimate_step(flow, _k(), 0.5, 1, CameraConfig(mover_max_blobs=1)).model == "translation"
+
+
+def _zoom_flow(scale: float) -> np.ndarray:
+    """Flow of a zoom (a focal change, no camera move): every pixel scales about the principal point."""
+    k, (yy, xx) = _k(), _pixels()
+    return np.stack([(scale - 1) * (xx - k[0, 2]), (scale - 1) * (yy - k[1, 2])], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("forward", [0.2, 0.3])
+def test_a_slow_dolly_through_layered_depth_is_a_forward_translation(forward: float):
+    """A dolly whose parallax is a pixel or less: the essential matrix barely beats the homography on inliers, but
+    the homography's residuals lie on lines through one epipole in view (`radial_parallax`), so the step is a
+    translation straight ahead; without that rule the same steps read as a rotation (a zoom-like none)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        flow = _layered_translation_flow(rng, 0.0, forward)
+        flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+        step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+        assert step.model == "translation" and step.translation[2] / step.parallax > 0.95, (seed, forward)
+        if forward == 0.2:
+            assert estimate_step(flow, _k(), 0.5, 1, CameraConfig(radial_min_share=1.0)).model == "rotation"
+
+
+@pytest.mark.parametrize("scale", [1.01, 1.03, 0.97])
+def test_a_zoom_has_no_radial_parallax(scale: float):
+    """A zoom scales the image about the centre as a dolly toward a flat wall would, but leaves the homography no
+    residual beyond noise: no parallax about an epipole, so it stays a rotation with (almost) none; the same with an
+    object moving in view (its residuals are parallel, about no point in view)."""
+    rng = np.random.default_rng(5)
+    flow = _zoom_flow(scale) + rng.normal(0, 0.05, (GRID_H, GRID_W, 2)).astype(np.float32)
+    p1, p2 = correspondences(flow, CameraConfig().grid_points)
+    hom, _ = cv2.findHomography(p1, p2, cv2.RANSAC, 1.0)
+    assert radial_parallax(p1, p2, hom, (GRID_W, GRID_H), CameraConfig()) is None
+    step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+    assert step.model == "rotation" and np.degrees(np.arccos(np.clip(step.rotation[0, 0], -1, 1))) < 0.2
+    flow[10:24, 20:44] += [3.0, 0.6]  # about 5 % of the points, moving on their own
+    assert estimate_step(flow, _k(), 0.5, 1, CameraConfig()).model == "rotation"
+
+
+def test_a_dolly_with_an_object_moving_in_view_stays_forward():
+    """Objects moving during a dolly: the essential matrix fit to every point can absorb them and decompose the step
+    wrongly; the second fit, on the dominant depth and the radial parallax only, keeps the dolly going forward."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        flow = _layered_translation_flow(rng, 0.0, 0.3)
+        flow[8:22, 10:34] += [3.0, 0.0]  # about 5 % of the points
+        flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+        step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+        assert step.model == "translation" and step.translation[2] / step.parallax > 0.9, seed

@@ -15,7 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from annotators.qcm import QCMConfig, relative_poses, step_keys, step_mouse, translation_parallax
+from annotators.qcm import (
+    QCMConfig,
+    relative_poses,
+    split_token,
+    step_keys,
+    step_mouse,
+    token_of,
+    translation_parallax,
+)
+from pipelines.annotate import annotate_file
+from pipelines.config import load_config
 from pipelines.samples import MOTION_SPECS, SPECS, generate_corpus, load_truth, spec_names
 from pipelines.samples.motion import build_motion
 from pipelines.samples.specs import MOTION_FAMILIES
@@ -152,3 +162,20 @@ def test_the_default_corpus_is_untouched(tmp_path: Path) -> None:
     index = json.loads((tmp_path / "corpus.json").read_text())
     assert [v["name"] for v in index["videos"]] == ["static"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "static.json", "static.mkv"]
+
+
+@pytest.mark.parametrize(
+    ("name", "at_least"),
+    [("dolly_camera", 15), ("dolly_rest", 15), ("dolly_movers", 14), ("zoom_camera", 15), ("zoom_movers", 15)],
+)
+def test_dollies_and_zooms_are_told_apart_at_the_default_preset(motion_corpus: Path, name: str, at_least: int):
+    """Golden: a dolly through the layered world is a forward translation in (nearly) every step, even with objects
+    moving in view, and a zoom scaling the image as much is no camera move at all (the camera bench measures every
+    clip of the motion corpus at both presets)."""
+    truth = load_truth(motion_corpus / f"{name}.json")
+    want = token_of(
+        truth["camera"]["expected_keys"], {"right": "→", "up": "↑"}.get(truth["camera"]["expected_mouse"], "none")
+    )
+    out = annotate_file(str(motion_corpus / truth["file"]), load_config(None, ["buckets.aspect_ratios=[]"]))
+    tokens = [int(t) for t in out["camera_tokens"]]
+    assert len(tokens) == 15 and sum(t == want for t in tokens) >= at_least, [split_token(t) for t in tokens]
