@@ -19,6 +19,12 @@ Per pair of consecutive sampled frames the flow gives dense correspondences. Mod
    places at once, and varies with depth and with the direction to the epipole (measured: a mover under a rotating
    camera puts 100 % of those points in one blob whose residual varies by 5-7 % of itself; strafes and dollies
    through the corpus's layered depth at most 83 % in one blob, or a residual varying by >= 29 %).
+   When the essential matrix fit to every point decomposes wrongly and the step shows radial parallax, it is refit
+   on the dominant depth and the radial points only (objects moving during a dolly).
+
+Steps are not independent: after a rotation step, the points the previous homography still predicts are the
+background (`_background`), so an object that fills most of the view and starts moving cannot take the homography
+over, and its blob may cover up to `mover_max_area_tracked` of the points.
 
 Monocular video has no metric scale. The translation is stored as a unit direction times a parallax magnitude:
 the median image motion left after removing the rotation, in radians of view angle. Trajectories are therefore
@@ -73,6 +79,11 @@ class CameraConfig:
     mover_max_area: float = 0.4  # ... when that blob holds at most this share of the points (larger: a near surface)
     mover_max_blobs: int = 2  # ... or that many blobs together (two objects moving in view), each moving as one
     mover_uniformity: float = 0.15  # ... and its residual to the homography varies by at most this share of itself
+    # ... A blob may cover up to `mover_max_area_tracked` of the points when the homography continues the previous
+    # step's camera rotation (within `ransac_px`): the background is still what it was, and a near object moving on
+    # its own fills most of the view (the motion corpus's large mover covers 31-54 % of the points at the default
+    # crop, and reads as a strafe otherwise)
+    mover_max_area_tracked: float = 0.7
     # A translation along the view (a dolly) through layered depth barely beats a homography on inliers (its
     # parallax is a pixel or less at the frame's edge), but the homography's residuals then lie on lines through one
     # epipole inside the frame, from several sides (`radial_parallax`): residuals above `radial_noise_px` within
@@ -97,6 +108,8 @@ class CameraConfig:
             raise ValueError("camera needs radial_noise_px > 0, radial_min_share and radial_consistency in (0, 1]")
         if not 0 <= self.radial_max_alignment <= 1:
             raise ValueError("camera.radial_max_alignment must be in [0, 1]")
+        if not 0.0 <= self.mover_max_area_tracked <= 1.0:
+            raise ValueError("camera.mover_max_area_tracked must be in [0, 1]")
         if self.mover_uniformity < 0:
             raise ValueError("camera.mover_uniformity must be >= 0 (0: never treat a blob as an independent mover)")
         if not 10.0 <= self.fov_x_deg <= 170.0:
@@ -116,6 +129,7 @@ class StepMotion:
     parallax: float  # translation magnitude proxy, radians of view angle
     confidence: float  # 0..1
     model: str  # unknown | static | rotation | translation
+    homography: np.ndarray | None = None  # a rotation's image homography (flow grid): the next step's reference
 
 
 def flow_intrinsics(
@@ -168,7 +182,13 @@ def grid_components(points: np.ndarray, flagged: np.ndarray) -> np.ndarray:
 
 
 def independent_movers(
-    p1: np.ndarray, p2: np.ndarray, hom: np.ndarray, h_inlier: np.ndarray, e_inlier: np.ndarray, cfg: CameraConfig
+    p1: np.ndarray,
+    p2: np.ndarray,
+    hom: np.ndarray,
+    h_inlier: np.ndarray,
+    e_inlier: np.ndarray,
+    cfg: CameraConfig,
+    max_area: float | None = None,
 ) -> bool:
     """True when the points only the essential matrix explains lie in at most `mover_max_blobs` compact blobs of
     homography outliers, each moving as one (its residual to the homography nearly constant): objects moving on
@@ -187,7 +207,7 @@ def independent_movers(
     # Several rigid blobs are also what near layers at constant depth show under a strafe (measured on the motion
     # corpus at the default preset: two blobs over 38 % of the points, against 8 % for two moving objects), so
     # together they may cover only half the area one mover may
-    if members.mean() > cfg.mover_max_area / (1 if len(blobs) == 1 else 2):
+    if members.mean() > (cfg.mover_max_area if max_area is None else max_area) / (1 if len(blobs) == 1 else 2):
         return False
     for blob in blobs:
         inside = labels == blob
@@ -242,6 +262,29 @@ def radial_parallax(
     return points
 
 
+def continues(hom: np.ndarray, previous: np.ndarray, points: np.ndarray, tolerance_px: float) -> bool:
+    """Whether homography `hom` moves the points as `previous` did (median difference within `tolerance_px`): the
+    step's dominant motion is still the camera rotation the previous step found, i.e. the background."""
+    moved = cv2.perspectiveTransform(points[None], hom)[0] - cv2.perspectiveTransform(points[None], previous)[0]
+    return bool(np.median(np.linalg.norm(moved, axis=1)) <= tolerance_px)
+
+
+def _background(
+    p1: np.ndarray, p2: np.ndarray, previous: np.ndarray, cfg: CameraConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(homography, inlier mask) fit to the points the previous step's homography still predicts within 2x
+    `ransac_px` (a steady camera rotation moves the background as it did), when they are at least
+    1 - `mover_max_area_tracked` of the points; else None."""
+    near = np.linalg.norm(p2 - cv2.perspectiveTransform(p1[None], previous)[0], axis=1) <= 2 * cfg.ransac_px
+    if near.sum() < MIN_POINTS or near.mean() < 1.0 - cfg.mover_max_area_tracked:
+        return None
+    hom, _ = cv2.findHomography(p1[near], p2[near], cv2.RANSAC, cfg.ransac_px)
+    if hom is None or not np.isfinite(hom).all():
+        return None
+    inliers = np.linalg.norm(p2 - cv2.perspectiveTransform(p1[None], hom)[0], axis=1) <= cfg.ransac_px
+    return hom, inliers.astype(np.uint8)[:, None]
+
+
 def _nearest_rotation(m: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(m)
     r = u @ vt
@@ -252,8 +295,16 @@ def _identity(model: str, confidence: float) -> StepMotion:
     return StepMotion(np.eye(3), np.zeros(3), 0.0, confidence, model)
 
 
-def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, cfg: CameraConfig) -> StepMotion:
-    """Relative camera motion of one frame pair from its forward flow (H, W, 2) on the grid of intrinsics `k`."""
+def estimate_step(
+    flow: np.ndarray,
+    k: np.ndarray,
+    texture: float,
+    stride: int,
+    cfg: CameraConfig,
+    previous: np.ndarray | None = None,
+) -> StepMotion:
+    """Relative camera motion of one frame pair from its forward flow (H, W, 2) on the grid of intrinsics `k`.
+    previous: the homography of the clip's previous step when that was a camera rotation (`StepMotion.homography`)."""
     q = cfg.qcm
     texture_conf = float(np.clip((texture - cfg.min_texture) / (4 * cfg.min_texture), 0.0, 1.0))
     p1, p2 = correspondences(flow, cfg.grid_points)
@@ -278,9 +329,18 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
     h_inliers = float(h_mask.mean())
     e_ok = essential is not None and np.isfinite(essential).all()
     e_inliers = float(e_mask.mean()) if e_ok else 0.0
+    tracked = previous is not None and continues(hom, previous, p1, cfg.ransac_px)
+    if previous is not None and not tracked:
+        # RANSAC's homography may follow a near object that fills most of the view; the points that still move as
+        # the previous step's camera rotation moved them are the background: its homography, when they are enough
+        background = _background(p1, p2, previous, cfg)
+        if background is not None:
+            hom, h_mask, tracked = *background, True
+            h_inliers = float(h_mask.mean())
     if e_inliers - h_inliers >= cfg.parallax_inlier_gain and independent_movers(
-        p1, p2, hom, h_mask.ravel().astype(bool), e_mask.ravel().astype(bool), cfg
-    ):
+        p1, p2, hom, h_mask.ravel().astype(bool), e_mask.ravel().astype(bool), cfg,
+        cfg.mover_max_area_tracked if tracked else None,
+    ):  # fmt: skip
         e_inliers = h_inliers  # the gain is one object's own motion: the background says rotation
     if max(h_inliers, e_inliers) < cfg.min_inliers:  # neither model explains the pair: no evidence either way
         return _identity("unknown", 0.0)
@@ -289,7 +349,7 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
     radial = radial_parallax(p1, p2, hom, size, cfg) if e_ok and not gained else None
     if not gained and radial is None:
         rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
-        return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation")
+        return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation", hom)
     moving = _translation(essential, e_mask, p1, p2, k, moved)
     if moving is None and radial is None:  # the inlier gain led here: is it a dolly, with objects moving in view?
         radial = radial_parallax(p1, p2, hom, size, cfg)
@@ -303,7 +363,7 @@ def estimate_step(flow: np.ndarray, k: np.ndarray, texture: float, stride: int, 
             e_inliers = float(refit_mask.sum()) / len(p1)  # a share of all the points, for the confidence
     if moving is None:  # no decomposition that removes motion by removing its rotation: trust the homography
         rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T
-        return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation")
+        return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation", hom)
     rotation, translation, parallax = moving
     return StepMotion(rotation, translation, parallax, texture_conf * e_inliers, "translation")
 
@@ -385,7 +445,8 @@ class CameraEstimator:
             for t in range(n_steps):
                 texture = texture_share(frames[t], cfg.texture_gradient)
                 field = np.ascontiguousarray(flow[t].transpose(1, 2, 0), dtype=np.float32)
-                steps.append(estimate_step(field, k, texture, int(strides[t]), cfg))
+                previous = steps[-1].homography if steps else None
+                steps.append(estimate_step(field, k, texture, int(strides[t]), cfg, previous))
         else:  # one-frame clip or no flow: nothing to estimate, say so with zero confidence
             steps = [_identity("unknown", 0.0) for _ in range(n_steps)]
         c2w = trajectory(steps)

@@ -314,3 +314,26 @@ def test_a_dolly_with_an_object_moving_in_view_stays_forward():
         flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
         step = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
         assert step.model == "translation" and step.translation[2] / step.parallax > 0.9, seed
+
+
+def _yaw_deg(step) -> float:
+    return float(np.degrees(np.arctan2(step.rotation[0, 2], step.rotation[0, 0])))
+
+
+@pytest.mark.parametrize("share", [0.45, 0.55, 0.65])
+def test_a_near_object_filling_most_of_the_view_cannot_take_over_a_steady_pan(share: float):
+    """An object covering about half the view or more starts moving under a steady pan: on its own the step reads as
+    a translation or as the object's motion, but the previous step's homography (the pan) still predicts the
+    background, so the step stays the pan's rotation and the object is a mover."""
+    rng = np.random.default_rng(0)
+    pan = _rotation_flow(1.0, 0.2)
+    before = estimate_step(pan + rng.normal(0, 0.05, pan.shape).astype(np.float32), _k(), 0.5, 1, CameraConfig())
+    assert before.model == "rotation" and before.homography is not None
+    flow = pan.copy()
+    sh, sw = int(GRID_H * np.sqrt(share)), int(GRID_W * np.sqrt(share))
+    flow[2 : 2 + sh, 4 : 4 + sw] += [3.0, 0.6]
+    flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+    alone = estimate_step(flow, _k(), 0.5, 1, CameraConfig())
+    assert alone.model == "translation" or abs(_yaw_deg(alone) - 1.0) > 0.05
+    tracked = estimate_step(flow, _k(), 0.5, 1, CameraConfig(), before.homography)
+    assert tracked.model == "rotation" and abs(_yaw_deg(tracked) - 1.0) < 0.05
