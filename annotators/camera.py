@@ -23,8 +23,11 @@ Per pair of consecutive sampled frames the flow gives dense correspondences. Mod
    on the dominant depth and the radial points only (objects moving during a dolly).
 
 Steps are not independent: after a rotation step, the points the previous homography still predicts are the
-background (`_background`), so an object that fills most of the view and starts moving cannot take the homography
-over, and its blob may cover up to `mover_max_area_tracked` of the points.
+background (`background_homography`), so an object that fills most of the view and starts moving cannot take the
+homography over, and its blob may cover up to `mover_max_area_tracked` of the points.
+
+The geometry (sampling, the mover and parallax tests, the essential matrix's decomposition) is in
+`annotators.camera_geometry`.
 
 Monocular video has no metric scale. The translation is stored as a unit direction times a parallax magnitude:
 the median image motion left after removing the rotation, in radians of view angle. Trajectories are therefore
@@ -43,6 +46,17 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorError, Batch, per_clip
+from annotators.camera_geometry import (
+    MIN_POINTS,
+    background_homography,
+    continues,
+    correspondences,
+    decompose_translation,
+    essential_matrix,
+    independent_movers,
+    nearest_rotation,
+    radial_parallax,
+)
 from annotators.motion import pair_intervals
 from annotators.qcm import (
     QCMConfig,
@@ -53,8 +67,6 @@ from annotators.qcm import (
     speed_indicators,
     split_token,
 )
-
-MIN_POINTS = 24  # fewer correspondences than this cannot support a RANSAC fit worth trusting
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,144 +165,6 @@ def texture_share(frame: np.ndarray, gradient: float) -> float:
     return float((magnitude > gradient).mean())
 
 
-def correspondences(flow: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grid points of frame t and where the (H, W, 2) flow sends them, keeping matches that stay in the frame."""
-    h, w = flow.shape[:2]
-    step = max(1, int(math.sqrt(h * w / n_points)))
-    ys, xs = np.mgrid[step // 2 : h : step, step // 2 : w : step]
-    p1 = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-    p2 = p1 + flow[ys.ravel(), xs.ravel()]
-    inside = (p2[:, 0] >= 0) & (p2[:, 0] <= w - 1) & (p2[:, 1] >= 0) & (p2[:, 1] <= h - 1)
-    return p1[inside], p2[inside]
-
-
-def grid_components(points: np.ndarray, flagged: np.ndarray) -> np.ndarray:
-    """8-connected component label (1..) of every point on the regular sampling grid of `correspondences`, taking
-    only `flagged` points as foreground (0 = not flagged)."""
-    labels = np.zeros(len(points), np.int32)
-    if not flagged.any():
-        return labels
-    xs, ys = np.unique(points[:, 0]), np.unique(points[:, 1])
-    step = float(np.min(np.diff(xs))) if len(xs) > 1 else float(np.min(np.diff(ys))) if len(ys) > 1 else 1.0
-    gx = np.round((points[:, 0] - xs.min()) / step).astype(np.int64)
-    gy = np.round((points[:, 1] - ys.min()) / step).astype(np.int64)
-    grid = np.zeros((int(gy.max()) + 1, int(gx.max()) + 1), np.uint8)
-    grid[gy[flagged], gx[flagged]] = 1
-    _, comp = cv2.connectedComponents(grid, connectivity=8)
-    labels[flagged] = comp[gy[flagged], gx[flagged]]
-    return labels
-
-
-def independent_movers(
-    p1: np.ndarray,
-    p2: np.ndarray,
-    hom: np.ndarray,
-    h_inlier: np.ndarray,
-    e_inlier: np.ndarray,
-    cfg: CameraConfig,
-    max_area: float | None = None,
-) -> bool:
-    """True when the points only the essential matrix explains lie in at most `mover_max_blobs` compact blobs of
-    homography outliers, each moving as one (its residual to the homography nearly constant): objects moving on
-    their own, not parallax (see the module docstring). Parallax varies inside a blob, with depth and with the
-    direction to the epipole, and shows wherever the depth differs from the dominant plane, in many places."""
-    extra = e_inlier & ~h_inlier
-    if not extra.any():
-        return False
-    labels = grid_components(p1, ~h_inlier)
-    counts = np.bincount(labels[extra], minlength=labels.max() + 1)
-    counts[0] = 0  # not in any outlier blob
-    blobs = [int(b) for b in np.argsort(counts)[::-1][: cfg.mover_max_blobs] if counts[b] > 0]
-    if not blobs or counts[blobs].sum() / extra.sum() < cfg.mover_region_share:
-        return False
-    members = np.isin(labels, blobs)
-    # Several rigid blobs are also what near layers at constant depth show under a strafe (measured on the motion
-    # corpus at the default preset: two blobs over 38 % of the points, against 8 % for two moving objects), so
-    # together they may cover only half the area one mover may
-    if members.mean() > (cfg.mover_max_area if max_area is None else max_area) / (1 if len(blobs) == 1 else 2):
-        return False
-    for blob in blobs:
-        inside = labels == blob
-        if counts[blob] < 0.05 * extra.sum():
-            continue  # a sliver: too few points to judge, and too few to have decided the model
-        residual = p2[inside] - cv2.perspectiveTransform(p1[inside][None], hom)[0]
-        typical = np.median(residual, axis=0)
-        spread = float(np.median(np.linalg.norm(residual - typical, axis=1)))
-        if spread > cfg.mover_uniformity * float(np.linalg.norm(typical)):
-            return False
-    return True
-
-
-def radial_parallax(
-    p1: np.ndarray, p2: np.ndarray, hom: np.ndarray, size: tuple[int, int], cfg: CameraConfig
-) -> np.ndarray | None:
-    """The points whose homography residual is parallax about one epipole inside the (w, h) frame, when they show a
-    translation along the view, else None. A homography of the dominant depth explains such a move all but a pixel
-    (plane plus parallax: every residual lies on the line from the epipole through its point). See
-    `CameraConfig.radial_*`.
-
-    The epipole is the robust least-squares meeting point of the residuals' lines (iteratively reweighted: lines
-    that pass far from it, such as a moving object's, lose their weight, so movers in view do not drag it away)."""
-    warped = cv2.perspectiveTransform(p1[None], hom)[0]
-    residual = p2 - warped
-    length = np.linalg.norm(residual, axis=1)
-    big = length > cfg.radial_noise_px
-    if big.sum() < MIN_POINTS or big.mean() < cfg.radial_min_share:
-        return None
-    x, r, m = warped[big], residual[big], length[big]
-    normal = np.stack([-r[:, 1], r[:, 0]], axis=1) / m[:, None]  # each residual's line: normal . (e - x) = 0
-    base = np.minimum(m, 4 * cfg.radial_noise_px)  # longer residuals are surer of their direction, up to a point
-    weight = base
-    for _ in range(4):
-        epipole = np.linalg.lstsq(normal * weight[:, None], (normal * x).sum(axis=1) * weight, rcond=None)[0]
-        miss = np.abs((normal * (epipole - x)).sum(axis=1))  # the line's distance from the epipole, pixels
-        weight = base / (1.0 + (miss / (0.1 * np.linalg.norm(x - epipole, axis=1) + 1.0)) ** 2)
-    w, h = size
-    if not (0 <= epipole[0] <= w - 1 and 0 <= epipole[1] <= h - 1):
-        return None
-    toward = x - epipole
-    cos = np.abs((toward * r).sum(axis=1)) / np.maximum(np.linalg.norm(toward, axis=1) * m, 1e-9)
-    radial = cos >= cfg.radial_consistency
-    if radial.sum() < cfg.radial_min_share * len(p1):
-        return None
-    # parallax about a point in view comes from several sides; a strafe's or one mover's residuals are parallel
-    angle = np.arctan2(r[radial, 1], r[radial, 0])
-    if abs(np.mean(np.exp(2j * angle))) > cfg.radial_max_alignment:
-        return None
-    points = np.zeros(len(p1), bool)
-    points[np.flatnonzero(big)[radial]] = True
-    return points
-
-
-def continues(hom: np.ndarray, previous: np.ndarray, points: np.ndarray, tolerance_px: float) -> bool:
-    """Whether homography `hom` moves the points as `previous` did (median difference within `tolerance_px`): the
-    step's dominant motion is still the camera rotation the previous step found, i.e. the background."""
-    moved = cv2.perspectiveTransform(points[None], hom)[0] - cv2.perspectiveTransform(points[None], previous)[0]
-    return bool(np.median(np.linalg.norm(moved, axis=1)) <= tolerance_px)
-
-
-def _background(
-    p1: np.ndarray, p2: np.ndarray, previous: np.ndarray, cfg: CameraConfig
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(homography, inlier mask) fit to the points the previous step's homography still predicts within 2x
-    `ransac_px` (a steady camera rotation moves the background as it did), when they are at least
-    1 - `mover_max_area_tracked` of the points; else None."""
-    near = np.linalg.norm(p2 - cv2.perspectiveTransform(p1[None], previous)[0], axis=1) <= 2 * cfg.ransac_px
-    if near.sum() < MIN_POINTS or near.mean() < 1.0 - cfg.mover_max_area_tracked:
-        return None
-    hom, _ = cv2.findHomography(p1[near], p2[near], cv2.RANSAC, cfg.ransac_px)
-    if hom is None or not np.isfinite(hom).all():
-        return None
-    inliers = np.linalg.norm(p2 - cv2.perspectiveTransform(p1[None], hom)[0], axis=1) <= cfg.ransac_px
-    return hom, inliers.astype(np.uint8)[:, None]
-
-
-def _nearest_rotation(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m)
-    r = u @ vt
-    return r if np.linalg.det(r) > 0 else u @ np.diag([1.0, 1.0, -1.0]) @ vt
-
-
 def _identity(model: str, confidence: float) -> StepMotion:
     return StepMotion(np.eye(3), np.zeros(3), 0.0, confidence, model)
 
@@ -318,25 +192,25 @@ def estimate_step(
     if moved < 0.5 * min(rotation_thr, parallax_thr):
         return _identity("static", texture_conf)
     hom, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, cfg.ransac_px)
-    essential, e_mask = cv2.findEssentialMat(p1, p2, k, cv2.USAC_MAGSAC, 0.999, cfg.ransac_px)
-    if essential is not None and essential.shape[0] > 3:  # several solutions: keep the first (RANSAC's best)
-        essential = essential[:3]
     if hom is None or not np.isfinite(hom).all():
         return _identity("unknown", 0.0)
-    # Model selection. An essential matrix always fits at least as well as a homography (it constrains a point to
-    # a line, not a point), by a few percent on noisy flow. Only parallax, i.e. translation past scene depth, makes
-    # a homography miss a large share of the points that the essential matrix explains.
     h_inliers = float(h_mask.mean())
-    e_ok = essential is not None and np.isfinite(essential).all()
-    e_inliers = float(e_mask.mean()) if e_ok else 0.0
     tracked = previous is not None and continues(hom, previous, p1, cfg.ransac_px)
     if previous is not None and not tracked:
         # RANSAC's homography may follow a near object that fills most of the view; the points that still move as
         # the previous step's camera rotation moved them are the background: its homography, when they are enough
-        background = _background(p1, p2, previous, cfg)
+        background = background_homography(p1, p2, previous, cfg)
         if background is not None:
             hom, h_mask, tracked = *background, True
             h_inliers = float(h_mask.mean())
+    # Model selection. An essential matrix always fits at least as well as a homography (it constrains a point to
+    # a line, not a point), by a few percent on noisy flow. Only parallax, i.e. translation past scene depth, makes
+    # a homography miss a large share of the points that the essential matrix explains. When the homography leaves
+    # fewer points than that gain, the essential matrix (most of a step's cost) is fit only if the step shows
+    # radial parallax (a dolly): the same decisions, for less.
+    could_gain = h_inliers <= 1.0 - cfg.parallax_inlier_gain
+    essential, e_mask = essential_matrix(p1, p2, k, cfg) if could_gain else (None, None)
+    e_inliers = float(e_mask.mean()) if essential is not None else 0.0
     if e_inliers - h_inliers >= cfg.parallax_inlier_gain and independent_movers(
         p1, p2, hom, h_mask.ravel().astype(bool), e_mask.ravel().astype(bool), cfg,
         cfg.mover_max_area_tracked if tracked else None,
@@ -346,47 +220,32 @@ def estimate_step(
         return _identity("unknown", 0.0)
     size = (flow.shape[1], flow.shape[0])
     gained = e_inliers - h_inliers >= cfg.parallax_inlier_gain
-    radial = radial_parallax(p1, p2, hom, size, cfg) if e_ok and not gained else None
+    radial = None
+    if not gained and (essential is not None or not could_gain):
+        radial = radial_parallax(p1, p2, hom, size, cfg)
+        if radial is not None and not could_gain:
+            essential, e_mask = essential_matrix(p1, p2, k, cfg)
+            e_inliers = float(e_mask.mean()) if essential is not None else 0.0
+            radial = radial if essential is not None else None
     if not gained and radial is None:
-        rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
+        rotation = nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
         return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation", hom)
-    moving = _translation(essential, e_mask, p1, p2, k, moved)
+    moving = decompose_translation(essential, e_mask, p1, p2, k, moved)
     if moving is None and radial is None:  # the inlier gain led here: is it a dolly, with objects moving in view?
         radial = radial_parallax(p1, p2, hom, size, cfg)
     if moving is None and radial is not None:
         # A second try on the scene's points only (the dominant depth and the parallax about the epipole): an
         # essential matrix fit to every point can absorb objects moving in view and decompose a dolly wrongly
         scene = h_mask.ravel().astype(bool) | radial
-        refit, refit_mask = cv2.findEssentialMat(p1[scene], p2[scene], k, cv2.USAC_MAGSAC, 0.999, cfg.ransac_px)
-        if refit is not None and refit.shape[0] >= 3 and np.isfinite(refit[:3]).all():
-            moving = _translation(refit[:3], refit_mask, p1[scene], p2[scene], k, moved)
+        refit, refit_mask = essential_matrix(p1[scene], p2[scene], k, cfg)
+        if refit is not None:
+            moving = decompose_translation(refit, refit_mask, p1[scene], p2[scene], k, moved)
             e_inliers = float(refit_mask.sum()) / len(p1)  # a share of all the points, for the confidence
     if moving is None:  # no decomposition that removes motion by removing its rotation: trust the homography
-        rotation = _nearest_rotation(np.linalg.inv(k) @ hom @ k).T
+        rotation = nearest_rotation(np.linalg.inv(k) @ hom @ k).T
         return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation", hom)
     rotation, translation, parallax = moving
     return StepMotion(rotation, translation, parallax, texture_conf * e_inliers, "translation")
-
-
-def _translation(
-    essential: np.ndarray, e_mask: np.ndarray, p1: np.ndarray, p2: np.ndarray, k: np.ndarray, moved: float
-) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(rotation, translation (unit direction x parallax), parallax) of the essential matrix's decomposition, or
-    None when it is degenerate or "removing" its rotation adds image motion (more than 1.5x `moved`, the typical
-    image motion as an angle): a wrong decomposition."""
-    focal = float(k[0, 0])
-    # The cheirality check decides between the four decompositions of E. Its default distance limit (50 baselines)
-    # drops distant points as "at infinity", which with small steps is most of the scene: lift it.
-    _, r_21, t_21, _, _ = cv2.recoverPose(essential, p1, p2, k, distanceThresh=1e6, mask=e_mask.copy())
-    rotation = r_21.T  # recoverPose maps camera-t points to camera-t+1 points: x2 = R x1 + t
-    direction = -(r_21.T @ t_21).ravel()  # camera t+1's centre in camera t's frame
-    # Parallax: image motion the rotation does not explain, as an angle.
-    derotated = cv2.perspectiveTransform(p1[None], k @ r_21 @ np.linalg.inv(k))[0]
-    parallax = float(np.median(np.linalg.norm(p2 - derotated, axis=1)) / focal)
-    norm = float(np.linalg.norm(direction))
-    if norm == 0 or not np.isfinite(norm) or not np.isfinite(parallax) or parallax > 1.5 * moved:
-        return None
-    return rotation, direction / norm * parallax, parallax
 
 
 def trajectory(steps: list[StepMotion]) -> np.ndarray:
