@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from annotators import activity as act
+from annotators.activity_residual import fundamental_from_step
 from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.motion import pair_intervals
 
@@ -141,7 +142,7 @@ def step_epipolar(
         return None
     c2w, k = np.asarray(c2w, np.float64), np.asarray(k, np.float64)
     steps = [np.linalg.inv(c2w[t]) @ c2w[t + 1] for t in range(n_pairs)]
-    own = [act.fundamental_from_step(step, k) for step in steps]
+    own = [fundamental_from_step(step, k) for step in steps]
     focal = float(k[0, 0])
     bounds = [
         bound_factor * float(np.linalg.norm(step[:3, 3])) * focal + PARALLAX_FLOOR_PX if bound_factor > 0 else math.inf

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from annotators import activity as act
+from annotators import activity_residual as residual
 from annotators.global_motion import homography_flow
 
 # Camera of the epipolar tests: 128x96 pixels, fx = fy = 200, principal point at the image centre.
@@ -253,28 +254,28 @@ def test_fundamental_of_static_scene_gives_zero_epipolar_distance():
     rotation, centre = yaw_step()
     flow = static_scene_flow(rotation, centre)
     assert np.abs(flow).max() > 5.0  # real parallax, not a trivial flow
-    fundamental = act.fundamental_from_step(pose(rotation, centre), K)
+    fundamental = residual.fundamental_from_step(pose(rotation, centre), K)
     assert fundamental is not None and fundamental.shape == (3, 3)
     assert np.linalg.matrix_rank(fundamental, tol=1e-9 * np.abs(fundamental).max()) == 2
-    dist = act.epipolar_distance(flow, fundamental)
+    dist = residual.epipolar_distance(flow, fundamental)
     assert dist.shape == (IMG_H, IMG_W) and dist.dtype == np.float32
     assert dist.max() < 1e-3
     # The same cloud seen through a wrong convention (R instead of R^T) is far off its lines.
-    wrong = act.fundamental_from_step(pose(rotation.T, centre), K)
-    assert act.epipolar_distance(flow, wrong).max() > 1.0
+    wrong = residual.fundamental_from_step(pose(rotation.T, centre), K)
+    assert residual.epipolar_distance(flow, wrong).max() > 1.0
 
 
 @pytest.mark.parametrize("offset", [0.5, 3.0, -7.0])
 def test_perpendicular_offset_gives_its_distance(offset: float):
     rotation, centre = yaw_step()
     flow = static_scene_flow(rotation, centre, seed=1)
-    fundamental = act.fundamental_from_step(pose(rotation, centre), K)
+    fundamental = residual.fundamental_from_step(pose(rotation, centre), K)
     y, x = 30, 90
     line = fundamental @ np.array([x, y, 1.0])
     normal = line[:2] / np.hypot(line[0], line[1])
     moved = flow.copy()
     moved[y, x] += (offset * normal).astype(np.float32)
-    dist = act.epipolar_distance(moved, fundamental)
+    dist = residual.epipolar_distance(moved, fundamental)
     assert dist[y, x] == pytest.approx(abs(offset), abs=1e-3)
     others = np.ones(dist.shape, bool)
     others[y, x] = False
@@ -282,20 +283,21 @@ def test_perpendicular_offset_gives_its_distance(offset: float):
 
 
 def test_fundamental_undefined_without_translation():
-    assert act.fundamental_from_step(pose(rot_y(3.0), np.zeros(3)), K) is None
-    assert act.fundamental_from_step(np.eye(4), K) is None
+    assert residual.fundamental_from_step(pose(rot_y(3.0), np.zeros(3)), K) is None
+    assert residual.fundamental_from_step(np.eye(4), K) is None
     bad = pose(rot_y(1.0), np.array([0.1, 0.0, 0.0]))
     bad[0, 0] = np.nan
-    assert act.fundamental_from_step(bad, K) is None
+    assert residual.fundamental_from_step(bad, K) is None
 
 
 def test_fundamental_ignores_translation_scale():
     rotation, centre = yaw_step()
     flow = static_scene_flow(rotation, centre, seed=2)
     flow[10:20, 10:20] += 4.0
-    small = act.fundamental_from_step(pose(rotation, centre), K)
-    large = act.fundamental_from_step(pose(rotation, centre * 50.0), K)
-    np.testing.assert_allclose(act.epipolar_distance(flow, large), act.epipolar_distance(flow, small), atol=1e-4)
+    small = residual.fundamental_from_step(pose(rotation, centre), K)
+    large = residual.fundamental_from_step(pose(rotation, centre * 50.0), K)
+    far, near = residual.epipolar_distance(flow, large), residual.epipolar_distance(flow, small)
+    np.testing.assert_allclose(far, near, atol=1e-4)
 
 
 # ---------------------------------------------------------------- camera residual
@@ -304,12 +306,12 @@ def test_fundamental_ignores_translation_scale():
 def test_residual_of_pure_camera_motion_is_zero():
     hom = translation(2.5, -1.0)
     flow = homography_flow(hom, IMG_H, IMG_W)
-    res = act.camera_residual(flow, hom)
+    res = residual.camera_residual(flow, hom)
     assert res.shape == (IMG_H, IMG_W) and res.dtype == np.float32
     assert res.max() < 1e-5
     # A rotation-like homography (the infinite homography of a 2-degree yaw) likewise.
     rot = K @ rot_y(2.0).T @ np.linalg.inv(K)
-    assert act.camera_residual(homography_flow(rot, IMG_H, IMG_W), rot).max() < 1e-4
+    assert residual.camera_residual(homography_flow(rot, IMG_H, IMG_W), rot).max() < 1e-4
 
 
 def test_residual_isolates_moving_square():
@@ -318,27 +320,27 @@ def test_residual_isolates_moving_square():
     square = np.zeros((IMG_H, IMG_W), bool)
     square[40:56, 56:72] = True
     flow[square, 0] += 5.0
-    res = act.camera_residual(flow, hom)
+    res = residual.camera_residual(flow, hom)
     np.testing.assert_allclose(res[square], 5.0, atol=1e-4)
     assert res[~square].max() < 1e-5
 
 
 def test_residual_wrong_homography_is_not_zero():
     flow = homography_flow(translation(2.5, -1.0), IMG_H, IMG_W)
-    res = act.camera_residual(flow, np.eye(3))
+    res = residual.camera_residual(flow, np.eye(3))
     np.testing.assert_allclose(res, math.hypot(2.5, 1.0), atol=1e-5)  # still camera: borders kept
 
 
 def test_residual_edge_margin_only_for_moving_camera():
-    margin = act.EDGE_MARGIN * min(IMG_H, IMG_W)  # 2.88 px
+    margin = residual.EDGE_MARGIN * min(IMG_H, IMG_W)  # 2.88 px
     still = np.zeros((IMG_H, IMG_W, 2), np.float32)
     still[:, :3, 0] = 4.0  # something entering at the left border of a still camera
-    res = act.camera_residual(still, np.eye(3))
+    res = residual.camera_residual(still, np.eye(3))
     np.testing.assert_allclose(res[:, :3], 4.0)
     hom = translation(-6.0, 0.0)  # a pan carrying the left columns out of frame
     flow = homography_flow(hom, IMG_H, IMG_W)
     flow[..., 0] += 4.0  # everything moves 4 px relative to the camera
-    res = act.camera_residual(flow, hom)
+    res = residual.camera_residual(flow, hom)
     ys, xs = np.mgrid[0:IMG_H, 0:IMG_W]
     x1 = xs - 6.0
     inside = (x1 >= margin) & (x1 <= IMG_W - 1 - margin) & (ys >= margin) & (ys <= IMG_H - 1 - margin)
@@ -351,7 +353,7 @@ def test_residual_tiny_camera_motion_keeps_borders():
     hom = translation(0.2, 0.0)  # below the 0.25 px "camera moves" bar
     flow = homography_flow(hom, IMG_H, IMG_W)
     flow[..., 1] += 3.0
-    np.testing.assert_allclose(act.camera_residual(flow, hom), 3.0, atol=1e-5)
+    np.testing.assert_allclose(residual.camera_residual(flow, hom), 3.0, atol=1e-5)
 
 
 def test_residual_nan_flow_is_finite():
@@ -359,31 +361,31 @@ def test_residual_nan_flow_is_finite():
     flow = homography_flow(hom, IMG_H, IMG_W)
     flow[10:20, 30:40] = np.nan
     flow[50, 60] = np.inf
-    res = act.camera_residual(flow, hom)
+    res = residual.camera_residual(flow, hom)
     assert np.isfinite(res).all()
     finite = np.isfinite(flow).all(axis=-1)
     assert res[finite].max() < 1e-5  # the bad pixels do not leak into their neighbours
     still = np.full((IMG_H, IMG_W, 2), np.nan, np.float32)
-    assert (act.camera_residual(still, np.eye(3)) == 0.0).all()
+    assert (residual.camera_residual(still, np.eye(3)) == 0.0).all()
     # A non-finite homography is treated as a still camera.
-    np.testing.assert_array_equal(act.safe_homography(np.full((3, 3), np.nan)), np.eye(3))
-    np.testing.assert_array_equal(act.safe_homography(np.zeros((3, 3))), np.eye(3))
-    np.testing.assert_array_equal(act.safe_homography(translation(1.0, 2.0)), translation(1.0, 2.0))
+    np.testing.assert_array_equal(residual.safe_homography(np.full((3, 3), np.nan)), np.eye(3))
+    np.testing.assert_array_equal(residual.safe_homography(np.zeros((3, 3))), np.eye(3))
+    np.testing.assert_array_equal(residual.safe_homography(translation(1.0, 2.0)), translation(1.0, 2.0))
 
 
 def test_residual_with_fundamental_explains_parallax():
     rotation, centre = yaw_step()
     flow = static_scene_flow(rotation, centre, seed=3)
     rot_hom = K @ rotation.T @ np.linalg.inv(K)  # the camera's rotation: all a homography can explain
-    fundamental = act.fundamental_from_step(pose(rotation, centre), K)
-    without = act.camera_residual(flow, rot_hom)
-    with_f = act.camera_residual(flow, rot_hom, fundamental)
+    fundamental = residual.fundamental_from_step(pose(rotation, centre), K)
+    without = residual.camera_residual(flow, rot_hom)
+    with_f = residual.camera_residual(flow, rot_hom, fundamental)
     assert np.median(without) > 1.0
     assert with_f.max() < 1e-3
     # An object moving off its epipolar line keeps its residual with F.
     obj = (slice(40, 56), slice(56, 72))
     flow[obj] += np.array([0.0, 6.0], np.float32)
-    with_f = act.camera_residual(flow, rot_hom, fundamental)
+    with_f = residual.camera_residual(flow, rot_hom, fundamental)
     assert np.median(with_f[obj]) > 1.0
     outside = np.ones((IMG_H, IMG_W), bool)
     outside[obj] = False
@@ -397,19 +399,19 @@ def test_parallax_bound_keeps_an_object_moving_along_tiny_translation_epipolar_l
     rotation, centre = rot_y(1.0), np.array([0.002, 0.0, 0.0])
     flow = static_scene_flow(rotation, centre, seed=5)
     rot_hom = K @ rotation.T @ np.linalg.inv(K)
-    fundamental = act.fundamental_from_step(pose(rotation, centre), K)
+    fundamental = residual.fundamental_from_step(pose(rotation, centre), K)
     obj = (slice(24, 40), slice(24, 40))
     flow[obj] += np.array([8.0, 0.0], np.float32)
     bound = 4.0 * np.linalg.norm(centre) * K[0, 0] + 1.0
-    unbounded = act.camera_residual(flow, rot_hom, fundamental)
-    bounded = act.camera_residual(flow, rot_hom, fundamental, bound)
+    unbounded = residual.camera_residual(flow, rot_hom, fundamental)
+    bounded = residual.camera_residual(flow, rot_hom, fundamental, bound)
     assert np.median(unbounded[obj]) < 0.5  # explained away as parallax
     assert np.median(bounded[obj]) > 8.0 - bound - 0.5  # only the bound's worth is forgiven
     outside = np.ones((IMG_H, IMG_W), bool)
     outside[obj] = False
     assert bounded[outside].max() < 1e-3  # the static scene's true parallax is within the bound
     # A bound never adds residual: it is the plain residual at most, and the epipolar distance at least.
-    assert (bounded <= act.camera_residual(flow, rot_hom) + 1e-5).all()
+    assert (bounded <= residual.camera_residual(flow, rot_hom) + 1e-5).all()
     assert (bounded >= unbounded - 1e-5).all()
 
 
@@ -421,7 +423,7 @@ def test_splat_max_copies_value_to_landing_pixel():
     values[4, 5] = 2.0
     flow = np.zeros((10, 12, 2), np.float32)
     flow[4, 5] = (3.0, 2.0)
-    out = act.splat_max(values, flow)
+    out = residual.splat_max(values, flow)
     expected = values.copy()
     expected[6, 8] = 2.0  # x + 3, y + 2
     np.testing.assert_array_equal(out, expected)
@@ -434,7 +436,7 @@ def test_splat_max_keeps_larger_and_rounds():
     flow = np.zeros((6, 6, 2), np.float32)
     flow[3, 3] = (-2.4, -1.6)  # lands on round(0.6, 1.4) = (x 1, y 1)
     flow[1, 1] = (1.8, 2.2)  # lands on round(2.8, 3.2) = (3, 3), smaller than what is there
-    out = act.splat_max(values, flow)
+    out = residual.splat_max(values, flow)
     assert out[1, 1] == 5.0 and out[3, 3] == 5.0
     assert out.sum() == 10.0
 
@@ -445,8 +447,29 @@ def test_splat_max_drops_values_leaving_the_image():
     flow[..., 0] = 100.0
     flow[0, 0] = (-50.0, -50.0)
     flow[1, 1] = (np.nan, np.inf)
-    out = act.splat_max(values, flow)
+    out = residual.splat_max(values, flow)
     np.testing.assert_array_equal(out, values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_splat_max_is_numpys_maximum_at(seed: int):
+    """The compiled scatter gives numpy's `maximum.at` result exactly: random flows with collisions, half-pixel
+    ties, non-finite and huge values, NaN values, and a non-contiguous flow."""
+    rng = np.random.default_rng(seed)
+    h, w = 23, 31
+    values = rng.uniform(-1.0, 3.0, (h, w)).astype(np.float32)
+    values[rng.random((h, w)) < 0.03] = np.nan
+    flow = np.round(rng.normal(0.0, 3.0, (h, w, 2)) * 2) / 2  # many exact .5: rounding ties to even
+    bad = rng.random((h, w)) < 0.05
+    flow[bad] = rng.choice([np.nan, np.inf, -np.inf, 1e30], (int(bad.sum()), 2))
+    flow = np.asfortranarray(flow.astype(np.float32))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    clean = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0)
+    tx, ty = np.rint(xs + clean[..., 0]), np.rint(ys + clean[..., 1])
+    inside = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+    want = values.copy()
+    np.maximum.at(want, (ty[inside].astype(np.int64), tx[inside].astype(np.int64)), values[inside])
+    np.testing.assert_array_equal(residual.splat_max(values, flow), want)
 
 
 def test_pool_is_area_average():
