@@ -151,6 +151,7 @@ def background_homography(
 
 
 def nearest_rotation(m: np.ndarray) -> np.ndarray:
+    """The rotation nearest to the 3x3 matrix m (Frobenius norm, via its SVD)."""
     u, _, vt = np.linalg.svd(m)
     r = u @ vt
     return r if np.linalg.det(r) > 0 else u @ np.diag([1.0, 1.0, -1.0]) @ vt
