@@ -195,11 +195,13 @@ def estimate_step(
     if hom is None or not np.isfinite(hom).all():
         return _identity("unknown", 0.0)
     h_inliers = float(h_mask.mean())
-    tracked = previous is not None and continues(hom, previous, p1, cfg.ransac_px)
-    if previous is not None and not tracked:
+    tracked = False
+    if previous is not None:
+        predicted = cv2.perspectiveTransform(p1[None], previous)[0]  # where the previous step's rotation moves them
+        tracked = continues(hom, p1, predicted, cfg.ransac_px)
         # RANSAC's homography may follow a near object that fills most of the view; the points that still move as
         # the previous step's camera rotation moved them are the background: its homography, when they are enough
-        background = background_homography(p1, p2, previous, cfg)
+        background = None if tracked else background_homography(p1, p2, predicted, cfg)
         if background is not None:
             hom, h_mask, tracked = *background, True
             h_inliers = float(h_mask.mean())
@@ -220,13 +222,11 @@ def estimate_step(
         return _identity("unknown", 0.0)
     size = (flow.shape[1], flow.shape[0])
     gained = e_inliers - h_inliers >= cfg.parallax_inlier_gain
-    radial = None
-    if not gained and (essential is not None or not could_gain):
-        radial = radial_parallax(p1, p2, hom, size, cfg)
-        if radial is not None and not could_gain:
-            essential, e_mask = essential_matrix(p1, p2, k, cfg)
-            e_inliers = float(e_mask.mean()) if essential is not None else 0.0
-            radial = radial if essential is not None else None
+    radial = None if gained else radial_parallax(p1, p2, hom, size, cfg)
+    if radial is not None and essential is None:  # not fit above (or its fit failed): the translation needs one
+        essential, e_mask = essential_matrix(p1, p2, k, cfg)
+        e_inliers = float(e_mask.mean()) if essential is not None else 0.0
+        radial = radial if essential is not None else None
     if not gained and radial is None:
         rotation = nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
         return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation", hom)

@@ -127,20 +127,21 @@ def radial_parallax(
     return points
 
 
-def continues(hom: np.ndarray, previous: np.ndarray, points: np.ndarray, tolerance_px: float) -> bool:
-    """Whether homography `hom` moves the points as `previous` did (median difference within `tolerance_px`): the
-    step's dominant motion is still the camera rotation the previous step found, i.e. the background."""
-    moved = cv2.perspectiveTransform(points[None], hom)[0] - cv2.perspectiveTransform(points[None], previous)[0]
+def continues(hom: np.ndarray, points: np.ndarray, predicted: np.ndarray, tolerance_px: float) -> bool:
+    """Whether homography `hom` moves the points where the previous step's homography did (`predicted`; median
+    difference within `tolerance_px`): the step's dominant motion is still the camera rotation the previous step
+    found, i.e. the background."""
+    moved = cv2.perspectiveTransform(points[None], hom)[0] - predicted
     return bool(np.median(np.linalg.norm(moved, axis=1)) <= tolerance_px)
 
 
 def background_homography(
-    p1: np.ndarray, p2: np.ndarray, previous: np.ndarray, cfg: CameraConfig
+    p1: np.ndarray, p2: np.ndarray, predicted: np.ndarray, cfg: CameraConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(homography, inlier mask) fit to the points the previous step's homography still predicts within 2x
-    `ransac_px` (a steady camera rotation moves the background as it did), when they are at least
-    1 - `mover_max_area_tracked` of the points; else None."""
-    near = np.linalg.norm(p2 - cv2.perspectiveTransform(p1[None], previous)[0], axis=1) <= 2 * cfg.ransac_px
+    """(homography, inlier mask) fit to the points whose match p2 lies within 2x `ransac_px` of where the previous
+    step's homography moves them (`predicted`: a steady camera rotation moves the background as it did), when they
+    are at least 1 - `mover_max_area_tracked` of the points; else None."""
+    near = np.linalg.norm(p2 - predicted, axis=1) <= 2 * cfg.ransac_px
     if near.sum() < MIN_POINTS or near.mean() < 1.0 - cfg.mover_max_area_tracked:
         return None
     hom, _ = cv2.findHomography(p1[near], p2[near], cv2.RANSAC, cfg.ransac_px)

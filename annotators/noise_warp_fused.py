@@ -63,7 +63,6 @@ class _Memory:
     def __init__(self) -> None:
         self.raw: dict[str, np.ndarray] = {}
         self.current: _Workspace | None = None  # the workspace whose step last completed on these buffers
-        self.grown = 0  # reallocations so far: a workspace made before the last one may hold the old buffers
 
     def take(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         """A C-contiguous view of `shape` on the raw buffer `name` (zeros when first allocated)."""
@@ -72,7 +71,6 @@ class _Memory:
         if buf is None or buf.size < size or buf.dtype != dtype:
             buf = np.zeros(size + size // 4, dtype)
             self.raw[name] = buf
-            self.grown += 1
         return buf[:size].reshape(shape)
 
 
@@ -103,7 +101,6 @@ class _Workspace:
         self.den_t, self.sden_t = torch.from_numpy(self.den), torch.from_numpy(self.sden)
         self.d_p_t, self.sd_p_t = torch.from_numpy(self.d_p), torch.from_numpy(self.sd_p)
         self.dens = mem.take("dens", (2, n), f32)  # a video's density and spare density
-        self.grown = mem.grown
 
     def begin(self) -> None:
         """Before a step: the buffers the plan needs zeroed (occ, pulls, pull_blk: each step leaves them zero, but
@@ -131,21 +128,13 @@ class _Workspace:
         return self.mem.take("flat", (size,), np.float32)
 
 
-_local = threading.local()  # memory and workspaces per thread: concurrent callers never share buffers
+_local = threading.local()  # memory per thread: concurrent callers never share buffers
 
 
 def _workspace(h: int, w: int) -> _Workspace:
-    """This thread's workspace for an (h, w) grid: the four most recently used sizes are kept (clips of a run come
-    in a few bucket sizes); they share the thread's memory."""
-    cache: dict[tuple[int, int], _Workspace] = _local.__dict__.setdefault("workspaces", {})
-    mem: _Memory = _local.__dict__.setdefault("memory", _Memory())
-    ws = cache.pop((h, w), None)
-    if ws is None or ws.grown != mem.grown:  # new, or its views may be on buffers the memory has replaced
-        ws = _Workspace(h, w, mem)
-        while len(cache) >= 4:
-            cache.pop(next(iter(cache)))  # the least recently used (dicts keep insertion order)
-    cache[(h, w)] = ws
-    return ws
+    """A workspace for an (h, w) grid on this thread's memory: views only, so one per warp state costs nothing (a
+    workspace made before the memory grew keeps the old buffers alive until it is dropped)."""
+    return _Workspace(h, w, _local.__dict__.setdefault("memory", _Memory()))
 
 
 _ResizeTables = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows' indices, weights; columns' the same
@@ -272,12 +261,16 @@ class WarpState:
     (h * w, C) between steps, so the merge scatters a pixel's channels together (`warped_noise_video`'s frame loop;
     `warp_step` converts one step in and out of the (C, H, W) layout). One thread at a time."""
 
-    def __init__(self, h: int, w: int, channels: int, generator: torch.Generator, buffers: Any = None) -> None:
+    def __init__(self, h: int, w: int, channels: int, generator: torch.Generator, reuse: bool = False) -> None:
+        """reuse: the state lives in the thread's memory (no page faults per video; one such state per thread at a
+        time), else in arrays of its own."""
         n = h * w
         self.h, self.w, self.generator = h, w, generator
         self.ws = _workspace(h, w)
         noise, density = (
-            buffers if buffers is not None else (np.empty((2, n, channels), np.float32), np.empty((2, n), np.float32))
+            (self.ws.states(channels), self.ws.dens)
+            if reuse
+            else (np.empty((2, n, channels), np.float32), np.empty((2, n), np.float32))
         )
         self.noise, self.spare = noise[0], noise[1]  # the state (h * w, C) and the next step's output buffer
         # the density (h * w) and the next step's; with mean set, density is a step's density before its
@@ -365,8 +358,7 @@ def warped_noise_video(
     big_h, big_w = nh * warp_scale, nw * warp_scale
     fh, fw = flows.shape[-2:]
     generator = torch.Generator(device).manual_seed(int(seed))
-    ws = _workspace(big_h, big_w)
-    state = WarpState(big_h, big_w, channels, generator, (ws.states(channels), ws.dens))
+    state = WarpState(big_h, big_w, channels, generator, reuse=True)
     state.density.fill(1.0)
     first = state.spare.reshape(channels, big_h * big_w)  # the spare buffer's memory, free until the first step
     _normal(first, generator)  # = torch.randn((channels, big_h, big_w), generator=generator)

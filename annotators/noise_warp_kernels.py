@@ -231,8 +231,8 @@ def _plan(
                     n_f += 1
         occ64[k] = 0
     # Pulled sources in ascending order (the reference's nonzero of the pull counts) and their split weights; only
-    # the blocks of 8 sources holding one are scanned, found eight blocks to a word (a pass over every source, or
-    # every row holding one, costs more than the rest of this step's bookkeeping).
+    # the blocks of 8 sources holding one are scanned, found eight blocks to a word (rather than every row holding
+    # one: pulled sources spread over most rows).
     n_p = 0
     for k in range(pull_blk64.shape[0]):
         if pull_blk64[k] == 0:
