@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numba
 import numpy as np
 
 from annotators.global_motion import homography_flow
@@ -106,22 +105,8 @@ def splat_max(values: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Each value at its own pixel and at the pixel its flow lands on (nearest), keeping the larger (NaN wins, as in
     np.maximum); non-finite flow stays put. A compiled scatter: numpy's `maximum.at` was a fifth of the events
     stage's time."""
+    from annotators.small_kernels import splat_max_into  # numba: imported on first use, not with the configs
+
     out = np.array(values, copy=True)
-    _splat_max(out, np.asarray(values), np.asarray(flow))
+    splat_max_into(out, np.asarray(values), np.asarray(flow))
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _splat_max(out: np.ndarray, values: np.ndarray, flow: np.ndarray) -> None:
-    h, w = values.shape
-    for y in range(h):
-        for x in range(w):
-            fx, fy = np.float64(flow[y, x, 0]), np.float64(flow[y, x, 1])
-            tx = np.rint(x + (fx if np.isfinite(fx) else 0.0))
-            ty = np.rint(y + (fy if np.isfinite(fy) else 0.0))
-            if 0 <= tx < w and 0 <= ty < h:
-                v, o = values[y, x], out[int(ty), int(tx)]
-                if np.isnan(o) or np.isnan(v):
-                    out[int(ty), int(tx)] = np.nan
-                elif v > o:
-                    out[int(ty), int(tx)] = v

@@ -38,9 +38,9 @@ class Annotator(Protocol):
 
 def all_finite(x: np.ndarray) -> bool:
     """np.isfinite(x).all(), ~4x faster on float16 (flows are stored in float16; numpy has no vector loop for half
-    floats): a compiled bit test, `annotators.finite`, imported on first use (numba is slow to import)."""
+    floats): a compiled bit test, `annotators.small_kernels`, imported on first use (numba is slow to import)."""
     if x.dtype == np.float16:
-        from annotators.finite import half_bits_finite
+        from annotators.small_kernels import half_bits_finite
 
         return bool(half_bits_finite(np.ascontiguousarray(x).reshape(-1).view(np.uint16)))
     return bool(np.isfinite(x).all())

@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from annotators import activity as act
-from annotators.activity_residual import fundamental_from_step
+from annotators.activity_residual import fundamental_from_step, splat_max
 from annotators.base import AnnotatorError, Batch, per_clip
 from annotators.motion import pair_intervals
 
@@ -178,6 +178,8 @@ class EventAnnotator:
 
     def __init__(self, cfg: EventConfig) -> None:
         self.cfg = cfg
+        # load the compiled splat (numba's import and its cached kernel, ~0.3 s) once per worker, not in a clip
+        splat_max(np.zeros((1, 1), np.float32), np.zeros((1, 1, 2), np.float32))
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["clip_id"])
