@@ -227,7 +227,7 @@ class ActivityParams:
     min_speed: float = 0.02
     min_shift: float = 0.004
     threshold: float = 0.65
-    softness: float = 0.1
+    softness: float = 1 / 12
     peak_quantile: float = 0.99
     local_peak: int = 0
     on: float = 0.62

@@ -51,7 +51,10 @@ class EventConfig:
     local_peak: int = 2
     peak_quantile: float = 0.99
     threshold: float = 0.65  # soft threshold centre, as a share of the robust scale above the frame's median
-    softness: float = 0.1  # soft threshold width (sigmoid temperature), same units
+    # Soft threshold width (sigmoid temperature), same units: 1/12, the sharpness of EVD's inference gate (beta = 12).
+    # The 3x3 smoothing spills a third to a half of a mover's peak into its ring of cells; at 0.1 that ring kept
+    # ~25 % of the activity outside the object (motion corpus, 256x256 preset), at 1/12 it keeps ~17-21 %
+    softness: float = 1 / 12
     on: float = 0.62  # hysteresis: a cell turns on at this activity (EVD)
     off: float = 0.38  # ... and off at this one
     min_change: float = 0.03  # floor of the robust scale of frame_change, grey-level fraction

@@ -24,6 +24,9 @@ from annotators.qcm import (
     token_of,
     translation_parallax,
 )
+from curation.decode import probe_video
+from curation.metrics import event_mass_in_boxes, interval_iou, object_peak_activity, true_event_window
+from curation.sampling import decode_size
 from pipelines.annotate import annotate_file
 from pipelines.config import load_config
 from pipelines.samples import MOTION_SPECS, SPECS, generate_corpus, load_truth, spec_names
@@ -39,6 +42,21 @@ def motion_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("motion")
     generate_corpus(out, collection="motion")  # ~15 s on 2 cores
     return out
+
+
+@pytest.fixture(scope="module")
+def annotated(motion_corpus: Path) -> Callable[[str], tuple[dict[str, Any], dict[str, Any]]]:
+    """(truth, annotate_file's output) of a clip at the default preset's fixed 256x256x16 shape, once per clip."""
+    cfg = load_config(None, ["buckets.aspect_ratios=[]"])
+    cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def _annotated(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if name not in cache:
+            truth = load_truth(motion_corpus / f"{name}.json")
+            cache[name] = (truth, annotate_file(str(motion_corpus / truth["file"]), cfg))
+        return cache[name]
+
+    return _annotated
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +193,41 @@ def test_the_default_corpus_is_untouched(tmp_path: Path) -> None:
         ("pan_large", 14),
     ],
 )
-def test_camera_motions_under_movers_at_the_default_preset(motion_corpus: Path, name: str, at_least: int):
+def test_camera_motions_under_movers_at_the_default_preset(annotated: Callable, name: str, at_least: int):
     """Golden: a dolly through the layered world is a forward translation in (nearly) every step, even with objects
     moving in view; a zoom scaling the image as much is no camera move at all; and the pan under an object that
     fills half the default crop stays a pan while the object moves (the camera bench measures every clip of the
     motion corpus at both presets)."""
-    truth = load_truth(motion_corpus / f"{name}.json")
+    truth, out = annotated(name)
     want = token_of(
         truth["camera"]["expected_keys"], {"right": "→", "up": "↑"}.get(truth["camera"]["expected_mouse"], "none")
     )
-    out = annotate_file(str(motion_corpus / truth["file"]), load_config(None, ["buckets.aspect_ratios=[]"]))
     tokens = [int(t) for t in out["camera_tokens"]]
     assert len(tokens) == 15 and sum(t == want for t in tokens) >= at_least, [split_token(t) for t in tokens]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_events_under_every_camera_motion_at_the_default_preset(motion_corpus: Path, annotated: Callable, name: str):
+    """Golden, the events issue's goals on every clip of the motion corpus at the default preset: a camera-only or
+    object-at-rest clip switches on at most 0.1 % of its (frame, cell) positions and holds no confident event; a clip
+    with moving objects finds their window (temporal IoU >= 0.9) and puts >= 0.75 of its activity inside their boxes,
+    and the second object, at half the first's speed, peaks at >= 0.5x the first's activity."""
+    truth, out = annotated(name)
+    role = truth["motion_clip"]["role"]
+    active = out["event_active"]
+    if role in ("camera", "rest"):
+        assert active.sum() <= 0.001 * active.size, active.sum()
+        assert out["event_confidence"] < 0.5 or out["event_diffuse"], out["event_confidence"]
+        return
+    info = probe_video(str(motion_corpus / truth["file"]))
+    cfg = load_config(None, ["buckets.aspect_ratios=[]"])
+    indices = out["frame_indices"]
+    sizes = (info.width, info.height), decode_size(info.width, info.height, cfg.frames), (256, 256)
+    expected = true_event_window(truth, int(indices[0]), int(indices[-1]), sizes)
+    found = (out["event_start_frame"], out["event_end_frame"]) if out["event_start_frame"] is not None else None
+    assert interval_iou(found, expected) >= 0.9, (found, expected)
+    activity = out["event_activity"].astype(np.float32)
+    assert event_mass_in_boxes(activity, indices, truth, *sizes) >= 0.75
+    if role == "movers":
+        first, second = (object_peak_activity(activity, indices, obj, *sizes) for obj in truth["objects"])
+        assert second >= 0.5 * first > 0, (first, second)
