@@ -121,7 +121,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
     members = [
         Member(shard_name(v, 0), int(c), int(c) * BYTES_PER_CLIP) for v, c in zip(video_ids, counts, strict=True)
     ]
-    plan = plan_packs(members, cfg.shards.target_mb)
+    plan = plan_packs(members, cfg.shards.target_mb, cfg.shards.pack_max_rows)
     buckets = [tuple(int(x) for x in b.split("x")) for b in _buckets(cfg)]
     shard_dir = run_dir / "shards"
     shard_dir.mkdir(parents=True)

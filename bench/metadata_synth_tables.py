@@ -63,7 +63,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
     counts, video_ids = video_plan(n_clips, seed)
     pairs = zip(video_ids, counts, strict=True)
     members = [Member(shard_name(v, 0), int(c), int(c) * BYTES_PER_CLIP) for v, c in pairs]
-    plan = plan_packs(members, cfg.shards.target_mb)
+    plan = plan_packs(members, cfg.shards.target_mb, cfg.shards.pack_max_rows)
     buckets = _buckets(cfg)
     shard_dir = run_dir / "shards"
     shard_dir.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Packed shard files: the rows of many videos in files of about `shards.target_mb`.
+"""Packed shard files: the rows of many videos in files of about `shards.target_mb` (and at most
+`shards.pack_max_rows` rows).
 
 Each video's clips step writes its rows into small per-video files (`curation.shards.ShardWriter`), which are
 complete under their final names the moment the step's record commits. At the end of a run, `pack_shards` copies
@@ -91,24 +92,31 @@ def _is_candidate(name: str) -> bool:
     return hashlib.blake2b(name.encode(), digest_size=2).digest()[0] % CANDIDATE_ONE_IN == 0
 
 
-def group_members(members: Sequence[Member], target_bytes: int) -> list[list[Member]]:
-    """Split `members` (in order) into consecutive groups of about `target_bytes`: a group ends before a member that
-    would take it past the target, or after a candidate member (a hash of its name) once it holds MIN_FILL of the
-    target. A member larger than the target is a group of its own. Every group is non-empty."""
-    if target_bytes <= 0:
-        raise ValueError("target_bytes must be positive")
+def group_members(members: Sequence[Member], target_bytes: int, max_rows: int = 0) -> list[list[Member]]:
+    """Split `members` (in order) into consecutive groups of about `target_bytes` and, with `max_rows` > 0, at most
+    that many rows: a group ends before a member that would take it past either, or after a candidate member (a
+    hash of its name) once it holds MIN_FILL of either. A member past them alone is a group of its own. Every group
+    is non-empty.
+
+    Why a row cap: a pack keeps its members' row groups (a few clips each), and a Parquet reader holds the whole
+    footer, about 1 kB per row group and column, for as long as the file is open. Rows without video bytes (metadata
+    runs, small latents) would otherwise fill a 512 MB pack with ~100 k clips: a 100 MB footer that takes ~0.7 GB
+    to open, in every step that reads the shards."""
+    if target_bytes <= 0 or max_rows < 0:
+        raise ValueError("target_bytes must be positive and max_rows >= 0")
+    row_cap = max_rows if max_rows > 0 else float("inf")
     groups: list[list[Member]] = []
     current: list[Member] = []
-    size = 0
+    size = rows = 0
     for m in members:
-        if current and size + m.bytes > target_bytes:
+        if current and (size + m.bytes > target_bytes or rows + m.rows > row_cap):
             groups.append(current)
-            current, size = [], 0
+            current, size, rows = [], 0, 0
         current.append(m)
-        size += m.bytes
-        if size >= MIN_FILL * target_bytes and _is_candidate(m.name):
+        size, rows = size + m.bytes, rows + m.rows
+        if (size >= MIN_FILL * target_bytes or rows >= MIN_FILL * row_cap) and _is_candidate(m.name):
             groups.append(current)
-            current, size = [], 0
+            current, size, rows = [], 0, 0
     if current:
         groups.append(current)
     return groups
@@ -123,9 +131,10 @@ def pack_name(members: Sequence[Member]) -> str:
     return f"{PACK_PREFIX}{digest.hexdigest()}.parquet"
 
 
-def plan_packs(members: Sequence[Member], target_mb: float) -> PackPlan:
-    """The deterministic pack plan of `members` (per-video files in run order) at `target_mb`."""
-    groups = group_members(members, max(1, int(target_mb * 2**20)))
+def plan_packs(members: Sequence[Member], target_mb: float, max_rows: int = 0) -> PackPlan:
+    """The deterministic pack plan of `members` (per-video files in run order) at `target_mb` and `max_rows` rows
+    (0: no row cap)."""
+    groups = group_members(members, max(1, int(target_mb * 2**20)), max_rows)
     return PackPlan(tuple((pack_name(g), tuple(g)) for g in groups))
 
 
@@ -238,11 +247,13 @@ def pack_shards(
     compression_level: int | None = None,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    max_rows: int = 0,
 ) -> tuple[list[PackFile], dict[str, tuple[str, int]]]:
-    """Make sure every pack of the plan of `members` exists in `shard_dir`; returns the packs (manifest entries,
-    in order) and each member's (pack, row offset). Nothing is deleted here (see `remove_unlisted`)."""
+    """Make sure every pack of the plan of `members` (`plan_packs`) exists in `shard_dir`; returns the packs
+    (manifest entries, in order) and each member's (pack, row offset). Nothing is deleted here (see
+    `remove_unlisted`)."""
     shard_dir = Path(shard_dir)
-    plan = plan_packs(members, target_mb)
+    plan = plan_packs(members, target_mb, max_rows)
     todo = [(name, group) for name, group in plan.packs if not (shard_dir / name).exists()]
     if todo:
         wanted = {m.name for _, group in todo for m in group}

@@ -33,6 +33,9 @@ class ShardConfig:
     """Shard file layout."""
 
     target_mb: float = 512.0  # packed shard files: about this size, rows of many videos each
+    # ... and at most this many rows: a reader holds a file's whole footer (~1 kB per row group and column), so
+    # packs of small rows (no video bytes) stay cheap to open; 0 = no cap
+    pack_max_rows: int = 8192
     rows_per_shard: int = 256  # per-video files a clips step writes before packing
     row_group_rows: int = 16  # small groups: a reader holds one group of clips in memory at a time
     tensor_compression: str = "zstd"  # for frame tensors; none | zstd | lz4 | snappy
@@ -41,6 +44,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.rows_per_shard < 1 or not 1 <= self.row_group_rows <= self.rows_per_shard:
             raise ValueError("shards needs rows_per_shard >= 1 and 1 <= row_group_rows <= rows_per_shard")
+        if self.pack_max_rows < 0:
+            raise ValueError(f"shards.pack_max_rows must be >= 0 (0 = no cap), got {self.pack_max_rows}")
         if not 0 < self.target_mb <= 1 << 20:
             raise ValueError(f"shards.target_mb must be in (0, 1048576], got {self.target_mb}")
         if self.tensor_compression not in ("none", "zstd", "lz4", "snappy"):

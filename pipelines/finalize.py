@@ -270,6 +270,7 @@ def pack_run(run_dir: Path, data: Collected, cfg: RunConfig) -> None:
         cfg.shards.tensor_compression_level,
         workers=min(4, os.cpu_count() or 1),
         progress=progress,
+        max_rows=cfg.shards.pack_max_rows,
     )
     data.clips.relocate(where)
     data.packs = packs

@@ -49,6 +49,31 @@ def test_groups_keep_order_cover_everything_and_respect_the_target():
     assert group_members(members, target) == groups  # a pure function
 
 
+def test_packs_of_small_rows_stop_at_the_row_cap():
+    """Rows with no video bytes would put a whole run in one pack (a footer of ~1 kB per row group and column that
+    every reader holds): the row cap ends packs first, with the same content-defined boundaries."""
+    rng = np.random.default_rng(2)
+    members = [Member(f"v{i:05d}-0000.parquet", int(r), 40 * int(r)) for i, r in enumerate(rng.integers(1, 16, 20000))]
+    groups = group_members(members, 512 * MB, max_rows=1000)
+    assert [m for g in groups for m in g] == members
+    rows = [sum(m.rows for m in g) for g in groups]
+    assert max(rows) <= 1000 and len(groups) >= sum(rows) // 1000
+    assert np.median(rows[:-1]) >= MIN_FILL * 1000 * 0.9  # filled by rows now, not by bytes
+    assert group_members(members, 512 * MB) == [members]  # no cap: one pack, as before
+    # an inserted video usually changes only the packs around it (content-defined boundaries, as with bytes: now
+    # and then two chains of boundaries take a while to meet again)
+    before = {name for name, _ in plan_packs(members, 512.0, 1000).packs}
+    changed = []
+    for k in range(6):
+        inserted = [*members[: 1000 + 3000 * k], Member(f"inserted{k}.parquet", 9, 360), *members[1000 + 3000 * k :]]
+        changed.append(sum(name not in before for name, _ in plan_packs(inserted, 512.0, 1000).packs))
+    assert sorted(changed)[3] <= 3 and len(before) > 200, changed
+    with pytest.raises(ValueError):
+        group_members(members, 100, max_rows=-1)
+    big = group_members([Member("a", 5000, 10), Member("b", 3, 10)], 100_000, max_rows=1000)
+    assert [len(g) for g in big] == [1, 1]  # a member past the cap alone
+
+
 def test_a_member_larger_than_the_target_is_a_pack_of_its_own():
     members = member_list([10, 5000, 10])
     groups = group_members(members, 100)
