@@ -48,11 +48,10 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
     first_uri_of: dict[str, str] = {}
     for row in inputs:
         key = row["key"]
-        if not work.done("ingest", key):
+        if (video := work.find("ingest", key)) is None:
             if "ingest" in attempted:
                 out.note_crash(work, "ingest", row)
             continue
-        video = work.load("ingest", key)
         out.note_record("ingest", key, video)
         out.videos.append({k: video.get(k) for k in VIDEOS.names})
         if video.get("error"):
@@ -73,12 +72,11 @@ def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) 
 def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attempted: tuple[str, ...]) -> None:
     key, ids = row["key"], {"video_id": video["video_id"], "source_uri": video["source_uri"]}
     for step in ("scenes", "clips"):
-        if not work.done(step, key):
+        if (record := work.find(step, key)) is None:
             out.ready[step].append(row)
             if step in attempted:
                 out.note_crash(work, step, {**video, "key": key})
             return
-        record = work.load(step, key)
         out.note_record(step, key, record)
         out.rejected.extend(record.get("rejected", []))
         if step == "scenes":

@@ -10,6 +10,7 @@ the step's outputs are complete.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -64,6 +65,7 @@ class WorkDir:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "_work"
         self._indexes: dict[str, RecordIndex] = {}
+        self._dirs: dict[str, str] = {}
 
     def __reduce__(self) -> tuple:
         # Ray ships step functions holding a WorkDir to every worker: send the path, never a loaded index.
@@ -102,6 +104,25 @@ class WorkDir:
             if index.refresh(force=True) and (record := index.read(key)) is not None:  # compacted meanwhile
                 return record
             raise
+
+    def find(self, step: str, key: str) -> dict[str, Any] | None:
+        """The record of (step, input), or None when it has none: `done` and `load` in one lookup (finalize reads
+        every record of a run this way: one open per small file, no existence check before it)."""
+        index = self.compacted(step)
+        if (record := index.read(key)) is not None:
+            return record
+        try:
+            with open(os.path.join(self._step_dir(step), f"{key}.json"), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            if index.refresh(force=True):  # compacted meanwhile
+                return index.read(key)
+            return None
+
+    def _step_dir(self, step: str) -> str:
+        if (found := self._dirs.get(step)) is None:
+            found = self._dirs[step] = str(self.root / step)
+        return found
 
     def save(self, step: str, key: str, record: dict[str, Any]) -> bool:
         """Commit the record of (step, input) unless one is there already: the first finished attempt wins. A second

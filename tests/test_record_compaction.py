@@ -63,8 +63,10 @@ def assert_reads(work: WorkDir, step: str, records: dict[str, dict]) -> None:
     for key, record in records.items():
         assert work.done(step, key)
         assert work.load(step, key) == record
+        assert work.find(step, key) == record  # done and load in one lookup (finalize's)
         assert not work.save(step, key, {"other": True})  # the record stands, in whichever form
     assert not work.done(step, "f" * 16)
+    assert work.find(step, "f" * 16) is None
     with pytest.raises(FileNotFoundError):
         work.load(step, "f" * 16)
 
@@ -80,6 +82,7 @@ def test_done_load_save_are_the_same_before_and_after(tmp_path: Path):
     assert small_files(tmp_path) == []
     key = key_of(3)
     assert list(WorkDir(tmp_path).load("clips", key)) == list(json.loads(json.dumps(record_of(3), sort_keys=True)))
+    assert list(WorkDir(tmp_path).find("clips", key)) == list(WorkDir(tmp_path).load("clips", key))
 
 
 def test_a_workdir_that_looked_before_the_compaction_still_reads_everything(tmp_path: Path):
