@@ -175,15 +175,20 @@ def auto_nlist(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // 32))
 
 
-def pca_basis(embeddings: np.ndarray, dims: int, seed: int, sample: int = 65536) -> np.ndarray | None:
+def pca_basis(
+    embeddings: np.ndarray, dims: int, seed: int, sample: int = 65536, block_rows: int = 8192
+) -> np.ndarray | None:
     """(D, dims) orthonormal top eigenvectors of X^T X over a sample of unit rows; None when dims keeps all of D."""
     n, d = embeddings.shape
     if dims <= 0 or dims >= d:
         return None
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
-    x, usable = unit_rows(take_rows(embeddings, rows))
-    x = x[usable].astype(np.float64)
-    _, vectors = np.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    gram = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, len(rows), block_rows):  # in blocks: the whole sample in float64 is 0.4 GB at 768-d
+        x, usable = unit_rows(take_rows(embeddings, rows[start : start + block_rows]))
+        x = x[usable].astype(np.float64)
+        gram += x.T @ x
+    _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
     return np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
 
 

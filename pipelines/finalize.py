@@ -145,24 +145,37 @@ def filter_clips(data: Collected, cfg: FilterConfig, run_dir: Path) -> dict[str,
     return out
 
 
-def clip_embeddings(data: Collected, run_dir: Path, name: str = "clip_embedding") -> np.ndarray | None:
-    """The kept clips' `name` tensors as an (n, d) float16 array on disk (a memmap in the collection's folder:
-    10 M clips of 768 values are 15 GB), NaN rows where a clip has none; None when no clip has one."""
+def clip_embeddings(
+    data: Collected, run_dir: Path, name: str = "clip_embedding", remap_rows: int = 65536
+) -> np.ndarray | None:
+    """The kept clips' `name` tensors as an (n, d) float16 array on disk (a read-only memmap in the collection's
+    folder: 10 M clips of 768 values are 15 GB), NaN rows where a clip has none; None when no clip has one.
+
+    A mapping's written pages stay in the process's resident set until it is closed: the file is written through a
+    mapping that is flushed and reopened every `remap_rows` rows, and what is returned is a fresh read-only one, so
+    the embeddings cost page cache, not resident memory (1.5 GB at 1 M clips before)."""
     where = _tensor_rows(data)
     seen = np.zeros(len(where[1]), dtype=bool)
-    out: list[np.ndarray] = []
+    path = data.folder / f"{name}.npy"
+    state: dict[str, Any] = {"out": None, "puts": 0}
 
     def put(i: int, found: list[np.ndarray | None]) -> None:
-        if not out:  # the width comes from the first tensor found
+        if state["out"] is None:  # the width comes from the first tensor found
             shape = (len(seen), found[0].size)
-            out.append(np.lib.format.open_memmap(data.folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape))
-        out[0][i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads them
+            state["out"] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+        elif state["puts"] % remap_rows == 0:  # written pages leave the resident set with their mapping
+            state["out"].flush()
+            state["out"] = np.load(path, mmap_mode="r+")
+        state["out"][i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads
+        state["puts"] += 1
 
     visit_tensors(run_dir, *where, (name,), put)
-    if not out:
+    if state["out"] is None:
         return None
-    out[0][np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once
-    return out[0]
+    state["out"][np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once
+    state["out"].flush()
+    state["out"] = None
+    return np.load(path, mmap_mode="r")
 
 
 def remove_duplicates(data: Collected, cfg: DedupConfig, run_dir: Path) -> dict[str, Any] | None:
