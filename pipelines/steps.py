@@ -115,9 +115,9 @@ class WorkDir:
             with open(os.path.join(self._step_dir(step), f"{key}.json"), "rb") as f:
                 return json.loads(f.read())
         except FileNotFoundError:
-            if index.refresh(force=True):  # compacted meanwhile
-                return index.read(key)
-            return None
+            # no record, or compacted meanwhile: one stat decides, as in `done` (an input without a record, common in
+            # a retry round, must not cost a listing of the batch folder)
+            return index.read(key) if index.refresh() else None
 
     def _step_dir(self, step: str) -> str:
         if (found := self._dirs.get(step)) is None:
