@@ -53,8 +53,8 @@ from annotators.camera_geometry import (
     correspondences,
     decompose_translation,
     essential_matrix,
+    homography_rotation,
     independent_movers,
-    nearest_rotation,
     radial_parallax,
 )
 from annotators.motion import pair_intervals
@@ -205,6 +205,11 @@ def estimate_step(
         if background is not None:
             hom, h_mask, tracked = *background, True
             h_inliers = float(h_mask.mean())
+    h_in = h_mask.ravel().astype(bool)
+
+    def rotation_step(confidence: float) -> StepMotion:  # the homography's camera rotation, for the next step too
+        return StepMotion(homography_rotation(hom, k), np.zeros(3), 0.0, confidence, "rotation", hom)
+
     # Model selection. An essential matrix always fits at least as well as a homography (it constrains a point to
     # a line, not a point), by a few percent on noisy flow. Only parallax, i.e. translation past scene depth, makes
     # a homography miss a large share of the points that the essential matrix explains. When the homography leaves
@@ -214,7 +219,7 @@ def estimate_step(
     essential, e_mask = essential_matrix(p1, p2, k, cfg) if could_gain else (None, None)
     e_inliers = float(e_mask.mean()) if essential is not None else 0.0
     if e_inliers - h_inliers >= cfg.parallax_inlier_gain and independent_movers(
-        p1, p2, hom, h_mask.ravel().astype(bool), e_mask.ravel().astype(bool), cfg,
+        p1, p2, hom, h_in, e_mask.ravel().astype(bool), cfg,
         cfg.mover_max_area_tracked if tracked else None,
     ):  # fmt: skip
         e_inliers = h_inliers  # the gain is one object's own motion: the background says rotation
@@ -228,22 +233,20 @@ def estimate_step(
         e_inliers = float(e_mask.mean()) if essential is not None else 0.0
         radial = radial if essential is not None else None
     if not gained and radial is None:
-        rotation = nearest_rotation(np.linalg.inv(k) @ hom @ k).T  # H = K R^T K^-1 for camera rotation R
-        return StepMotion(rotation, np.zeros(3), 0.0, texture_conf * h_inliers, "rotation", hom)
+        return rotation_step(texture_conf * h_inliers)
     moving = decompose_translation(essential, e_mask, p1, p2, k, moved)
     if moving is None and radial is None:  # the inlier gain led here: is it a dolly, with objects moving in view?
         radial = radial_parallax(p1, p2, hom, size, cfg)
     if moving is None and radial is not None:
         # A second try on the scene's points only (the dominant depth and the parallax about the epipole): an
         # essential matrix fit to every point can absorb objects moving in view and decompose a dolly wrongly
-        scene = h_mask.ravel().astype(bool) | radial
+        scene = h_in | radial
         refit, refit_mask = essential_matrix(p1[scene], p2[scene], k, cfg)
         if refit is not None:
             moving = decompose_translation(refit, refit_mask, p1[scene], p2[scene], k, moved)
             e_inliers = float(refit_mask.sum()) / len(p1)  # a share of all the points, for the confidence
     if moving is None:  # no decomposition that removes motion by removing its rotation: trust the homography
-        rotation = nearest_rotation(np.linalg.inv(k) @ hom @ k).T
-        return StepMotion(rotation, np.zeros(3), 0.0, 0.5 * texture_conf * h_inliers, "rotation", hom)
+        return rotation_step(0.5 * texture_conf * h_inliers)
     rotation, translation, parallax = moving
     return StepMotion(rotation, translation, parallax, texture_conf * e_inliers, "translation")
 

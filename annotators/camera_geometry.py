@@ -158,6 +158,11 @@ def nearest_rotation(m: np.ndarray) -> np.ndarray:
     return r if np.linalg.det(r) > 0 else u @ np.diag([1.0, 1.0, -1.0]) @ vt
 
 
+def homography_rotation(hom: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """The camera rotation R of an image homography H = K R^T K^-1 (pure rotation), projected onto SO(3)."""
+    return nearest_rotation(np.linalg.inv(k) @ hom @ k).T
+
+
 def essential_matrix(
     p1: np.ndarray, p2: np.ndarray, k: np.ndarray, cfg: CameraConfig
 ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:

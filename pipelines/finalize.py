@@ -157,24 +157,25 @@ def clip_embeddings(
     where = _tensor_rows(data)
     seen = np.zeros(len(where[1]), dtype=bool)
     path = data.folder / f"{name}.npy"
-    state: dict[str, Any] = {"out": None, "puts": 0}
+    out: np.memmap | None = None
+    written = 0
 
     def put(i: int, found: list[np.ndarray | None]) -> None:
-        if state["out"] is None:  # the width comes from the first tensor found
-            shape = (len(seen), found[0].size)
-            state["out"] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-        elif state["puts"] % remap_rows == 0:  # written pages leave the resident set with their mapping
-            state["out"].flush()
-            state["out"] = np.load(path, mmap_mode="r+")
-        state["out"][i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads
-        state["puts"] += 1
+        nonlocal out, written
+        if out is None:  # the width comes from the first tensor found
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(seen), found[0].size))
+        elif written % remap_rows == 0:  # written pages leave the resident set with their mapping
+            out.flush()
+            out = np.load(path, mmap_mode="r+")
+        out[i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads them
+        written += 1
 
     visit_tensors(run_dir, *where, (name,), put)
-    if state["out"] is None:
+    if out is None:
         return None
-    state["out"][np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once
-    state["out"].flush()
-    state["out"] = None
+    out[np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once
+    out.flush()
+    del out
     return np.load(path, mmap_mode="r")
 
 

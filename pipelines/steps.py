@@ -93,21 +93,18 @@ class WorkDir:
         return self.root / step / f"{key}.attempts"
 
     def load(self, step: str, key: str) -> dict[str, Any]:
-        """The record of (step, input); FileNotFoundError when it has none. The consolidated copy comes first: a
-        compaction killed before deleting the small file leaves an identical one."""
-        index = self.compacted(step)
-        if (record := index.read(key)) is not None:
-            return record
-        try:
-            return read_json(self.record_path(step, key))
-        except FileNotFoundError:
-            if index.refresh(force=True) and (record := index.read(key)) is not None:  # compacted meanwhile
-                return record
-            raise
+        """The record of (step, input); FileNotFoundError when it has none (a record expected to be there: a miss
+        lists the batch folder, in case the small file was compacted meanwhile)."""
+        if (record := self.find(step, key, sure=True)) is None:
+            raise FileNotFoundError(self.record_path(step, key))
+        return record
 
-    def find(self, step: str, key: str) -> dict[str, Any] | None:
+    def find(self, step: str, key: str, sure: bool = False) -> dict[str, Any] | None:
         """The record of (step, input), or None when it has none: `done` and `load` in one lookup (finalize reads
-        every record of a run this way: one open per small file, no existence check before it)."""
+        every record of a run this way: one open per small file, no existence check before it). The consolidated
+        copy comes first: a compaction killed before deleting the small file leaves an identical one. A missing
+        small file may have been compacted meanwhile: one stat decides, as in `done` (an input without a record,
+        common in a retry round, must not cost a listing of the batch folder), or a listing when `sure`."""
         index = self.compacted(step)
         if (record := index.read(key)) is not None:
             return record
@@ -115,9 +112,7 @@ class WorkDir:
             with open(os.path.join(self._step_dir(step), f"{key}.json"), "rb") as f:
                 return json.loads(f.read())
         except FileNotFoundError:
-            # no record, or compacted meanwhile: one stat decides, as in `done` (an input without a record, common in
-            # a retry round, must not cost a listing of the batch folder)
-            return index.read(key) if index.refresh() else None
+            return index.read(key) if index.refresh(force=sure) else None
 
     def _step_dir(self, step: str) -> str:
         if (found := self._dirs.get(step)) is None:

@@ -34,6 +34,7 @@ from pipelines.samples.motion import build_motion
 from pipelines.samples.specs import MOTION_FAMILIES
 
 NAMES = [s.name for s in MOTION_SPECS]
+DEFAULT_PRESET = ["buckets.aspect_ratios=[]"]  # the default preset's fixed 256x256x16 shape
 Decoded = tuple[dict[str, Any], np.ndarray]
 
 
@@ -47,7 +48,7 @@ def motion_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def annotated(motion_corpus: Path) -> Callable[[str], tuple[dict[str, Any], dict[str, Any]]]:
     """(truth, annotate_file's output) of a clip at the default preset's fixed 256x256x16 shape, once per clip."""
-    cfg = load_config(None, ["buckets.aspect_ratios=[]"])
+    cfg = load_config(None, DEFAULT_PRESET)
     cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _annotated(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -220,9 +221,9 @@ def test_events_under_every_camera_motion_at_the_default_preset(motion_corpus: P
         assert out["event_confidence"] < 0.5 or out["event_diffuse"], out["event_confidence"]
         return
     info = probe_video(str(motion_corpus / truth["file"]))
-    cfg = load_config(None, ["buckets.aspect_ratios=[]"])
+    frames = load_config(None, DEFAULT_PRESET).frames
     indices = out["frame_indices"]
-    sizes = (info.width, info.height), decode_size(info.width, info.height, cfg.frames), (256, 256)
+    sizes = (info.width, info.height), decode_size(info.width, info.height, frames), (frames.width, frames.height)
     expected = true_event_window(truth, int(indices[0]), int(indices[-1]), sizes)
     found = (out["event_start_frame"], out["event_end_frame"]) if out["event_start_frame"] is not None else None
     assert interval_iou(found, expected) >= 0.9, (found, expected)
