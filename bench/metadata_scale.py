@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, help="write the run here and keep it (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "metadata_scale.json")
     p.add_argument("--tag", default="")
-    p.add_argument("--pack-rows", type=int, default=16, help="--tables-only: rows per row group of the packs")
+    p.add_argument(
+        "--pack-rows", type=int, default=0, help="--tables-only: rows per row group of the packs (0: as finalize packs)"
+    )
     p.add_argument("--max-rss-mb", type=float, default=12000, help="kill a step past this RSS (0: never)")
     p.add_argument("--reuse", action="store_true", help="with --keep: reuse a run a previous call synthesised")
     p.add_argument("--in-process", action="store_true", help="run the steps in this process (RSS not per step)")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from curation.ids import clip_id, shard_name, uri_key  # noqa: E402
-from curation.packing import Member, pack_schema, plan_packs  # noqa: E402
+from curation.packing import Member, RowGroups, pack_schema, plan_packs  # noqa: E402
 from curation.schema import CLIPS, SCHEMA_VERSION, shard_schema  # noqa: E402
 from curation.shards import DICTIONARY_COLUMNS  # noqa: E402
 from curation.tables import atomic_write_json  # noqa: E402
@@ -138,6 +138,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
     video_at, group_base, inputs = 0, 0, []
     for name, pack_members in plan.packs:
         writer = _pack_writer(shard_dir / name, schema, pack_members)
+        row_groups = RowGroups(writer, int(cfg.shards.row_group_mb * 2**20))
         for start in range(0, len(pack_members), VIDEO_BLOCK):
             block = range(video_at + start, video_at + min(len(pack_members), start + VIDEO_BLOCK))
             rows, synth = _write_block(run_dir, block, counts, video_ids, rng, dim, (mean, basis), buckets, inputs)
@@ -147,9 +148,10 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
             truth.write_table(pa.Table.from_pydict(truth_cols, schema=truth_schema))
             table = pa.Table.from_pydict({f.name: rows.get(f.name) for f in schema}, schema=schema)
             offsets = np.concatenate([[0], np.cumsum(counts[list(block)])])
-            for i in range(len(block)):  # one row group per member file (each holds <= 16 rows): packing keeps them
-                writer.write_table(table.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i])))
+            for i in range(len(block)):  # member by member into row groups, as write_pack coalesces them
+                row_groups.write(table.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i])))
             _check_disk(run_dir)
+        row_groups.close()
         writer.close()
         video_at += len(pack_members)
     truth.close()

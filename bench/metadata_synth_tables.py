@@ -30,7 +30,7 @@ from metadata_synth import (  # noqa: E402
 )
 
 from curation.ids import shard_name  # noqa: E402
-from curation.packing import Member, plan_packs  # noqa: E402
+from curation.packing import Member, RowGroups, plan_packs  # noqa: E402
 from curation.schema import CLIPS, shard_schema  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def _lists(values: np.ndarray, lengths: np.ndarray, kind: pa.DataType) -> pa.Lis
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, kind))
 
 
-def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 16) -> dict[str, Any]:
+def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 0) -> dict[str, Any]:
     """The run directory as finalize leaves it (videos, scenes, clips, rejected tables, packed shards without
     embeddings, manifest, _run.json) for n clips, column-wise in blocks: for the steps after finalize at sizes whose
     per-input records would not fit on the disk. About 4% of clips are in near-duplicate groups whose non-first
@@ -77,6 +77,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
     uris_digest = []  # inputs_hash needs every URI: kept as a list of the block prefixes' strings
     for name, pack_members in plan.packs:
         writer = _pack_writer(shard_dir / name, schema, pack_members)
+        row_groups = RowGroups(writer, int(cfg.shards.row_group_mb * 2**20))
         pack_row = 0
         for start in range(0, len(pack_members), 8 * VIDEO_BLOCK):
             stop = min(len(pack_members), start + 8 * VIDEO_BLOCK)
@@ -172,9 +173,12 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
                 "noise_seed": np.arange(clip_at, clip_at + n),
                 "noise_warper_version": pa.array(["1"] * n, pa.string()),
             }
-            # 16 rows per group by default: what a per-video file's groups hold at most (shards.row_group_rows), so the
-            # footers are at their smallest for the layout packing keeps; --pack-rows shows a coalesced layout
-            writer.write_table(_typed(shard_cols, schema), row_group_size=pack_rows)
+            shard_table = _typed(shard_cols, schema)
+            if pack_rows:  # a fixed layout (--pack-rows), to compare with
+                writer.write_table(shard_table, row_group_size=pack_rows)
+            else:  # member by member into row groups, as write_pack coalesces them
+                for first, rows in zip((np.cumsum(per) - per).tolist(), per.tolist(), strict=True):
+                    row_groups.write(shard_table.slice(first, rows))
             _check_disk(run_dir)
             hex_hashes = [f"{x:016x}" for x in hashes.ravel().tolist()]
             keep = np.ones(n, bool)
@@ -247,6 +251,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 1
             clip_at += n
             kept_total += int(keep.sum())
             dropped_total += len(dropped)
+        row_groups.close()
         writer.close()
         packs.append(PackFile(name, pack_row, (shard_dir / name).stat().st_size, len(pack_members)))
         video_at += len(pack_members)

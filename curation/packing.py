@@ -3,8 +3,9 @@
 
 Each video's clips step writes its rows into small per-video files (`curation.shards.ShardWriter`), which are
 complete under their final names the moment the step's record commits. At the end of a run, `pack_shards` copies
-them, in the run's sorted input order, into `part-<digest>.parquet` files and the per-video files go away
-once the manifest that lists the packs is written.
+them, in the run's sorted input order, into `part-<digest>.parquet` files (row groups of about
+`shards.row_group_mb` of consecutive rows, `RowGroups`) and the per-video files go away once the manifest that
+lists the packs is written.
 
 Guarantees, which resume and snapshots rely on:
 - **Deterministic.** The plan is a pure function of the ordered per-video files (name, rows, bytes) and the target;
@@ -50,6 +51,7 @@ MEMBERS_KEY = b"curation.pack_members"  # footer key: JSON list of [member file 
 # packs hold 78 % of the target on average; one in four at 75 % fill changed 10 (at most 51).
 CANDIDATE_ONE_IN = 3
 MIN_FILL = 0.6
+DEFAULT_GROUP_BYTES = 8 << 20  # shards.row_group_mb's default: a pack's row groups hold about this much data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +100,10 @@ def group_members(members: Sequence[Member], target_bytes: int, max_rows: int = 
     hash of its name) once it holds MIN_FILL of either. A member past them alone is a group of its own. Every group
     is non-empty.
 
-    Why a row cap: a pack keeps its members' row groups (a few clips each), and a Parquet reader holds the whole
-    footer, about 1 kB per row group and column, for as long as the file is open. Rows without video bytes (metadata
-    runs, small latents) would otherwise fill a 512 MB pack with ~100 k clips: a 100 MB footer that takes ~0.7 GB
-    to open, in every step that reads the shards."""
+    Why a row cap: rows without video bytes (metadata runs, small latents) would otherwise fill a 512 MB pack with
+    ~100 k clips, so a run of a million clips would be a handful of files (little for parallel readers to split) and
+    an inserted video would rewrite a pack of ~100 k rows. (Footers no longer need it: `RowGroups` coalesces the
+    members' rows, where a pack once kept one row group per member.)"""
     if target_bytes <= 0 or max_rows < 0:
         raise ValueError("target_bytes must be positive and max_rows >= 0")
     row_cap = max_rows if max_rows > 0 else float("inf")
@@ -178,18 +180,75 @@ def _compression(meta: pq.FileMetaData) -> dict[str, str]:
     return codecs
 
 
-def _row_groups(path: Path, first: int, rows: int) -> list[pa.Table]:
-    """Rows [first, first + rows) of `path`, as tables along its row-group boundaries."""
-    pf = pq.ParquetFile(path)
-    out, start = [], 0
-    for g in range(pf.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        lo, hi = max(first, start), min(first + rows, start + n)
-        if lo < hi:
-            table = pf.read_row_group(g)
-            out.append(table.slice(lo - start, hi - lo))
-        start += n
-    return out
+class _SourceRows:
+    """Reads members' rows from their current files: the last file opened and the last row group read are kept, so
+    the members of a coalesced row group (an older pack's) cost one read of it, not one per member."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._file: pq.ParquetFile | None = None
+        self._starts: list[int] = []
+        self._group: tuple[int, pa.Table] | None = None
+
+    def _open(self, path: Path) -> pq.ParquetFile:
+        if self._path != path or self._file is None:
+            self._file = pq.ParquetFile(path)
+            meta = self._file.metadata
+            self._starts = [0]
+            for g in range(meta.num_row_groups):
+                self._starts.append(self._starts[-1] + meta.row_group(g).num_rows)
+            self._path, self._group = path, None
+        return self._file
+
+    def read(self, path: Path, first: int, rows: int) -> list[pa.Table]:
+        """Rows [first, first + rows) of `path`, as tables along its row-group boundaries."""
+        pf = self._open(path)
+        out = []
+        for g in range(pf.num_row_groups):
+            start, stop = self._starts[g], self._starts[g + 1]
+            lo, hi = max(first, start), min(first + rows, stop)
+            if lo < hi:
+                if self._group is None or self._group[0] != g:
+                    self._group = (g, pf.read_row_group(g))
+                out.append(self._group[1].slice(lo - start, hi - lo))
+        return out
+
+
+class RowGroups:
+    """Writes tables to a Parquet writer as row groups of consecutive rows (of one member or several) holding at
+    least `group_bytes` of data, where there is that much: a table is never split, so a group holds at most what
+    was buffered when it crossed `group_bytes`. `close` writes the rest.
+
+    Why: a reader holds a file's whole footer, about 1 kB per row group and column, while the file is open. One
+    row group per member (a few clips each) made the footers of a 1 M-clip run hold 125 k row groups: gigabytes for
+    a snapshot or the loader to open. Rows with video bytes still get groups of a few clips."""
+
+    def __init__(self, writer: pq.ParquetWriter, group_bytes: int) -> None:
+        if group_bytes < 1:
+            raise ValueError(f"group_bytes must be >= 1, got {group_bytes}")
+        self.writer, self.group_bytes = writer, group_bytes
+        self._pending: list[pa.Table] = []
+        self._bytes = 0
+        self.groups = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._bytes += table.nbytes
+        if self._bytes >= self.group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered as one row group."""
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self.writer.write_table(table, row_group_size=table.num_rows)
+        self._pending, self._bytes = [], 0
+        self.groups += 1
+
+    close = flush
 
 
 def pack_schema(schema: pa.Schema, members: Sequence[Member]) -> pa.Schema:
@@ -204,8 +263,10 @@ def write_pack(
     members: Sequence[Member],
     sources: dict[str, tuple[Path, int, int]],
     compression_level: int | None,
+    group_bytes: int = DEFAULT_GROUP_BYTES,
 ) -> PackFile:
-    """Copy the members' rows, in order and along their row groups, into pack `name` (temp file, then rename)."""
+    """Copy the members' rows, in order, into pack `name` (temp file, then rename), in row groups of about
+    `group_bytes` (`RowGroups`)."""
     final = shard_dir / name
     first = sources[members[0].name][0]
     meta = pq.read_metadata(first)
@@ -216,6 +277,7 @@ def write_pack(
     dictionary = [c for c in DICTIONARY_COLUMNS if c in schema.names]
     tmp = temp_path(final)
     rows = 0
+    reader = _SourceRows()
     try:
         with pq.ParquetWriter(
             tmp,
@@ -225,15 +287,17 @@ def write_pack(
             use_dictionary=dictionary or False,
             write_statistics=[f.name for f in SHARD_META if f.name in schema.names],
         ) as writer:
+            groups = RowGroups(writer, group_bytes)
             for m in members:
                 path, start, count = sources[m.name]
                 if count != m.rows:
                     raise ValueError(f"{path} holds {count} rows of {m.name}, its record says {m.rows}")
-                for table in _row_groups(path, start, count):
+                for table in reader.read(path, start, count):
                     if table.schema.remove_metadata() != schema.remove_metadata():
                         raise ValueError(f"{m.name}: its columns differ from {members[0].name}'s; cannot pack them")
-                    writer.write_table(table.replace_schema_metadata(schema.metadata))
+                    groups.write(table.replace_schema_metadata(schema.metadata))
                     rows += table.num_rows
+            groups.close()
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -248,10 +312,11 @@ def pack_shards(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     max_rows: int = 0,
+    group_mb: float = DEFAULT_GROUP_BYTES / 2**20,
 ) -> tuple[list[PackFile], dict[str, tuple[str, int]]]:
-    """Make sure every pack of the plan of `members` (`plan_packs`) exists in `shard_dir`; returns the packs
-    (manifest entries, in order) and each member's (pack, row offset). Nothing is deleted here (see
-    `remove_unlisted`)."""
+    """Make sure every pack of the plan of `members` (`plan_packs`) exists in `shard_dir`, its row groups of about
+    `group_mb` (`RowGroups`); returns the packs (manifest entries, in order) and each member's (pack, row offset).
+    Nothing is deleted here (see `remove_unlisted`)."""
     shard_dir = Path(shard_dir)
     plan = plan_packs(members, target_mb, max_rows)
     todo = [(name, group) for name, group in plan.packs if not (shard_dir / name).exists()]
@@ -266,7 +331,10 @@ def pack_shards(
             )
         t0, done = time.perf_counter(), 0
         with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # pyarrow releases the GIL for I/O + codecs
-            futures = [pool.submit(write_pack, shard_dir, n, g, sources, compression_level) for n, g in todo]
+            group_bytes = max(1, int(group_mb * 2**20))
+            futures = [
+                pool.submit(write_pack, shard_dir, n, g, sources, compression_level, group_bytes) for n, g in todo
+            ]
             for future in cf.as_completed(futures):
                 future.result()
                 done += 1

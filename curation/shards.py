@@ -33,17 +33,21 @@ class ShardConfig:
     """Shard file layout."""
 
     target_mb: float = 512.0  # packed shard files: about this size, rows of many videos each
-    # ... and at most this many rows: a reader holds a file's whole footer (~1 kB per row group and column), so
-    # packs of small rows (no video bytes) stay cheap to open; 0 = no cap
+    # ... and at most this many rows, so small rows (no video bytes) still make several files; 0 = no cap
     pack_max_rows: int = 8192
     rows_per_shard: int = 256  # per-video files a clips step writes before packing
     row_group_rows: int = 16  # small groups: a reader holds one group of clips in memory at a time
+    # packed files: consecutive rows (of one video or many) in row groups of about this much data, so the footers
+    # stay small when rows are small (~1 kB per row group and column, held while a file is open)
+    row_group_mb: float = 8.0
     tensor_compression: str = "zstd"  # for frame tensors; none | zstd | lz4 | snappy
     tensor_compression_level: int = 1  # decode speed is the same at every zstd level, so spend little on writes
 
     def __post_init__(self) -> None:
         if self.rows_per_shard < 1 or not 1 <= self.row_group_rows <= self.rows_per_shard:
             raise ValueError("shards needs rows_per_shard >= 1 and 1 <= row_group_rows <= rows_per_shard")
+        if not 0 < self.row_group_mb <= 1024:
+            raise ValueError(f"shards.row_group_mb must be in (0, 1024], got {self.row_group_mb}")
         if self.pack_max_rows < 0:
             raise ValueError(f"shards.pack_max_rows must be >= 0 (0 = no cap), got {self.pack_max_rows}")
         if not 0 < self.target_mb <= 1 << 20:

@@ -283,6 +283,7 @@ def pack_run(run_dir: Path, data: Collected, cfg: RunConfig) -> None:
         workers=min(4, os.cpu_count() or 1),
         progress=progress,
         max_rows=cfg.shards.pack_max_rows,
+        group_mb=cfg.shards.row_group_mb,
     )
     data.clips.relocate(where)
     data.packs = packs

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curation.packing import (
     MIN_FILL,
     Member,
+    RowGroups,
     group_members,
     pack_shards,
     plan_packs,
@@ -179,6 +181,54 @@ def test_packing_again_writes_nothing_and_cleanup_keeps_what_is_listed(tmp_path)
     assert sorted(p.name for p in shard_dir.glob("*.parquet")) == sorted(stamps)
     # The per-video files are gone: the same plan still stands on the packs alone.
     assert pack_shards(shard_dir, members, 0.01)[0] == packs
+
+
+def test_row_groups_fill_to_the_group_size_without_splitting_a_table(tmp_path):
+    """Each group but the last holds at least group_bytes, and would not without its last table; rows keep their
+    order."""
+    rng = np.random.default_rng(5)
+    tables = [pa.table({"x": np.arange(n, dtype=np.int64) + 1000 * i}) for i, n in enumerate(rng.integers(1, 40, 60))]
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, tables[0].schema) as writer:
+        groups = RowGroups(writer, 1000)
+        for t in tables:
+            groups.write(t)
+        groups.write(tables[0].slice(0, 0))  # nothing: no empty group
+        groups.close()
+    pf = pq.ParquetFile(path)
+    assert pf.num_row_groups == groups.groups
+    assert pf.read().column("x").to_pylist() == [v for t in tables for v in t.column("x").to_pylist()]
+    sizes = iter([t.nbytes for t in tables])
+    for g in range(pf.num_row_groups):
+        rows, got = pf.metadata.row_group(g).num_rows, []
+        while rows > 0:
+            got.append(next(sizes))
+            rows -= got[-1] // 8
+        assert rows == 0
+        if g < pf.num_row_groups - 1:
+            assert sum(got) >= 1000 > sum(got[:-1])
+    with pytest.raises(ValueError):
+        RowGroups(writer, 0)
+
+
+def test_packs_coalesce_members_into_few_row_groups(tmp_path):
+    """Members of a few small rows each share row groups (footers stay small); with a small group size every group
+    still holds whole source tables and at least that much data."""
+    shard_dir = tmp_path / "shards"
+    members, truth = staged_run(shard_dir, videos=12)
+    row_bytes = 5 * 16 * 16 * 3
+    packs, _ = pack_shards(shard_dir, members, 64.0)
+    assert len(packs) == 1 and pq.read_metadata(shard_dir / packs[0].name).num_row_groups == 1
+    small_dir = tmp_path / "small" / "shards"
+    staged_run(small_dir, videos=12)
+    packs, where = pack_shards(small_dir, members, 64.0, group_mb=5 * row_bytes / MB)
+    meta = pq.read_metadata(small_dir / packs[0].name)
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert sum(rows) == len(truth) and len(rows) >= len(truth) // 7
+    assert all(r >= 5 for r in rows[:-1]) and max(rows) <= 6  # source groups hold 2 rows: at most 5 + 1 buffered
+    got = read_rows(tmp_path / "small", [(packs[0].name, r) for r in range(len(truth))])
+    for g in got:
+        np.testing.assert_array_equal(g["frames"], truth[g["clip_id"]])
 
 
 def test_a_new_plan_is_rebuilt_from_older_packs(tmp_path):
