@@ -62,14 +62,8 @@ def test_packs_of_small_rows_stop_at_the_row_cap():
     assert max(rows) <= 1000 and len(groups) >= sum(rows) // 1000
     assert np.median(rows[:-1]) >= MIN_FILL * 1000 * 0.9  # filled by rows now, not by bytes
     assert group_members(members, 512 * MB) == [members]  # no cap: one pack, as before
-    # an inserted video usually changes only the packs around it (content-defined boundaries, as with bytes: now
-    # and then two chains of boundaries take a while to meet again)
-    before = {name for name, _ in plan_packs(members, 512.0, 1000).packs}
-    changed = []
-    for k in range(6):
-        inserted = [*members[: 1000 + 3000 * k], Member(f"inserted{k}.parquet", 9, 360), *members[1000 + 3000 * k :]]
-        changed.append(sum(name not in before for name, _ in plan_packs(inserted, 512.0, 1000).packs))
-    assert sorted(changed)[3] <= 3 and len(before) > 200, changed
+    changed = inserted_changes(members, 512.0, 1000, trials=40)
+    assert np.mean(changed) <= 2 and max(changed) <= 20, changed  # the first-candidate rule: 5.3 and up to 84
     with pytest.raises(ValueError):
         group_members(members, 100, max_rows=-1)
     big = group_members([Member("a", 5000, 10), Member("b", 3, 10)], 100_000, max_rows=1000)
@@ -82,16 +76,30 @@ def test_a_member_larger_than_the_target_is_a_pack_of_its_own():
     assert [len(g) for g in groups] == [1, 1, 1]
 
 
+def inserted_changes(members: list[Member], target_mb: float, max_rows: int, trials: int) -> list[int]:
+    """Packs of the plan that change when one video is inserted at a random place, per trial."""
+    rng = np.random.default_rng(7)
+    before = {name for name, _ in plan_packs(members, target_mb, max_rows).packs}
+    changed = []
+    for k in range(trials):
+        at, rows = int(rng.integers(0, len(members))), int(rng.integers(1, 16))
+        inserted = [*members[:at], Member(f"inserted{k}.parquet", rows, 40 * rows), *members[at:]]
+        changed.append(sum(name not in before for name, _ in plan_packs(inserted, target_mb, max_rows).packs))
+    return changed
+
+
 def test_an_inserted_video_changes_the_packs_around_it_not_every_later_one():
-    """Content-defined boundaries: a retried or added video must not shift every boundary after it."""
+    """Content-defined boundaries: a retried or added video must not shift every boundary after it. The pack ends
+    at the highest hash of its window, which a small shift rarely moves, so the boundaries meet the old ones again
+    within a pack or two (with the first candidate past MIN_FILL, two chains could stay apart for dozens)."""
     rng = np.random.default_rng(1)
     members = member_list([int(s) for s in rng.integers(5, 15, 3000) * 1000])
-    before = {name for name, _ in plan_packs(members, 0.1).packs}
+    assert len(plan_packs(members, 0.1).packs) > 300
     inserted = members[:200] + [Member("v00199-zzzz.parquet", 3, 12_000)] + members[200:]
-    after = plan_packs(inserted, 0.1).packs
-    changed = [name for name, _ in after if name not in before]
-    assert len(after) > 100
-    assert len(changed) <= 6, f"{len(changed)} of {len(after)} packs changed for one inserted video"
+    before = {name for name, _ in plan_packs(members, 0.1).packs}
+    assert sum(name not in before for name, _ in plan_packs(inserted, 0.1).packs) <= 6
+    changed = inserted_changes(members, 0.1, 0, trials=40)
+    assert np.mean(changed) <= 2 and max(changed) <= 12, changed
 
 
 def test_names_are_deterministic_and_name_the_members():
