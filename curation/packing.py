@@ -24,6 +24,7 @@ when the per-video files are gone.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -214,13 +215,15 @@ class _SourceRows:
         """Rows [first, first + rows) of `path`, as tables along its row-group boundaries."""
         pf = self._open(path)
         out = []
-        for g in range(pf.num_row_groups):
+        g = bisect.bisect_right(self._starts, first) - 1  # the group holding the first row (files of many groups)
+        while 0 <= g < pf.num_row_groups and self._starts[g] < first + rows:
             start, stop = self._starts[g], self._starts[g + 1]
             lo, hi = max(first, start), min(first + rows, stop)
             if lo < hi:
                 if self._group is None or self._group[0] != g:
                     self._group = (g, pf.read_row_group(g))
                 out.append(self._group[1].slice(lo - start, hi - lo))
+            g += 1
         return out
 
 

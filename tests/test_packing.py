@@ -237,6 +237,16 @@ def test_packs_coalesce_members_into_few_row_groups(tmp_path):
     got = read_rows(tmp_path / "small", [(packs[0].name, r) for r in range(len(truth))])
     for g in got:
         np.testing.assert_array_equal(g["frames"], truth[g["clip_id"]])
+    # packs of many row groups are sources too: a smaller target rebuilds packs from them, members straddling groups
+    remove_unlisted(small_dir, [p.name for p in packs])
+    target = sum(m.bytes for m in members) / MB / 4
+    repacked, where = pack_shards(small_dir, members, target, group_mb=3 * row_bytes / MB)
+    assert len(repacked) >= 3
+    refs = [(where[m.name][0], where[m.name][1] + r) for m in members for r in range(m.rows)]
+    got = read_rows(tmp_path / "small", refs)
+    assert sorted(g["clip_id"] for g in got) == sorted(truth)
+    for g in got:
+        np.testing.assert_array_equal(g["frames"], truth[g["clip_id"]])
 
 
 def test_a_new_plan_is_rebuilt_from_older_packs(tmp_path):
