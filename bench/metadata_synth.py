@@ -138,7 +138,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
     video_at, group_base, inputs = 0, 0, []
     for name, pack_members in plan.packs:
         writer = _pack_writer(shard_dir / name, schema, pack_members)
-        row_groups = RowGroups(writer, int(cfg.shards.row_group_mb * 2**20))
+        row_groups = RowGroups(writer, cfg.shards.row_group_mb)
         for start in range(0, len(pack_members), VIDEO_BLOCK):
             block = range(video_at + start, video_at + min(len(pack_members), start + VIDEO_BLOCK))
             rows, synth = _write_block(run_dir, block, counts, video_ids, rng, dim, (mean, basis), buckets, inputs)

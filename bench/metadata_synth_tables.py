@@ -77,7 +77,7 @@ def synthesize_tables(run_dir: Path, n_clips: int, seed: int, pack_rows: int = 0
     uris_digest = []  # inputs_hash needs every URI: kept as a list of the block prefixes' strings
     for name, pack_members in plan.packs:
         writer = _pack_writer(shard_dir / name, schema, pack_members)
-        row_groups = RowGroups(writer, int(cfg.shards.row_group_mb * 2**20))
+        row_groups = RowGroups(writer, cfg.shards.row_group_mb)
         pack_row = 0
         for start in range(0, len(pack_members), 8 * VIDEO_BLOCK):
             stop = min(len(pack_members), start + 8 * VIDEO_BLOCK)

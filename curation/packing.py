@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.schema import SHARD_META
-from curation.shards import DICTIONARY_COLUMNS
+from curation.shards import DICTIONARY_COLUMNS, ShardConfig
 from curation.tables import temp_path
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ PACK_PREFIX = "part-"
 MEMBERS_KEY = b"curation.pack_members"  # footer key: JSON list of [member file name, rows]
 # A pack ends between MIN_FILL and all of its target (`group_members`): packs hold about 80 % of it on average.
 MIN_FILL = 0.6
-DEFAULT_GROUP_BYTES = 8 << 20  # shards.row_group_mb's default: a pack's row groups hold about this much data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,17 +228,17 @@ class _SourceRows:
 
 class RowGroups:
     """Writes tables to a Parquet writer as row groups of consecutive rows (of one member or several) holding at
-    least `group_bytes` of data, where there is that much: a table is never split, so a group holds at most what
-    was buffered when it crossed `group_bytes`. `close` writes the rest.
+    least `group_mb` of data, where there is that much: a table is never split, so a group holds at most what
+    was buffered when it crossed it. `close` writes the rest.
 
     Why: a reader holds a file's whole footer, about 1 kB per row group and column, while the file is open. One
     row group per member (a few clips each) made the footers of a 1 M-clip run hold 125 k row groups: gigabytes for
     a snapshot or the loader to open. Rows with video bytes still get groups of a few clips."""
 
-    def __init__(self, writer: pq.ParquetWriter, group_bytes: int) -> None:
-        if group_bytes < 1:
-            raise ValueError(f"group_bytes must be >= 1, got {group_bytes}")
-        self.writer, self.group_bytes = writer, group_bytes
+    def __init__(self, writer: pq.ParquetWriter, group_mb: float = ShardConfig.row_group_mb) -> None:
+        if group_mb <= 0:
+            raise ValueError(f"group_mb must be > 0, got {group_mb}")
+        self.writer, self.group_bytes = writer, max(1, round(group_mb * 2**20))
         self._pending: list[pa.Table] = []
         self._bytes = 0
         self.groups = 0
@@ -276,10 +275,10 @@ def write_pack(
     members: Sequence[Member],
     sources: dict[str, tuple[Path, int, int]],
     compression_level: int | None,
-    group_bytes: int = DEFAULT_GROUP_BYTES,
+    group_mb: float = ShardConfig.row_group_mb,
 ) -> PackFile:
     """Copy the members' rows, in order, into pack `name` (temp file, then rename), in row groups of about
-    `group_bytes` (`RowGroups`)."""
+    `group_mb` (`RowGroups`)."""
     final = shard_dir / name
     first = sources[members[0].name][0]
     meta = pq.read_metadata(first)
@@ -300,7 +299,7 @@ def write_pack(
             use_dictionary=dictionary or False,
             write_statistics=[f.name for f in SHARD_META if f.name in schema.names],
         ) as writer:
-            groups = RowGroups(writer, group_bytes)
+            groups = RowGroups(writer, group_mb)
             for m in members:
                 path, start, count = sources[m.name]
                 if count != m.rows:
@@ -325,7 +324,7 @@ def pack_shards(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     max_rows: int = 0,
-    group_mb: float = DEFAULT_GROUP_BYTES / 2**20,
+    group_mb: float = ShardConfig.row_group_mb,
 ) -> tuple[list[PackFile], dict[str, tuple[str, int]]]:
     """Make sure every pack of the plan of `members` (`plan_packs`) exists in `shard_dir`, its row groups of about
     `group_mb` (`RowGroups`); returns the packs (manifest entries, in order) and each member's (pack, row offset).
@@ -344,10 +343,7 @@ def pack_shards(
             )
         t0, done = time.perf_counter(), 0
         with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # pyarrow releases the GIL for I/O + codecs
-            group_bytes = max(1, int(group_mb * 2**20))
-            futures = [
-                pool.submit(write_pack, shard_dir, n, g, sources, compression_level, group_bytes) for n, g in todo
-            ]
+            futures = [pool.submit(write_pack, shard_dir, n, g, sources, compression_level, group_mb) for n, g in todo]
             for future in cf.as_completed(futures):
                 future.result()
                 done += 1

@@ -198,7 +198,7 @@ def test_row_groups_fill_to_the_group_size_without_splitting_a_table(tmp_path):
     tables = [pa.table({"x": np.arange(n, dtype=np.int64) + 1000 * i}) for i, n in enumerate(rng.integers(1, 40, 60))]
     path = tmp_path / "t.parquet"
     with pq.ParquetWriter(path, tables[0].schema) as writer:
-        groups = RowGroups(writer, 1000)
+        groups = RowGroups(writer, 1000 / 2**20)
         for t in tables:
             groups.write(t)
         groups.write(tables[0].slice(0, 0))  # nothing: no empty group
