@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from curation.ids import shard_name  # noqa: E402
 from curation.tables import atomic_write_json  # noqa: E402
+from pipelines.config import RuntimeConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when loaded by path (the test)
 from metadata_synth import (  # noqa: E402
@@ -85,6 +86,7 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
     """What `pipelines.orchestrate._finish` does at the end of a run, without Ray and the report."""
     from pipelines.finalize import collect, curate, pack_run, remove_stale_temp_files, remove_used_frames, write_tables
     from pipelines.manifest_blocks import manifest_extra
+    from pipelines.orchestrate import compact_records
 
     cfg = run_config()
     inputs = json.loads((run_dir / BENCH_DIR / "inputs.json").read_text())
@@ -114,7 +116,11 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
         spilled_bytes=None,
         stalls=[],
     )
-    out["write_s"] = time.perf_counter() - t
+    out["write_s"], t = time.perf_counter() - t, time.perf_counter()
+    compact_records(run_dir, inputs)  # the run's last act: the records still small files go into batch files
+    out["compact_s"] = time.perf_counter() - t
+    files = sum(1 for p in run_dir.rglob("*") if p.is_file() and BENCH_DIR not in p.relative_to(run_dir).parts)
+    out["files_per_1000_videos"] = round(1000 * files / max(1, len(inputs)), 2)
     out["curation"] = {k: v for k, v in extra["curation"].items() if k != "filters"}
     out["curation"]["filters_excluded"] = extra["curation"].get("filters", {}).get("excluded")
     out["clips"] = len(data.clips)
@@ -313,7 +319,7 @@ def step_synthesize(run_dir: Path) -> dict[str, Any]:
     args = json.loads(os.environ["METADATA_SCALE_ARGS"])
     if args["tables_only"]:
         return synthesize_tables(run_dir, args["clips"], args["seed"], args["pack_rows"])
-    return synthesize(run_dir, args["clips"], args["dim"], args["seed"])
+    return synthesize(run_dir, args["clips"], args["dim"], args["seed"], args["small_records"])
 
 
 def disk_mb(path: Path) -> float:
@@ -339,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument(
         "--pack-rows", type=int, default=0, help="--tables-only: rows per row group of the packs (0: as finalize packs)"
+    )
+    p.add_argument(
+        "--small-records",
+        type=int,
+        default=RuntimeConfig().compact_every,
+        help="videos whose records are still small files when finalize starts (the rest are in batch files, as "
+        "compaction during the run leaves them; default runtime.compact_every); -1: every record a small file",
     )
     p.add_argument("--max-rss-mb", type=float, default=12000, help="kill a step past this RSS (0: never)")
     p.add_argument("--reuse", action="store_true", help="with --keep: reuse a run a previous call synthesised")
@@ -366,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables_only:
         result["tables_only"] = True
         result["pack_rows"] = args.pack_rows
+    else:
+        result["small_records"] = args.small_records
     try:
         setup = {"clips": args.clips, "dim": dim, "seed": args.seed, "tables_only": args.tables_only}
-        setup["pack_rows"] = args.pack_rows
+        setup.update(pack_rows=args.pack_rows, small_records=args.small_records)
         os.environ["METADATA_SCALE_ARGS"] = json.dumps(setup)
         if (run_dir / BENCH_DIR / SYNTH_FILE).exists():  # --reuse
             result["synthesize"] = {**json.loads((run_dir / BENCH_DIR / SYNTH_FILE).read_text()), "reused": True}

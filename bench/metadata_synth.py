@@ -23,6 +23,7 @@ from curation.packing import Member, RowGroups, pack_schema, plan_packs  # noqa:
 from curation.schema import CLIPS, SCHEMA_VERSION, shard_schema  # noqa: E402
 from curation.shards import DICTIONARY_COLUMNS  # noqa: E402
 from curation.tables import atomic_write_json  # noqa: E402
+from pipelines.records import MAX_RECORDS, RECORDS_DIR, BatchWriter  # noqa: E402
 
 OVERRIDES = (  # production defaults, plus a score threshold and the event filter so every curation stage runs
     "dedup.method=approximate",
@@ -114,10 +115,43 @@ def video_plan(n_clips: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return counts, ids
 
 
-def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, Any]:
-    """Write the run directory: records, packed shards, the truth table. Returns counts."""
+class RecordSink:
+    """Writes each video's records as a run leaves them when finalize starts: in batch files, in input order, as the
+    driver's compactions during the run write them (`pipelines.compaction`), except the last `small` videos' (those
+    finished since the last compaction), which are still small files. small < 0: every record a small file (the
+    layout of runs before compaction during the run)."""
+
+    def __init__(self, work: Path, n_videos: int, small: int) -> None:
+        self.work, self.first_small = work, 0 if small < 0 else max(0, n_videos - small)
+        self.batches: dict[str, BatchWriter] = {}
+
+    def add(self, video: int, step: str, key: str, record: dict[str, Any]) -> None:
+        if video >= self.first_small:
+            _dump(self.work / step / f"{key}.json", record)
+            return
+        batch = self.batches.get(step)
+        if batch is not None and len(batch.keys) >= MAX_RECORDS:
+            batch.publish()
+            batch = None
+        if batch is None:
+            batch = self.batches[step] = BatchWriter(self.work / step / RECORDS_DIR)
+        # as compaction writes a small file's record (`compaction.record_line`): its keys sorted, as _dump wrote them
+        line = json.dumps({"key": key, "record": json.loads(json.dumps(record, sort_keys=True, default=str))},
+                          separators=(",", ":")).encode() + b"\n"  # fmt: skip
+        batch.add(key, line)
+
+    def close(self) -> None:
+        for batch in self.batches.values():
+            batch.publish()
+        self.batches = {}
+
+
+def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int, small_records: int = -1) -> dict[str, Any]:
+    """Write the run directory: records (see `RecordSink` for small_records), packed shards, the truth table.
+    Returns counts."""
     cfg = run_config()
     counts, video_ids = video_plan(n_clips, seed)
+    sink = RecordSink(run_dir / "_work", len(counts), small_records)
     members = [
         Member(shard_name(v, 0), int(c), int(c) * BYTES_PER_CLIP) for v, c in zip(video_ids, counts, strict=True)
     ]
@@ -141,7 +175,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
         row_groups = RowGroups(writer, cfg.shards.row_group_mb)
         for start in range(0, len(pack_members), VIDEO_BLOCK):
             block = range(video_at + start, video_at + min(len(pack_members), start + VIDEO_BLOCK))
-            rows, synth = _write_block(run_dir, block, counts, video_ids, rng, dim, (mean, basis), buckets, inputs)
+            rows, synth = _write_block(sink, block, counts, video_ids, rng, dim, (mean, basis), buckets, inputs)
             groups = np.where(synth["group"] >= 0, synth["group"] + group_base, -1)
             group_base = int(groups.max(initial=group_base - 1)) + 1
             truth_cols = {**{c: rows[c] for c in RANK_COLUMNS}, "group": groups, "first": synth["first"]}
@@ -155,6 +189,7 @@ def synthesize(run_dir: Path, n_clips: int, dim: int, seed: int) -> dict[str, An
         writer.close()
         video_at += len(pack_members)
     truth.close()
+    sink.close()
     atomic_write_json(inputs, run_dir / BENCH_DIR / "inputs.json")
     return {"videos": len(counts), "clips": int(counts.sum()), "packs": len(plan.packs)}
 
@@ -178,7 +213,7 @@ def quality_scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def _write_block(
-    run_dir: Path,
+    sink: RecordSink,
     videos: range,
     counts: np.ndarray,
     video_ids: list[str],
@@ -280,12 +315,11 @@ def _write_block(
         k += c
         timing = {"start": 0.0, "end": 1.0, "node": "bench"}
         base = {"seconds": 0.5, "timing": timing, "attempts": 1}
-        work = run_dir / "_work"
-        _dump(work / "ingest" / f"{key}.json", {**video, **base})
-        _dump(work / "scenes" / f"{key}.json", {"scenes": scenes, "spans": spans, "rejected": [], **base})
+        sink.add(v, "ingest", key, {**video, **base})
+        sink.add(v, "scenes", key, {"scenes": scenes, "spans": spans, "rejected": [], **base})
         shards = [{"name": shard_name(vid, 0), "rows": c, "bytes": c * BYTES_PER_CLIP, "video_id": vid}]
         record = {"clips": clips, "rejected": [], "shards": shards, "annotator_seconds": {"quality": 0.1}, **base}
-        _dump(work / "clips" / f"{key}.json", record)
+        sink.add(v, "clips", key, record)
     return cols, synth
 
 

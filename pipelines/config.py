@@ -66,14 +66,17 @@ class RuntimeConfig:
     # is left (a cluster shrunk below what an actor pool needs makes Ray Data wait forever); 0 = wait forever. It
     # must exceed the slowest single video's work: minutes for an hour-long video with a captioner.
     stall_timeout_s: float = 1800.0
+    # Finished videos between two compactions of the run's records into batch files while the run goes (the driver
+    # does it in the background, `pipelines.compaction`); 0 = only at the end of the run.
+    compact_every: int = 10_000
     fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
         sizes = (self.num_cpus, self.object_store_mb, self.model_actors, self.data_cpus, self.data_object_store_mb)
-        if min(*sizes, self.retry_rounds) < 0:
+        if min(*sizes, self.retry_rounds, self.compact_every) < 0:
             raise ConfigError(
-                "runtime.num_cpus, object_store_mb, model_actors, data_cpus, data_object_store_mb and retry_rounds "
-                "must be >= 0"
+                "runtime.num_cpus, object_store_mb, model_actors, data_cpus, data_object_store_mb, retry_rounds and "
+                "compact_every must be >= 0"
             )
         if not 0 < self.gpus_per_actor <= 8:
             raise ConfigError(f"runtime.gpus_per_actor must be in (0, 8], got {self.gpus_per_actor}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipelines.collected import Collected
+from pipelines.compaction import Compactor, compact_run
 from pipelines.config import RunConfig, RuntimeConfig
 from pipelines.finalize import (
     collect,
@@ -26,7 +27,6 @@ from pipelines.finalize import (
     write_tables,
 )
 from pipelines.manifest_blocks import manifest_extra
-from pipelines.records import compact_run
 from pipelines.report import inputs_hash, summary_table, write_run_json
 from pipelines.runtime import cluster_info, init_ray
 from pipelines.steps import WorkDir
@@ -121,16 +121,21 @@ def _consume(
     stall_timeout_s: float = 0.0,
     stop: Callable[[], object] = lambda: None,
     cluster_start: dict | None = None,
+    compactor: Compactor | None = None,
 ) -> dict | None:
     """Drain the DAG's output, logging a progress line every `every_s` seconds and collecting, in `actors`, where
     the clips actors ran. Raises ModelLoadError when the clips step could not load its models (no video is marked
-    done then: a rerun after the fix resumes). When no row arrives for `stall_timeout_s` (0: never), `stop()` ends the
-    execution and the stall is returned ({step, waited_s, done, left, stopped, cluster}): the videos without a record
-    are the caller's to retry. `cluster_start` (init_ray's answer) is what the stall warning compares the cluster to."""
+    done then: a rerun after the fix resumes). When no row arrives for `stall_timeout_s` (0: never), `stop()` ends
+    the execution and the stall is returned ({step, waited_s, done, left, stopped, cluster}): the videos without a
+    record are the caller's to retry. `cluster_start` (init_ray's answer) is what the stall warning compares the
+    cluster to. `compactor` hears of every finished video (it compacts records in the background) and is waited for
+    at the end."""
     started = last = time.perf_counter()
     model_error, stall, done = None, None, 0
     try:
         for done, row in enumerate(watch(rows, stall_timeout_s, stop), start=1):
+            if compactor is not None:
+                compactor.tick()
             model_error = model_error or row.get("model_error")
             if actors is not None and (actor := row.get("actor")):
                 key = actor.get("actor_id") or f"{actor['node']}:{actor['pid']}"
@@ -160,6 +165,9 @@ def _consume(
             f"{now['nodes']} nodes / {now['cpus']:g} CPUs" if now else "unknown",
             start,
         )
+    finally:
+        if compactor is not None:  # no compaction left running into the caller's collect
+            compactor.wait()
     if model_error:
         from annotators.models import ModelLoadError
 
@@ -223,13 +231,14 @@ def run_stages(
     started_at: dict[str, float] = {}
     execution: dict = {"actors": {}, "stalls": []}  # stalls: what the watchdog stopped (`_consume`), per round
     stalls, rc, left = execution["stalls"], cfg.runtime, []
+    compactor = Compactor(run_dir, STEPS_OF["all"], input_rank(inputs), rc.compact_every)
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
         logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
         t0, started_at["ingest"] = time.perf_counter(), time.time()
         if pending:
             plan.update(dag.ingest_plan())
-            left = _ingest_rounds(pending, cfg, run_dir, stalls, cluster)
+            left = _ingest_rounds(pending, cfg, run_dir, stalls, cluster, compactor)
         wall["ingest"], attempted = time.perf_counter() - t0, ("ingest",)
     data = collect(run_dir, inputs, attempted)
     if left:
@@ -264,7 +273,7 @@ def run_stages(
             def start(ex: dag.Execution, rows: list[dict] = pending, vp: dict = video_plan) -> Iterator[dict]:
                 return dag.run_video_steps(rows, cfg, run_dir, vp, session, stats=execution, execution=ex)
 
-            stall = _watched(start, label, len(pending), rc, cluster, actors=execution["actors"])
+            stall = _watched(start, label, len(pending), rc, cluster, execution["actors"], compactor)
             if stall is not None:
                 stalls.append({**stall, "round": attempt})
             keys = {r["key"] for r in pending}
@@ -282,7 +291,12 @@ def run_stages(
 
 
 def _ingest_rounds(
-    pending: list[dict], cfg: RunConfig, run_dir: Path, stalls: list[dict], cluster: dict | None
+    pending: list[dict],
+    cfg: RunConfig,
+    run_dir: Path,
+    stalls: list[dict],
+    cluster: dict | None,
+    compactor: Compactor | None = None,
 ) -> list[dict]:
     """Probe `pending` under the stall watchdog; what a stall leaves goes to another round, up to
     `runtime.retry_rounds` (only a stall: a probe that crashed its worker twice is given up on purpose, see
@@ -299,7 +313,7 @@ def _ingest_rounds(
         def start(ex: dag.Execution, rows: list[dict] = pending) -> Iterator[dict]:
             return dag.run_ingest(rows, cfg, run_dir, execution=ex)
 
-        stall = _watched(start, "ingest", len(pending), rc, cluster)
+        stall = _watched(start, "ingest", len(pending), rc, cluster, compactor=compactor)
         if stall is None:
             return []
         stalls.append({**stall, "round": attempt})
@@ -316,14 +330,17 @@ def _watched(
     rc: RuntimeConfig,
     cluster: dict | None,
     actors: dict | None = None,
+    compactor: Compactor | None = None,
 ) -> dict | None:
     """Start one Ray Data execution (`start(handle)`, a `dag.run_*` generator) and consume it under the stall
-    watchdog (`runtime.stall_timeout_s`): the stall, or None."""
+    watchdog (`runtime.stall_timeout_s`), compacting records as videos finish: the stall, or None."""
     from pipelines.dag import Execution
 
     handle = Execution()
     rows = start(handle)
-    return _consume(rows, label, total, rc.progress_every_s, actors, rc.stall_timeout_s, handle.stop, cluster)
+    return _consume(
+        rows, label, total, rc.progress_every_s, actors, rc.stall_timeout_s, handle.stop, cluster, compactor
+    )
 
 
 def _mark_stalled(data: Collected, steps: str | tuple[str, ...], left: list[dict], stall: dict) -> None:
@@ -339,12 +356,18 @@ def _mark_stalled(data: Collected, steps: str | tuple[str, ...], left: list[dict
             row["detail"] = detail
 
 
-def compact_records(run_dir: Path) -> None:
-    """Consolidate the run's per-input records into batch files (`pipelines.records`), last, once finalize has
-    read them. A failure costs only the compaction: the records stay small files, as valid, and the next run retries."""
+def input_rank(inputs: list[dict]) -> dict[str, int]:
+    """Each input's position in the run's order: records are compacted in the order finalize reads them."""
+    return {r["key"]: i for i, r in enumerate(inputs)}
+
+
+def compact_records(run_dir: Path, inputs: list[dict]) -> None:
+    """Consolidate the run's per-input records left as small files into batch files (`pipelines.compaction`), last,
+    once finalize has read them. A failure costs only the compaction: the records stay small files, as valid, and
+    the next run retries."""
     t0 = time.perf_counter()
     try:
-        done = compact_run(run_dir, STEPS_OF["all"])
+        done = compact_run(run_dir, STEPS_OF["all"], input_rank(inputs))
     except OSError:
         logger.exception("could not compact the records in %s/_work; they stay as they are", run_dir)
         return
@@ -426,7 +449,7 @@ def _finish(
     table = summary_table(counts, dict(data.seconds), wall, faults, throughput, execution.get("stalls"))
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
-    compact_records(run_dir)
+    compact_records(run_dir, inputs)
     if crashed:
         logger.warning("%d inputs lost their worker (a crash, or a lost node): rerun the same command", crashed)
     logger.info('run directory: %s (query it with: python -m curation.query %s "SELECT ...")', run_dir, run_dir)

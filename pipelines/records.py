@@ -1,39 +1,35 @@
-"""Record compaction: the per-input JSON records of a step, consolidated into a few append-only batch files.
+"""Batch files of records: the per-input JSON records of a step, consolidated into a few append-only files, and
+the index that reads them.
 
-A run keeps one small record per (step, input) in RUN_DIR/_work/<step>/<key>.json (`pipelines.steps.WorkDir`); at
-millions of inputs that is millions of files. Once the driver has read them (the end of a run), `compact_run` moves
-them into RUN_DIR/_work/<step>/_records/records-<NNNNN>.jsonl, one `{"key": ..., "record": {...}}` per line, each
-beside a `records-<NNNNN>.index.json` listing its keys and byte offsets, and deletes the small files.
+A worker commits one small record per (step, input) in RUN_DIR/_work/<step>/<key>.json (`pipelines.steps.WorkDir`);
+at millions of inputs that is millions of files. The driver moves them into
+RUN_DIR/_work/<step>/_records/records-<NNNNN>.jsonl, one `{"key": ..., "record": {...}}` per line, each beside a
+`records-<NNNNN>.index.json` listing its keys and byte offsets (`pipelines.compaction` does that, and says when).
+Batch files are never rewritten: a later compaction appends new ones holding only the records new since.
 
-Why JSON lines and not Parquet: a worker or `finalize.collect` reads single records in input order, which is not
-the files' order. A byte offset serves each one with a single read of exactly its bytes; Parquet would decode a
-whole row-group column chunk per record, and the nested, heterogeneous records would be stored as JSON strings in it
-anyway. JSON also round-trips a record to the identical dict the small file gave, and stays greppable.
+Why JSON lines and not Parquet: a worker or `finalize.collect` reads single records in input order. A byte offset
+serves each one with a single read of exactly its bytes; Parquet would decode a whole row-group column chunk per
+record, and the nested, heterogeneous records would be stored as JSON strings in it anyway. JSON also round-trips a
+record to the identical dict the small file gave, and stays greppable.
 
 Why a subfolder: listing it (which every `RecordIndex` does once) never lists the step folder, which holds one file
 per unfinished input while a run is going.
 
-Crash safety (`kill -9` at any point, or power loss):
-- a batch is written to a dot-prefixed temporary file and fsynced, then hard-linked to its final name (atomic, and
-  never replaces an existing file); readers only look at final names, so a half-written batch is invisible, and the
-  next compaction (or `finalize.remove_stale_temp_files`) deletes it;
-- the index file is published after its data file and is only a cache: a data file without it, or with one that does
-  not match its size, is scanned instead, and the next compaction writes it again;
-- the small files are deleted only after every batch is published and its folder fsynced; killed in between, a record
-  exists in both forms, identical: readers take the batch copy, and the next compaction deletes the small file
-  instead of consolidating it again, so every record stays readable exactly once.
-Batch files are never rewritten: a later compaction appends new ones holding only the records new since.
+Publishing: a batch is written to a dot-prefixed temporary file and fsynced, then hard-linked to its final name
+(atomic, and never replaces an existing file); readers only look at final names, so a half-written batch is
+invisible. The index file is published after its data file and is only a cache: a data file without it, or with one
+that does not match its size, is scanned instead (`tidy` writes it again).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +42,7 @@ logger = logging.getLogger(__name__)
 RECORDS_DIR = "_records"  # under RUN_DIR/_work/<step>
 MAX_RECORDS = 10_000  # records per batch file: 1,000 files per step at 10 million inputs
 MAX_BYTES = 256 << 20  # and bytes per batch file, so a file of large records stays easy to copy and scan
+_OPEN_FILES = 8  # batch files a RecordIndex keeps open for reading
 _DATA = re.compile(r"^records-(\d+)\.jsonl$")
 
 
@@ -110,6 +107,18 @@ class RecordIndex:
         self._off = np.empty(0, dtype=np.int64)
         self._len = np.empty(0, dtype=np.uint32)  # a line of a batch file is < 4 GiB
         self._stamp: int | None = None  # the folder's mtime when last listed; None = never
+        # open batch files, least recently used first: reading many records (finalize reads every one) costs one
+        # pread each instead of an open, a seek and a close; few, since a step can have a thousand files
+        self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+
+    def close(self) -> None:
+        """Close the batch files kept open for reading (reading again reopens them)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __len__(self) -> int:
         self._ensure()
@@ -133,33 +142,50 @@ class RecordIndex:
 
     def find(self, key: str) -> Location | None:
         """The location of `key`'s record in the batch files indexed so far (the first call indexes them)."""
+        i = self._position(key)
+        return None if i is None else Location(self.files[self._fid[i]], int(self._off[i]), int(self._len[i]))
+
+    def _position(self, key: str) -> int | None:
         self._ensure()
         want = key.encode()
         if not len(self._keys) or len(want) > self._keys.dtype.itemsize:
             return None
         i = int(np.searchsorted(self._keys, want))
-        if i == len(self._keys) or self._keys[i] != want:
-            return None
-        return Location(self.files[self._fid[i]], int(self._off[i]), int(self._len[i]))
+        return None if i == len(self._keys) or self._keys[i] != want else i
 
     def contains(self, keys: list[str]) -> np.ndarray:
         """Whether each of `keys` has a consolidated record (vectorised, for compaction)."""
         self._ensure()
-        if not keys or not len(self._keys):
+        n, width = len(self._keys), self._keys.dtype.itemsize
+        if not keys or not n:
             return np.zeros(len(keys), dtype=bool)
-        return np.isin(_as_bytes(keys), self._keys)
+        # a binary search per key in the sorted keys: np.isin would sort all of them again on every call
+        fits = np.fromiter((len(k.encode()) <= width for k in keys), dtype=bool, count=len(keys))
+        want = np.array([k.encode() if ok else b"" for k, ok in zip(keys, fits, strict=True)], dtype=self._keys.dtype)
+        at = np.minimum(np.searchsorted(self._keys, want), n - 1)
+        return fits & (self._keys[at] == want)
 
     def read(self, key: str) -> dict[str, Any] | None:
         """`key`'s record, or None when it has no consolidated one: one read of exactly its line."""
-        loc = self.find(key)
-        if loc is None:
+        i = self._position(key)
+        if i is None:
             return None
-        with open(loc.path, "rb") as f:
-            f.seek(loc.offset)
-            entry = json.loads(f.read(loc.length))
+        fid, offset = int(self._fid[i]), int(self._off[i])
+        entry = json.loads(os.pread(self._fd(fid), int(self._len[i]), offset))
         if entry.get("key") != key:  # only a batch file changed by hand could do this
-            raise ValueError(f"{loc.path} at byte {loc.offset}: expected the record of {key}, found {entry.get('key')}")
+            path = self.files[fid]
+            raise ValueError(f"{path} at byte {offset}: expected the record of {key}, found {entry.get('key')}")
         return entry["record"]
+
+    def _fd(self, fid: int) -> int:
+        fd = self._fds.get(fid)
+        if fd is None:
+            fd = self._fds[fid] = os.open(self.files[fid], os.O_RDONLY)
+            if len(self._fds) > _OPEN_FILES:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(fid)
+        return fd
 
     def _ensure(self) -> None:
         if self._stamp is None:
@@ -172,17 +198,24 @@ class RecordIndex:
         return _as_bytes(keys), np.full(len(keys), fid, dtype=np.int32), off, (ends - off).astype(np.uint32)
 
     def _merge(self, parts: list[tuple[np.ndarray, ...]]) -> None:
-        """Add new files' entries and sort by key; of a key in several files (never written so) the oldest wins."""
+        """Add new files' entries, keeping the arrays sorted by key; of a key in several files (only concurrent
+        compactions write that) the oldest wins. Only the new entries are sorted, then inserted: a run compacts
+        as it goes, so the index grows by a few files at a time and re-sorting all of it each time would be
+        quadratic in the run's size."""
+        new = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+        width = max(self._keys.dtype.itemsize, new[0].dtype.itemsize)
+        old_keys, new[0] = self._keys.astype(f"S{width}", copy=False), new[0].astype(f"S{width}", copy=False)
+        order = np.argsort(new[0], kind="stable")  # equal keys keep their files' order
+        new = [a[order] for a in new]
+        at = np.searchsorted(old_keys, new[0], side="right")  # after an equal old key: the older one comes first
         keys, fid, off, length = (
-            np.concatenate([old, *(p[i] for p in parts)])
-            for i, old in enumerate((self._keys, self._fid, self._off, self._len))
+            np.insert(old, at, add) for old, add in zip((old_keys, self._fid, self._off, self._len), new, strict=True)
         )
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
         first = np.ones(len(keys), dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
-        order = order[first]
-        self._keys, self._fid, self._off, self._len = keys[first], fid[order], off[order], length[order]
+        if not first.all():
+            keys, fid, off, length = keys[first], fid[first], off[first], length[first]
+        self._keys, self._fid, self._off, self._len = keys, fid, off, length
 
 
 def _as_bytes(keys: list[str]) -> np.ndarray:
@@ -270,40 +303,6 @@ class BatchWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def record_line(step_dir: Path, key: str) -> bytes | None:
-    """The batch line of `key`'s small record; None when it cannot be read (it then stays a small file)."""
-    try:
-        with open(os.path.join(step_dir, f"{key}.json"), "rb") as f:  # os.path: pathlib costs a third more here
-            record = json.loads(f.read())
-    except (OSError, ValueError):
-        logger.warning("record %s/%s.json is unreadable: left as it is", step_dir.name, key)
-        return None
-    return json.dumps({"key": key, "record": record}, separators=(",", ":")).encode() + b"\n"
-
-
-def write_batches(step_dir: Path, keys: list[str], max_records: int, max_bytes: int) -> list[tuple[Path, list[str]]]:
-    """Consolidate the small records of `keys` into new batch files: (file, keys it holds) per file."""
-    records_dir, out = step_dir / RECORDS_DIR, []
-    batch: BatchWriter | None = None
-    try:
-        for key in keys:
-            line = record_line(step_dir, key)
-            if line is None:
-                continue
-            if batch and (len(batch.keys) >= max_records or batch.size + len(line) > max_bytes):
-                out.append((batch.publish(), batch.keys))
-                batch = None
-            batch = batch or BatchWriter(records_dir)
-            batch.add(key, line)
-        if batch:
-            out.append((batch.publish(), batch.keys))
-            batch = None
-    finally:
-        if batch:  # an error mid-batch: nothing of it is published
-            batch.discard()
-    return out
-
-
 def tidy(records_dir: Path) -> None:
     """Undo what a killed compaction left: temporary files, index files without their data file, and data files
     without a valid index file (indexed again)."""
@@ -329,68 +328,3 @@ def _index_matches(data: Path) -> bool:
         return json.loads(index_path(data).read_bytes())["size"] == data.stat().st_size
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def list_step(step_dir: Path) -> tuple[list[str], list[str]]:
-    """(keys with a small record, keys with an attempt log) in a step folder; one listing."""
-    small, attempts = [], []
-    with os.scandir(step_dir) as entries:
-        for e in entries:
-            if e.name.startswith("."):  # temporary files
-                continue
-            if e.name.endswith(".json"):
-                small.append(e.name[: -len(".json")])
-            elif e.name.endswith(".attempts"):
-                attempts.append(e.name[: -len(".attempts")])
-    return small, attempts
-
-
-@dataclasses.dataclass
-class Compaction:
-    """What one step's compaction did."""
-
-    step: str
-    records: int = 0  # records consolidated into new batch files
-    files: int = 0  # new batch files
-    removed: int = 0  # small record files deleted (consolidated now or by an earlier, interrupted compaction)
-    attempts_removed: int = 0  # attempt logs of inputs with a record
-
-
-def compact_step(step_dir: str | Path, max_records: int = MAX_RECORDS, max_bytes: int = MAX_BYTES) -> Compaction:
-    """Consolidate a step's small records into new batch files, then delete the small files and the attempt logs of
-    inputs with a record (those of inputs without one stay: finalize reports them as crashes). Run it where no step
-    is running (the driver, after the run's executions): its cost is one listing plus the new records."""
-    step_dir = Path(step_dir)
-    out = Compaction(step_dir.name)
-    if not step_dir.is_dir():
-        return out
-    tidy(step_dir / RECORDS_DIR)
-    index = RecordIndex(step_dir)
-    small, attempts = list_step(step_dir)
-    already = index.contains(small)
-    new = sorted(k for k, done in zip(small, already, strict=True) if not done)
-    written = write_batches(step_dir, new, max_records, max_bytes)
-    if written:
-        fsync_dir(step_dir / RECORDS_DIR)  # the batches are durable before their small files go
-    consolidated = [k for k, done in zip(small, already, strict=True) if done] + [k for _, ks in written for k in ks]
-    out.records, out.files = sum(len(ks) for _, ks in written), len(written)
-    out.removed = _unlink_all(step_dir, consolidated, ".json")
-    has_small = set(small)
-    in_index = index.contains(attempts)
-    with_record = [k for k, found in zip(attempts, in_index, strict=True) if found or k in has_small]
-    out.attempts_removed = _unlink_all(step_dir, with_record, ".attempts")
-    return out
-
-
-def _unlink_all(folder: Path, keys: Iterable[str], suffix: str) -> int:
-    n = 0
-    for key in keys:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(folder, f"{key}{suffix}"))
-            n += 1
-    return n
-
-
-def compact_run(run_dir: str | Path, steps: Iterable[str]) -> list[Compaction]:
-    """Compact the records of `steps` in RUN_DIR/_work (see `compact_step`)."""
-    return [compact_step(Path(run_dir) / "_work" / step) for step in steps]

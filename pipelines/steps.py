@@ -9,6 +9,7 @@ the step's outputs are complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -58,7 +59,8 @@ Row = dict[str, Any]
 
 class WorkDir:
     """RUN_DIR/_work: one JSON record per (step, input) marking finished work, as a small file
-    (`<step>/<key>.json`) until the end of the run consolidates it into a batch file (`pipelines.records`).
+    (`<step>/<key>.json`) until the driver consolidates it into a batch file (`pipelines.compaction`: during the run
+    and at its end).
     Records read the same in either form; the batch files are indexed lazily, once per instance and step."""
 
     def __init__(self, run_dir: str | Path) -> None:
@@ -128,7 +130,20 @@ class WorkDir:
         index.refresh(force=True)  # one listing of a small folder, per finished piece of work
         if index.find(key) is not None:
             return False
-        return create_json_once(record, self.record_path(step, key))
+        path = self.record_path(step, key)
+        if not create_json_once(record, path):
+            return False
+        # The driver compacts while workers commit (`pipelines.compaction`): an earlier attempt's small file may
+        # have been consolidated and deleted between the check above and this commit. Its batch copy stands
+        # (readers take it first); this one then withdraws its small file. Another compaction may already have
+        # consolidated this very record: then the batch copy is this one, and it stands.
+        if not index.refresh(force=True) or (batched := index.read(key)) is None:
+            return True
+        if batched == json.loads(json.dumps(record, sort_keys=True, default=str)):
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return False
 
     def frames_path(self, key: str) -> Path:
         """The frames the scenes step kept for the clips step of one input (`curation.frame_cache`)."""

@@ -25,7 +25,9 @@ def _bench():
 def bench_run(tmp_path_factory) -> tuple[dict, Path]:
     tmp = tmp_path_factory.mktemp("metadata_scale")
     out, run_dir = tmp / "result.json", tmp / "run"
-    args = ["--clips", "2000", "--keep", str(run_dir), "--json", str(out), "--in-process"]
+    # --small-records: the last 100 of the ~250 videos' records are small files, the rest in batch files (a run
+    # compacting as it goes leaves both when finalize starts)
+    args = ["--clips", "2000", "--keep", str(run_dir), "--json", str(out), "--in-process", "--small-records", "100"]
     assert _bench().main(args) == 0  # one process: the steps' imports once (the bench runs each in its own)
     return json.loads(out.read_text())["2000"], run_dir
 
@@ -37,6 +39,20 @@ def test_every_step_runs_with_time_and_peak_rss(bench_run):
         step = result["steps"][name]
         assert "error" not in step, (name, step)
         assert step["seconds"] > 0 and step["peak_rss_mb"] > 0
+
+
+def test_finalize_reads_both_record_forms_and_leaves_only_batch_files(bench_run):
+    from pipelines.records import RecordIndex
+
+    result, run_dir = bench_run
+    videos = result["synthesize"]["videos"]
+    assert result["small_records"] == 100 < videos
+    assert pq.read_metadata(run_dir / "videos" / "videos.parquet").num_rows == videos  # every ingest record read
+    for step in ("ingest", "scenes", "clips"):
+        folder = run_dir / "_work" / step
+        assert list(folder.glob("*.json")) == [] and len(RecordIndex(folder)) == videos, step
+    finalize = result["steps"]["finalize"]
+    assert finalize["compact_s"] >= 0 and 0 < finalize["files_per_1000_videos"] < 100
 
 
 def test_dedup_drops_the_synthesised_duplicates(bench_run):

@@ -9,10 +9,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from curation.tables import temp_path
-from pipelines.records import RECORDS_DIR, BatchWriter, RecordIndex, compact_step, data_files, index_path, publish
+from pipelines.compaction import compact_step
+from pipelines.records import RECORDS_DIR, BatchWriter, RecordIndex, data_files, index_path, publish
 from pipelines.steps import WorkDir
 
 
@@ -238,3 +240,89 @@ def test_finalize_collects_the_same_run_from_compacted_records(tmp_path: Path):
     assert tables() == before
     assert [(r["stage"], r["reason"]) for r in before[3]] == [("clips", "worker_crashed"), ("scenes", "worker_crashed")]
     assert "2 attempts on node node0001" in before[3][0]["detail"] and before[5]["by_step"]["clips"]["lost"] == 1
+
+
+def test_records_are_written_in_input_order(tmp_path: Path):
+    """With the run's input order (rank), a batch file holds its records in that order, the one finalize reads them
+    in; keys without a rank go last, by name."""
+    records = save_all(WorkDir(tmp_path), "clips", range(40))
+    rank = {key_of(i): (38 - i) // 2 for i in range(0, 40, 2)}  # the even keys, reversed; the odd ones have none
+    compact_step(step_dir(tmp_path), max_records=15, rank=rank)
+    expected = [key_of(i) for i in range(38, -1, -2)] + sorted(key_of(i) for i in range(1, 40, 2))
+    assert lines_of(tmp_path) == expected
+    assert_reads(WorkDir(tmp_path), "clips", records)
+
+
+def test_the_index_grows_file_by_file_as_a_full_sort_would_build_it(tmp_path: Path):
+    """Keys of every length, files added a few at a time, a key in two files (as two concurrent compactions would
+    leave it: the older copy wins): the same arrays as an index built from all files at once, and `contains` agrees
+    with a set."""
+    rng = np.random.default_rng(0)
+    folder = step_dir(tmp_path)
+    grown = RecordIndex(folder)
+    everything: dict[str, int] = {}
+    for file_no in range(12):
+        keys = {"".join(rng.choice(list("0123456789abcdef"), int(rng.integers(1, 24)))) for _ in range(200)}
+        if everything:
+            keys |= set(rng.choice(sorted(everything), 5).tolist())  # already in an older file
+        batch = BatchWriter(folder / RECORDS_DIR)
+        for key in sorted(keys):
+            batch.add(key, json.dumps({"key": key, "record": {"file": file_no}}).encode() + b"\n")
+            everything.setdefault(key, file_no)
+        batch.publish()
+        if file_no % 3 == 2:
+            grown.refresh(force=True)
+    grown.refresh(force=True)
+    full = RecordIndex(folder)
+    assert len(full) == len(grown) == len(everything)
+    for name in ("_keys", "_fid", "_off", "_len"):
+        assert np.array_equal(getattr(grown, name), getattr(full, name)), name
+    assert all(grown.read(k) == {"file": f} for k, f in everything.items())  # the oldest copy
+    probe = [*rng.choice(sorted(everything), 50).tolist(), "", "zz", "0" * 40, "g" * 23]
+    assert grown.contains(probe).tolist() == [k in everything for k in probe]
+    grown.close()
+
+
+def test_compacting_while_workers_commit_keeps_every_record_exactly_once(tmp_path: Path):
+    """The driver compacts in the background (`Compactor`) while workers commit records, read other records and
+    retry some: every record is readable the whole time, the first committed copy stands, and after the last
+    compaction each record is in exactly one batch line and no small file is left."""
+    import threading
+
+    from pipelines.compaction import Compactor, compact_run
+
+    n, workers = 600, 3
+    rank = {key_of(i): i for i in range(n)}
+    compactor = Compactor(tmp_path, ["clips"], rank, every=25)
+    errors: list[BaseException] = []
+    committed: dict[str, dict] = {}
+
+    def worker(w: int) -> None:
+        work = WorkDir(tmp_path)  # each worker process has its own
+        try:
+            for i in range(w, n, workers):
+                key = key_of(i)
+                assert work.save("clips", key, record_of(i))
+                committed[key] = record_of(i)
+                assert not work.save("clips", key, {"retry": True})  # a second attempt never replaces it
+                for j in range(max(0, i - 30), i, 7):  # records committed earlier, by any worker
+                    if key_of(j) in committed:
+                        assert work.load("clips", key_of(j)) == record_of(j)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        compactor.tick(5)
+        time.sleep(0.002)
+    for t in threads:
+        t.join()
+    compactor.wait()
+    assert not errors, errors[0]
+    assert sum(c.records for c in compactor.done) > n // 4, "the compactor hardly ran alongside the workers"
+    compact_run(tmp_path, ["clips"], rank)
+    lines = lines_of(tmp_path)
+    assert sorted(lines) == sorted(rank) and small_files(tmp_path) == []
+    assert_reads(WorkDir(tmp_path), "clips", {key_of(i): record_of(i) for i in range(n)})

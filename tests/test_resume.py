@@ -47,7 +47,9 @@ def start_run(corpus_dir: Path, run_dir: Path, ray_tmp: Path) -> subprocess.Pope
         SMOKE,
         "--set",
         "runtime.num_cpus=1",
-    ]  # one CPU: slow enough to be caught mid-run
+        "--set",
+        "runtime.compact_every=1",
+    ]  # one CPU: slow enough to be caught mid-run; records compacted after every video, so the kill can hit that too
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -91,8 +93,10 @@ def test_kill_9_then_rerun_gives_the_clean_clip_set(corpus_dir, smoke_run, tmp_p
     deadline = time.time() + 180
     done = 0
     while time.time() < deadline and proc.poll() is None:
-        done = len(list((run_dir / "_work" / "clips").glob("*.json")))
-        if done >= 2:
+        records = run_dir / "_work" / "clips"  # small files, and those the run compacted already
+        compacted = len(RecordIndex(records))
+        done = len(list(records.glob("*.json"))) + compacted
+        if done >= 2 and compacted:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
