@@ -9,6 +9,7 @@ videos each. `shards/manifest.json` lists the shard files of the run; `iter_clip
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import storage
@@ -265,6 +267,73 @@ def visit_tensors(
                         visited += 1
             start += batch.num_rows
     return visited
+
+
+def visit_tensor_blocks(
+    run_dir: str | Path,
+    names: Sequence[str],
+    codes: np.ndarray,
+    rows: np.ndarray,
+    tensor: str,
+    visit: Callable[[np.ndarray, np.ndarray], None],
+    batch_rows: int = 4096,
+) -> int:
+    """`visit_tensors` for one tensor, a block at a time: `visit(ids, values)` with the i of the rows that hold it
+    (as in `visit_tensors`) and their tensors stacked, (k, *shape). Where a block's tensors share one raw dtype and
+    shape (an embedding column), they are read straight from the column's buffer: no Python object per row, which
+    at 10 M clips is minutes. Other blocks go row by row, visited in groups of one shape. Returns how many rows were
+    visited."""
+    codes, rows = np.asarray(codes, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+    order = np.lexsort((rows, codes))
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    visited = 0
+    for code, shard in enumerate(names):
+        members = order[bounds[code] : bounds[code + 1]]
+        if not len(members):
+            continue
+        pf = storage.parquet_file(shard_path(run_dir, shard))
+        if tensor not in pf.schema_arrow.names:
+            continue
+        at, start = rows[members], 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=[tensor, f"{tensor}_dtype", f"{tensor}_shape"]):
+            lo, hi = np.searchsorted(at, [start, start + batch.num_rows])
+            if hi > lo:
+                taken = batch.take(pa.array(at[lo:hi] - start))
+                held = np.asarray(taken.column(0).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+                if held.any():
+                    ids = members[lo:hi][held]
+                    for block_ids, values in _stacked(taken.filter(pa.array(held)), tensor, ids):
+                        visit(block_ids, values)
+                    visited += len(ids)
+            start += batch.num_rows
+    return visited
+
+
+def _stacked(batch: pa.RecordBatch, tensor: str, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The tensors of a batch whose rows all hold one: [(ids, stacked values)], one entry when they share a raw dtype
+    and shape (read from the column's buffer), else one per shape, decoded row by row."""
+    dtypes = batch.column(1).unique().to_pylist()
+    shapes = batch.column(2)
+    first = shapes[0].as_py() or []
+    lengths = pc.fill_null(pc.list_value_length(shapes), -1).to_numpy(zero_copy_only=False)
+    same_shape = bool(np.all(lengths == len(first))) and np.array_equal(
+        pc.list_flatten(shapes).to_numpy(zero_copy_only=False).reshape(len(batch), len(first)),
+        np.broadcast_to(np.asarray(first, dtype=np.int64), (len(batch), len(first))),
+    )
+    values = batch.column(0)
+    if len(dtypes) == 1 and not is_video_dtype(dtypes[0]) and same_shape:
+        dtype = np.dtype(dtypes[0])
+        size = math.prod(first) * dtype.itemsize
+        width = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+        offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
+        if np.all(np.diff(offsets) == size):  # one contiguous run of equal-sized values
+            data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            return [(ids, data.view(dtype).reshape(len(batch), *first))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    decoded = [decode_tensor(row, tensor) for row in batch.to_pylist()]
+    for k, array in enumerate(decoded):
+        groups.setdefault(array.shape, []).append(k)
+    return [(ids[ks], np.stack([decoded[k] for k in ks])) for ks in groups.values()]
 
 
 def _decode_row(row: dict[str, Any], tensors: list[str]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from curation.dedup import DedupConfig, find_duplicates_in, hash_arrays, quality
 from curation.filters import FilterConfig, filter_columns
 from curation.packing import Member, pack_shards, packing_summary, remove_unlisted
 from curation.schema import VIDEOS
-from curation.shards import ShardFile, visit_tensors, write_manifest
+from curation.shards import ShardFile, visit_tensor_blocks, visit_tensors, write_manifest
 from curation.tables import write_run_table_batches
 from pipelines.collected import SPILL_PREFIX, Collected, stale_spill
 from pipelines.steps import WorkDir, rejected_row
@@ -158,19 +158,22 @@ def clip_embeddings(
     seen = np.zeros(len(where[1]), dtype=bool)
     path = data.folder / f"{name}.npy"
     out: np.memmap | None = None
-    written = 0
+    since_remap = 0
 
-    def put(i: int, found: list[np.ndarray | None]) -> None:
-        nonlocal out, written
+    def put(ids: np.ndarray, values: np.ndarray) -> None:
+        nonlocal out, since_remap
         if out is None:  # the width comes from the first tensor found
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(seen), found[0].size))
-        elif written % remap_rows == 0:  # written pages leave the resident set with their mapping
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(seen), values[0].size))
+        elif since_remap >= remap_rows:  # written pages leave the resident set with their mapping
             out.flush()
-            out = np.load(path, mmap_mode="r+")
-        out[i], seen[i] = found[0].reshape(-1), True  # float16 as stored: dedup converts rows as it reads them
-        written += 1
+            out, since_remap = np.load(path, mmap_mode="r+"), 0
+        if values[0].size != out.shape[1]:
+            raise ValueError(f"{name} tensors of {values[0].size} and {out.shape[1]} values in one run")
+        # float16 as stored: dedup converts rows as it reads them
+        out[ids], seen[ids] = values.reshape(len(ids), -1), True
+        since_remap += len(ids)
 
-    visit_tensors(run_dir, *where, (name,), put)
+    visit_tensor_blocks(run_dir, *where, name, put)
     if out is None:
         return None
     out[np.flatnonzero(~seen)] = np.nan  # clips without one: each row written once

@@ -137,3 +137,50 @@ def test_files_get_the_umask_mode_not_mkstemps(tmp_path):
     finally:
         os.umask(old)
         importlib.reload(tables)
+
+
+def test_tensor_blocks_read_what_row_by_row_reads(tmp_path):
+    """`visit_tensor_blocks` gives every held tensor exactly as `visit_tensors` does: equal-shaped raw tensors from
+    the column buffer, and files with nulls, other shapes or another dtype row by row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.shards import encode_tensor, visit_tensor_blocks, visit_tensors
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "shards").mkdir()
+
+    def write(name: str, arrays: list[np.ndarray | None]) -> None:
+        rows = [
+            encode_tensor("emb", a) if a is not None else {"emb": None, "emb_dtype": None, "emb_shape": None}
+            for a in arrays
+        ]
+        table = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema([("emb", pa.binary()), ("emb_dtype", pa.string()), ("emb_shape", pa.list_(pa.int64()))]),
+        )
+        pq.write_table(table, tmp_path / "shards" / name, row_group_size=7)
+
+    write("a.parquet", [rng.standard_normal(6).astype(np.float16) for _ in range(30)])  # the fast path
+    write("b.parquet", [None if k % 4 == 0 else rng.standard_normal(6).astype(np.float16) for k in range(20)])
+    write("c.parquet", [rng.standard_normal((2, 3) if k % 2 else 6).astype(np.float32) for k in range(9)])
+    names = ["a.parquet", "b.parquet", "c.parquet"]
+    codes = np.array([0] * 30 + [1] * 20 + [2] * 9)
+    rows = np.concatenate([np.arange(30), np.arange(20), np.arange(9)])
+    perm = rng.permutation(len(codes))  # clips in any order, as a run lists them
+    codes, rows = codes[perm], rows[perm]
+
+    want: dict[int, np.ndarray] = {}
+    visit_tensors(tmp_path, names, codes, rows, ("emb",), lambda i, found: want.__setitem__(i, found[0]))
+    got: dict[int, np.ndarray] = {}
+
+    def put(ids: np.ndarray, values: np.ndarray) -> None:
+        assert len(ids) == len(values)
+        for i, v in zip(ids.tolist(), values, strict=True):
+            assert i not in got
+            got[i] = v
+
+    assert visit_tensor_blocks(tmp_path, names, codes, rows, "emb", put, batch_rows=8) == len(want) == 30 + 15 + 9
+    assert sorted(got) == sorted(want)
+    for i, v in want.items():
+        assert got[i].dtype == v.dtype and got[i].shape == v.shape and np.array_equal(got[i], v), i
