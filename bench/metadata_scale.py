@@ -133,7 +133,7 @@ def step_dedup(run_dir: Path) -> dict[str, Any]:
     streamed from the shards into a float16 memmap."""
     import pyarrow.compute as pc
 
-    from curation.dedup import DedupConfig, find_duplicates
+    from curation.dedup import DedupConfig, find_duplicates_in, hash_arrays, quality_rank
 
     t = time.perf_counter()
     cfg = run_config()
@@ -150,14 +150,20 @@ def step_dedup(run_dir: Path) -> dict[str, Any]:
     emb_path = run_dir / BENCH_DIR / "embeddings.npy"
     embeddings = _stream_embeddings(run_dir, passed, emb_path)
     out["embeddings_s"], t = time.perf_counter() - t, time.perf_counter()
-    rows = table.to_pylist()
+    # as finalize's remove_duplicates: hashes as arrays, rank fields read only for clips in a group (a dict per
+    # clip would take about 10 GB at 10 M clips)
+    values, valid = hash_arrays(table["key_frame_hashes"])
+    ranked = table.drop_columns(["key_frame_hashes"])
     out["rows_s"], t = time.perf_counter() - t, time.perf_counter()
     dcfg = DedupConfig(**{**vars(cfg.dedup), "method": "approximate"})
-    found = find_duplicates(rows, embeddings, dcfg)
+    found = find_duplicates_in(
+        values, valid, embeddings, lambda i: quality_rank(ranked.slice(i, 1).to_pylist()[0]), dcfg
+    )
     out["find_s"] = time.perf_counter() - t
     out["excluded"] = len(found)
     dropped = rejected.filter(pc.equal(rejected["stage"], "dedup"))["clip_id"].to_pylist()
-    out["matches_finalize"] = {rows[d.dropped]["clip_id"] for d in found} == set(dropped) if finalized else None
+    found_ids = ranked["clip_id"].take(pa.array([d.dropped for d in found], pa.int64())).to_pylist()
+    out["matches_finalize"] = set(found_ids) == set(dropped) if finalized else None
     del embeddings
     emb_path.unlink(missing_ok=True)
     return out
@@ -184,7 +190,7 @@ def _stream_embeddings(run_dir: Path, wanted: np.ndarray, path: Path) -> np.memm
     files = _shard_files(run_dir)
     if not files or "clip_embedding" not in pq.read_schema(files[0]).names:
         return None
-    out, at, written = None, 0, 0
+    out, at, written, since_remap = None, 0, 0, 0
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["clip_embedding"]):
             column = batch.column(0)
@@ -195,9 +201,13 @@ def _stream_embeddings(run_dir: Path, wanted: np.ndarray, path: Path) -> np.memm
             dim = int(offsets[1] - offsets[0]) // 2  # byte offsets of float16 values
             if out is None:
                 out = np.lib.format.open_memmap(path, "w+", np.float16, (int(wanted.sum()), dim))
+            elif since_remap >= 65536:  # written pages leave the resident set with their mapping (as finalize)
+                out.flush()
+                out, since_remap = np.load(path, mmap_mode="r+"), 0
             rows = flat[(offsets[:-1, None] // 2 + np.arange(dim))[keep]]
             out[written : written + len(rows)] = rows
             written += len(rows)
+            since_remap += len(rows)
     if out is None:
         return None
     out.flush()

@@ -107,9 +107,10 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _HEX[ord(chr(_c).upper())] = _i
 
 
-def hash_arrays(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def hash_arrays(column: pa.Array | pa.ChunkedArray, chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
     """`parse_hashes` of an Arrow list<string> column (the clips table's `key_frame_hashes`), without a Python object
-    per hash: the 16-digit hex strings are decoded straight from the string buffer. Other lengths go through `int`."""
+    per hash: the 16-digit hex strings are decoded straight from the string buffer, `chunk` hashes at a time. Other
+    lengths go through `int`."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -118,25 +119,35 @@ def hash_arrays(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     flat = arr.flatten().cast(pa.string())
     if not len(flat):
         return values, valid
-    rows = np.repeat(np.arange(n), lengths)
-    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    starts = np.cumsum(lengths) - lengths  # each clip's first hash in `flat`
+
+    def cell(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(clip, key frame) of flat hashes i: the last clip starting at or before each (empty clips start where the
+        next one does, so they are never it)."""
+        r = np.searchsorted(starts, i, side="right") - 1
+        return r, i - starts[r]
+
     offsets = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1]
     sizes = np.diff(offsets)
     present = sizes > 0  # null and empty strings: no hash (as in `parse_hashes`)
     if flat.null_count:
         present &= flat.is_valid().to_numpy(zero_copy_only=False)
     data = np.frombuffer(flat.buffers()[2], dtype=np.uint8) if flat.buffers()[2] is not None else np.zeros(0, np.uint8)
-    fixed = present & (sizes == 16)
-    digits = _HEX[data[offsets[:-1][fixed, None] + np.arange(16)]]
-    ok = (digits != 255).all(axis=1)
-    parsed = np.zeros(int(fixed.sum()), dtype=np.uint64)
-    for d in range(16):  # most significant digit first
-        parsed = (parsed << np.uint64(4)) | digits[:, d].astype(np.uint64)
-    at = np.flatnonzero(fixed)[ok]
-    values[rows[at], cols[at]], valid[rows[at], cols[at]] = parsed[ok], True
-    present[at] = False  # what is left: odd lengths or bad digits, where int() decides (and raises on bad hex)
-    for i in np.flatnonzero(present):
-        values[rows[i], cols[i]], valid[rows[i], cols[i]] = np.uint64(int(flat[int(i)].as_py(), 16)), True
+    fixed = np.flatnonzero(present & (sizes == 16))
+    for start in range(0, len(fixed), chunk):  # chunks: the digit indices take 128 bytes a hash (5 GB at 10 M clips)
+        part = fixed[start : start + chunk]
+        digits = _HEX[data[offsets[part, None] + np.arange(16)]]
+        ok = (digits != 255).all(axis=1)
+        parsed = np.zeros(len(part), dtype=np.uint64)
+        for d in range(16):  # most significant digit first
+            parsed = (parsed << np.uint64(4)) | digits[:, d].astype(np.uint64)
+        at = part[ok]
+        r, c = cell(at)
+        values[r, c], valid[r, c] = parsed[ok], True
+        present[at] = False  # what is left: odd lengths or bad digits, where int() decides (and raises on bad hex)
+    left = np.flatnonzero(present)
+    for i, r, c in zip(left.tolist(), *(x.tolist() for x in cell(left)), strict=True):
+        values[r, c], valid[r, c] = np.uint64(int(flat[i].as_py(), 16)), True
     return values, valid
 
 
