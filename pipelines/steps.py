@@ -50,7 +50,7 @@ from curation.tables import atomic_write_json, create_json_once, read_json
 from pipelines.annotate import annotators_for
 from pipelines.config import RunConfig
 from pipelines.faults import CrashGuard
-from pipelines.records import RecordIndex
+from pipelines.records import RecordIndex, loads
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class WorkDir:
             return record
         try:
             with open(os.path.join(self._step_dir(step), f"{key}.json"), "rb") as f:
-                return json.loads(f.read())
+                return loads(f.read())
         except FileNotFoundError:
             return index.read(key) if index.refresh(force=sure) else None
 
