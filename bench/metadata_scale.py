@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args.child, args.run_dir)
     dim = 0 if args.no_embeddings or args.tables_only else args.dim
-    steps = [s for s in (args.steps or ",".join(TABLE_STEPS if args.tables_only else STEPS)).split(",") if s]
+    default = ",".join(TABLE_STEPS if args.tables_only else STEPS)
+    steps = [s for s in (default if args.steps is None else args.steps).split(",") if s]  # --steps "": synthesis only
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {sorted(unknown)}; steps: {', '.join(STEPS)}")
     tmp = None

@@ -52,7 +52,9 @@ below_or_above AS (
     JOIN checked AS b USING (score)
     WHERE NOT isnan(s.value) AND ((b.side = 'min' AND s.value < b.bound) OR (b.side = 'max' AND s.value > b.bound))
 ),
-passed AS (
+-- NOT MATERIALIZED: `passed` is read twice; materialized, DuckDB held every column of every passing row at once and
+-- ran out of its 4 GB at 10 M clips (bench/metadata_scale.py), where two streamed scans of the shards fit.
+passed AS NOT MATERIALIZED (
     SELECT * FROM shard_rows
     WHERE (run, clip_id) NOT IN (SELECT (run, clip_id) FROM below_or_above)
       AND (run, clip_id) NOT IN (
