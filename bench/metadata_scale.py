@@ -84,9 +84,10 @@ def peak_rss_mb() -> float:
 
 def step_finalize(run_dir: Path) -> dict[str, Any]:
     """What `pipelines.orchestrate._finish` does at the end of a run, without Ray and the report."""
+    from pipelines.compaction import Compactor
     from pipelines.finalize import collect, curate, pack_run, remove_stale_temp_files, remove_used_frames, write_tables
     from pipelines.manifest_blocks import manifest_extra
-    from pipelines.orchestrate import compact_records
+    from pipelines.orchestrate import STEPS_OF, compact_records, input_rank
 
     cfg = run_config()
     inputs = json.loads((run_dir / BENCH_DIR / "inputs.json").read_text())
@@ -117,7 +118,8 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
         stalls=[],
     )
     out["write_s"], t = time.perf_counter() - t, time.perf_counter()
-    compact_records(run_dir, inputs)  # the run's last act: the records still small files go into batch files
+    # the run's last act: the records still small files go into batch files
+    compact_records(Compactor(run_dir, STEPS_OF["all"], input_rank(inputs)))
     out["compact_s"] = time.perf_counter() - t
     files = sum(1 for p in run_dir.rglob("*") if p.is_file() and BENCH_DIR not in p.relative_to(run_dir).parts)
     out["files_per_1000_videos"] = round(1000 * files / max(1, len(inputs)), 2)

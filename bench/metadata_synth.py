@@ -135,10 +135,9 @@ class RecordSink:
             batch = None
         if batch is None:
             batch = self.batches[step] = BatchWriter(self.work / step / RECORDS_DIR)
-        # as compaction writes a small file's record (`compaction.record_line`): its keys sorted, as _dump wrote them
-        line = json.dumps({"key": key, "record": json.loads(json.dumps(record, sort_keys=True, default=str))},
-                          separators=(",", ":")).encode() + b"\n"  # fmt: skip
-        batch.add(key, line)
+        # the line compaction writes for the small file `_dump` would write (`compaction.record_line`): keys sorted
+        line = json.dumps({"key": key, "record": record}, sort_keys=True, separators=(",", ":"), default=str)
+        batch.add(key, line.encode() + b"\n")
 
     def close(self) -> None:
         for batch in self.batches.values():

@@ -243,10 +243,29 @@ def visit_tensors(
     each file's footer once: memory is one batch, however many clips. Returns how many were visited."""
     if isinstance(tensors, str):  # a bare name would be read as its letters
         raise TypeError("visit_tensors takes a sequence of tensor names")
+    visited = 0
+    for ids, batch in _member_batches(run_dir, names, codes, rows, tensors, batch_rows):
+        for i, row in zip(ids, batch.to_pylist(), strict=True):
+            found = [decode_tensor(row, t) if row.get(t) is not None else None for t in tensors]
+            if any(f is not None for f in found):
+                visit(int(i), found)
+                visited += 1
+    return visited
+
+
+def _member_batches(
+    run_dir: str | Path,
+    names: Sequence[str],
+    codes: np.ndarray,
+    rows: np.ndarray,
+    tensors: Sequence[str],
+    batch_rows: int,
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """(the i of the rows, their rows' columns of `tensors` present in the file) for every shard row
+    (`names[codes[i]]`, `rows[i]`), file by file and batch by batch, reading each file's footer once."""
     codes, rows = np.asarray(codes, dtype=np.int64), np.asarray(rows, dtype=np.int64)
     order = np.lexsort((rows, codes))
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    visited = 0
     for code, shard in enumerate(names):
         members = order[bounds[code] : bounds[code + 1]]
         if not len(members):
@@ -260,13 +279,8 @@ def visit_tensors(
         for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
             lo, hi = np.searchsorted(at, [start, start + batch.num_rows])
             if hi > lo:
-                for i, row in zip(members[lo:hi], batch.take(pa.array(at[lo:hi] - start)).to_pylist(), strict=True):
-                    found = [decode_tensor(row, t) if row.get(t) is not None else None for t in tensors]
-                    if any(f is not None for f in found):
-                        visit(int(i), found)
-                        visited += 1
+                yield members[lo:hi], batch.take(pa.array(at[lo:hi] - start))
             start += batch.num_rows
-    return visited
 
 
 def visit_tensor_blocks(
@@ -283,29 +297,13 @@ def visit_tensor_blocks(
     shape (an embedding column), they are read straight from the column's buffer: no Python object per row, which
     at 10 M clips is minutes. Other blocks go row by row, visited in groups of one shape. Returns how many rows were
     visited."""
-    codes, rows = np.asarray(codes, dtype=np.int64), np.asarray(rows, dtype=np.int64)
-    order = np.lexsort((rows, codes))
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     visited = 0
-    for code, shard in enumerate(names):
-        members = order[bounds[code] : bounds[code + 1]]
-        if not len(members):
-            continue
-        pf = storage.parquet_file(shard_path(run_dir, shard))
-        if tensor not in pf.schema_arrow.names:
-            continue
-        at, start = rows[members], 0
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=[tensor, f"{tensor}_dtype", f"{tensor}_shape"]):
-            lo, hi = np.searchsorted(at, [start, start + batch.num_rows])
-            if hi > lo:
-                taken = batch.take(pa.array(at[lo:hi] - start))
-                held = np.asarray(taken.column(0).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-                if held.any():
-                    ids = members[lo:hi][held]
-                    for block_ids, values in _stacked(taken.filter(pa.array(held)), tensor, ids):
-                        visit(block_ids, values)
-                    visited += len(ids)
-            start += batch.num_rows
+    for ids, batch in _member_batches(run_dir, names, codes, rows, (tensor,), batch_rows):
+        held = np.asarray(batch.column(0).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if held.any():
+            for block_ids, values in _stacked(batch.filter(pa.array(held)), tensor, ids[held]):
+                visit(block_ids, values)
+            visited += int(held.sum())
     return visited
 
 

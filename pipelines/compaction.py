@@ -2,10 +2,10 @@
 (`pipelines.records`) and deletes the small files.
 
 When: as the run goes (`Compactor`, every `runtime.compact_every` finished videos, in a background thread of the
-driver, while the workers keep committing records) and once more at the run's end (`compact_run`), so a finished run
-leaves a few batch files per step instead of one file per input and step. Records are written in the run's input
-order, the order `finalize.collect` reads them in: its reads then go front to back through each batch file instead
-of opening millions of small files scattered over the disk.
+driver, while the workers keep committing records) and once more at the run's end (`Compactor.compact`), so a
+finished run leaves a few batch files per step instead of one file per input and step. Records are written in the
+run's input order, the order `finalize.collect` reads them in: its reads then go front to back through each batch
+file instead of opening millions of small files scattered over the disk.
 
 Crash safety (`kill -9` at any point, or power loss):
 - a half-written batch is invisible (`pipelines.records.publish`), and the next compaction (or
@@ -150,18 +150,14 @@ def _unlink_all(folder: Path, keys: Iterable[str], suffix: str) -> int:
     return n
 
 
-def compact_run(run_dir: str | Path, steps: Iterable[str], rank: Mapping[str, int] | None = None) -> list[Compaction]:
-    """Compact the records of `steps` in RUN_DIR/_work (see `compact_step`)."""
-    return [compact_step(Path(run_dir) / "_work" / step, rank=rank) for step in steps]
-
-
 class Compactor:
-    """Compacts a run's records in a background thread while its executions go on: `tick()` per finished video
-    starts a compaction of every step once `every` videos have finished since the last one started (none while one
-    runs); `wait()` lets the one under way finish. One per driver; a failed compaction is logged and costs nothing
-    (the records stay small files, as valid, and the next one retries)."""
+    """Compacts a run's records: in a background thread while its executions go on (`tick()` per finished video
+    starts a compaction of every step once `every` videos have finished since the last one started, none while one
+    runs; `wait()` lets the one under way finish), and once more at the end (`compact()`). One per driver: it keeps
+    each step's index, so a compaction reads only the batch files published since the last one. A failed background
+    compaction is logged and costs nothing (the records stay small files, as valid, and the next one retries)."""
 
-    def __init__(self, run_dir: str | Path, steps: Iterable[str], rank: Mapping[str, int], every: int) -> None:
+    def __init__(self, run_dir: str | Path, steps: Iterable[str], rank: Mapping[str, int], every: int = 0) -> None:
         self.steps = [Path(run_dir) / "_work" / step for step in steps]
         self.rank, self.every = rank, every
         self.indexes: dict[Path, RecordIndex] = {}
@@ -173,7 +169,7 @@ class Compactor:
         self.since += videos
         if self.every and self.since >= self.every and not (self.thread and self.thread.is_alive()):
             self.since = 0
-            self.thread = threading.Thread(target=self._compact, name="record-compaction", daemon=True)
+            self.thread = threading.Thread(target=self._background, name="record-compaction", daemon=True)
             self.thread.start()
 
     def wait(self) -> None:
@@ -181,19 +177,21 @@ class Compactor:
             self.thread.join()
             self.thread = None
 
-    def _compact(self) -> None:
+    def compact(self) -> list[Compaction]:
+        """Compact every step now (after `wait()`: one compaction at a time); logs what moved. Raises OSError."""
         t0 = time.perf_counter()
-        try:
-            done = [
-                compact_step(d, rank=self.rank, index=self.indexes.setdefault(d, RecordIndex(d))) for d in self.steps
-            ]
-        except Exception:
-            logger.exception("compacting the records during the run failed; they stay small files until the next")
-            return
+        done = [compact_step(d, rank=self.rank, index=self.indexes.setdefault(d, RecordIndex(d))) for d in self.steps]
         self.done += done
-        if moved := [c for c in done if c.records]:
+        if moved := [c for c in done if c.records or c.removed]:
             logger.info(
                 "records compacted in %.1f s: %s",
                 time.perf_counter() - t0,
-                ", ".join(f"{c.step} {c.records}" for c in moved),
+                ", ".join(f"{c.step} {c.records} into {c.files} files" for c in moved),
             )
+        return done
+
+    def _background(self) -> None:
+        try:
+            self.compact()
+        except Exception:
+            logger.exception("compacting the records during the run failed; they stay small files until the next")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipelines.collected import Collected
-from pipelines.compaction import Compactor, compact_run
+from pipelines.compaction import Compactor
 from pipelines.config import RunConfig, RuntimeConfig
 from pipelines.finalize import (
     collect,
@@ -287,7 +287,7 @@ def run_stages(
         if not collected:  # nothing was pending: account the inputs with these steps attempted
             data = collect(run_dir, inputs, attempted)
     execution["throughput"] = run_throughput(data.timings, plan, started_at)
-    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, cluster, execution)
+    return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, compactor, cluster, execution)
 
 
 def _ingest_rounds(
@@ -361,22 +361,15 @@ def input_rank(inputs: list[dict]) -> dict[str, int]:
     return {r["key"]: i for i, r in enumerate(inputs)}
 
 
-def compact_records(run_dir: Path, inputs: list[dict]) -> None:
-    """Consolidate the run's per-input records left as small files into batch files (`pipelines.compaction`), last,
-    once finalize has read them. A failure costs only the compaction: the records stay small files, as valid, and
+def compact_records(compactor: Compactor) -> None:
+    """The run's last compaction (`pipelines.compaction`), once finalize has read the records: what is still small
+    files goes into batch files. A failure costs only the compaction: the records stay small files, as valid, and
     the next run retries."""
-    t0 = time.perf_counter()
+    compactor.wait()
     try:
-        done = compact_run(run_dir, STEPS_OF["all"], input_rank(inputs))
+        compactor.compact()
     except OSError:
-        logger.exception("could not compact the records in %s/_work; they stay as they are", run_dir)
-        return
-    if moved := [c for c in done if c.records or c.removed]:
-        logger.info(
-            "records compacted in %.1f s: %s",
-            time.perf_counter() - t0,
-            ", ".join(f"{c.step} {c.records} into {c.files} files" for c in moved),
-        )
+        logger.exception("could not compact the records in %s; they stay as they are", compactor.steps[0].parent)
 
 
 def _finish(
@@ -388,6 +381,7 @@ def _finish(
     data: Collected,
     wall: dict[str, float],
     started: float,
+    compactor: Compactor,
     cluster: dict | None = None,
     execution: dict | None = None,
 ) -> Collected:
@@ -449,7 +443,7 @@ def _finish(
     table = summary_table(counts, dict(data.seconds), wall, faults, throughput, execution.get("stalls"))
     (run_dir / "_summary.txt").write_text(table + "\n")
     print(table)
-    compact_records(run_dir, inputs)
+    compact_records(compactor)
     if crashed:
         logger.warning("%d inputs lost their worker (a crash, or a lost node): rerun the same command", crashed)
     logger.info('run directory: %s (query it with: python -m curation.query %s "SELECT ...")', run_dir, run_dir)

@@ -289,7 +289,7 @@ def test_compacting_while_workers_commit_keeps_every_record_exactly_once(tmp_pat
     compaction each record is in exactly one batch line and no small file is left."""
     import threading
 
-    from pipelines.compaction import Compactor, compact_run
+    from pipelines.compaction import Compactor
 
     n, workers = 600, 3
     rank = {key_of(i): i for i in range(n)}
@@ -322,7 +322,7 @@ def test_compacting_while_workers_commit_keeps_every_record_exactly_once(tmp_pat
     compactor.wait()
     assert not errors, errors[0]
     assert sum(c.records for c in compactor.done) > n // 4, "the compactor hardly ran alongside the workers"
-    compact_run(tmp_path, ["clips"], rank)
+    compactor.compact()  # the run's last compaction
     lines = lines_of(tmp_path)
     assert sorted(lines) == sorted(rank) and small_files(tmp_path) == []
     assert_reads(WorkDir(tmp_path), "clips", {key_of(i): record_of(i) for i in range(n)})
