@@ -34,6 +34,7 @@ process's peak RSS) and merges it into --json (default bench/results/metadata_sc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -84,8 +85,9 @@ def peak_rss_mb() -> float:
 
 def step_finalize(run_dir: Path) -> dict[str, Any]:
     """What `pipelines.orchestrate._finish` does at the end of a run, without Ray and the report."""
+    from pipelines.collect import collect, collect_workers
     from pipelines.compaction import Compactor
-    from pipelines.finalize import collect, curate, pack_run, remove_stale_temp_files, remove_used_frames, write_tables
+    from pipelines.finalize import curate, pack_run, remove_stale_temp_files, remove_used_frames, write_tables
     from pipelines.manifest_blocks import manifest_extra
     from pipelines.orchestrate import STEPS_OF, compact_records, input_rank
 
@@ -93,7 +95,8 @@ def step_finalize(run_dir: Path) -> dict[str, Any]:
     inputs = json.loads((run_dir / BENCH_DIR / "inputs.json").read_text())
     extra = manifest_extra(cfg)
     out, t = {}, time.perf_counter()
-    data = collect(run_dir, inputs, ("ingest", "scenes", "clips"))
+    out["collect_workers"] = collect_workers(cfg.runtime.collect_workers, len(inputs))
+    data = collect(run_dir, inputs, ("ingest", "scenes", "clips"), out["collect_workers"])
     out["collect_s"], t = time.perf_counter() - t, time.perf_counter()
     remove_stale_temp_files(run_dir)
     remove_used_frames(run_dir)
@@ -278,6 +281,17 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """Resident set of a live process and its descendants together (finalize reads records in child processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _rss_mb(p)
+        with contextlib.suppress(OSError):  # gone meanwhile
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+    return total
+
+
 def run_step(name: str, run_dir: Path, in_process: bool = False, max_rss_mb: float = 0) -> dict[str, Any]:
     """Run one step in a fresh child process: its seconds, its own peak RSS (wait4) and what it returned. With
     `in_process` (tests: no interpreter start per step) the RSS is this process's peak so far, not the step's."""
@@ -290,12 +304,13 @@ def run_step(name: str, run_dir: Path, in_process: bool = False, max_rss_mb: flo
     t = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, cwd=ROOT)
-        killed = None
+        killed, tree_peak = None, 0.0
         while True:  # wait4 for the child's own rusage; watch its RSS so a runaway step cannot take the machine
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            rss = _rss_mb(proc.pid)
+            rss = _tree_rss_mb(proc.pid)
+            tree_peak = max(tree_peak, rss)
             if max_rss_mb and rss > max_rss_mb and killed is None:
                 killed = f"killed at {rss:.0f} MB RSS (--max-rss-mb {max_rss_mb})"
                 proc.kill()
@@ -308,6 +323,8 @@ def run_step(name: str, run_dir: Path, in_process: bool = False, max_rss_mb: flo
         "seconds": round(seconds, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),  # steadier than wall time on a shared machine
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        # the step's process and its children together, sampled every 0.2 s (ru_maxrss is the largest one alone)
+        "peak_tree_rss_mb": round(tree_peak),
     }
     if killed:
         result["error"] = killed

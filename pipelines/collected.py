@@ -8,6 +8,7 @@ is closed or collected, and by the next run's `remove_stale_temp_files` if the p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -44,6 +45,7 @@ class TableSpill:
         self.path, self.schema, self.batch_rows = path, schema, batch_rows
         self._buffer: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
+        self._files: list[Path] = []  # what holds the rows, in order: adopted files, then `path` once written
         self._rows, self._sealed = 0, False
 
     def append(self, row: dict) -> None:
@@ -58,11 +60,33 @@ class TableSpill:
         for row in rows:
             self.append(row)
 
+    def adopt(self, path: Path, rows: int) -> None:
+        """Take over a Parquet file of this table's rows (another process's spill of an earlier segment) as the
+        next rows, before this spill writes any of its own."""
+        if self._sealed or self._writer is not None or self._buffer:
+            raise RuntimeError(f"{self.path.name}: a file adopted after rows were appended")
+        if rows:
+            self._files.append(path)
+            self._rows += rows
+
+    def move_to(self, target: Path) -> tuple[Path, int]:
+        """Seal and move the rows' file to `target`, for another spill to `adopt`: (target, rows). This spill is
+        empty after it."""
+        self.seal()
+        if self._files != [self.path]:
+            if self._files:
+                raise RuntimeError(f"{self.path.name}: only a spill that wrote its own rows can be moved")
+            return target, 0
+        os.replace(self.path, target)
+        moved, self._files, self._rows = self._rows, [], 0
+        return target, moved
+
     def _flush(self) -> None:
         if not self._buffer:
             return
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd", compression_level=1)
+            self._files.append(self.path)
         self._writer.write_table(rows_to_table(self._buffer, self.schema))
         self._buffer = []
 
@@ -79,19 +103,20 @@ class TableSpill:
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every row's `columns` (all by default)."""
         self.seal()
-        if self._writer is None:
+        names = list(columns) if columns is not None else None
+        if not self._files:
             empty = self.schema.empty_table()
-            return empty.select(list(columns)) if columns is not None else empty
-        return pq.read_table(self.path, columns=list(columns) if columns is not None else None)
+            return empty.select(names) if names is not None else empty
+        parts = [pq.read_table(f, columns=names) for f in self._files]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         """The rows in the batches they were written in: one batch in memory at a time."""
         self.seal()
-        if self._writer is None:
-            return
-        pf = pq.ParquetFile(self.path)
-        for i in range(pf.num_row_groups):
-            yield pf.read_row_group(i, columns=list(columns) if columns is not None else None)
+        for f in self._files:
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i, columns=list(columns) if columns is not None else None)
 
     def batches(self) -> Iterator[pa.Table]:
         """What the run's table holds, batch by batch."""
@@ -221,6 +246,13 @@ class Timings:
         self.times.extend((timing["start"], timing["end"], seconds))
         self.node_of.append(self.nodes.setdefault(timing.get("node") or "", len(self.nodes)))
 
+    def extend(self, other: Timings) -> None:
+        """Append `other`'s inputs (a later segment of the run's)."""
+        remap = [self.nodes.setdefault(node, len(self.nodes)) for node in other.nodes]
+        self.keys.extend(other.keys)
+        self.times.extend(other.times)
+        self.node_of.extend(remap[n] for n in other.node_of)
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -254,6 +286,26 @@ def _remove_spill(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class CollectedPart:
+    """What another process collected over a segment of the inputs, for `Collected.absorb`: its table files (moved
+    into the parent's spill folder) with their row counts, and its bookkeeping."""
+
+    files: dict[str, tuple[Path, int]]  # videos, scenes, clips -> (Parquet file, rows)
+    rejected: list[dict]
+    shards: list[ShardFile]
+    seconds: dict[str, float]
+    ready: dict[str, list[dict]]
+    timings: dict[str, Timings]
+    attempts: dict[str, Counter]
+    firsts: dict[str, str]  # video id -> URI of the videos this segment held first (`pipelines.collect`)
+
+    def discard(self) -> None:
+        """Remove the table files (a segment read again)."""
+        for path, _ in self.files.values():
+            path.unlink(missing_ok=True)
+
+
 class Collected:
     """Every table's rows plus the bookkeeping the summary needs. `videos`, `scenes` and `clips` are on disk
     (`TableSpill`); `rejected` holds the records' rejections as dicts (so a stalled round can reword them), and the
@@ -283,6 +335,39 @@ class Collected:
         """End of collection: write out what is buffered."""
         for table in (self.videos, self.scenes, self.clips):
             table.seal()
+
+    def export(self, dest: Path, tag: str, firsts: dict[str, str]) -> CollectedPart:
+        """Seal, move the table files into `dest` (named with `tag`), and hand everything over as a part."""
+        self.seal()
+        files = {}
+        for name, table in (("videos", self.videos), ("scenes", self.scenes), ("clips", self.clips)):
+            files[name] = table.move_to(dest / f"{name}-{tag}.parquet")
+        return CollectedPart(
+            files,
+            self.rejected,
+            self.shards,
+            dict(self.seconds),
+            dict(self.ready),
+            dict(self.timings),
+            dict(self.attempts),
+            firsts,
+        )
+
+    def absorb(self, part: CollectedPart) -> None:
+        """Append a later segment's part (see `CollectedPart`), before anything was collected here directly."""
+        self.videos.adopt(*part.files["videos"])
+        self.scenes.adopt(*part.files["scenes"])
+        self.clips.adopt(*part.files["clips"])
+        self.rejected.extend(part.rejected)
+        self.shards.extend(part.shards)
+        for name, seconds in part.seconds.items():
+            self.seconds[name] += seconds
+        for step, rows in part.ready.items():
+            self.ready[step].extend(rows)
+        for step, timings in part.timings.items():
+            self.timings[step].extend(timings)
+        for step, counts in part.attempts.items():
+            self.attempts[step].update(counts)
 
     def note_record(self, step: str, key: str, record: dict) -> None:
         """Account one finished step record: its busy time, timing and attempts."""

@@ -69,14 +69,17 @@ class RuntimeConfig:
     # Finished videos between two compactions of the run's records into batch files while the run goes (the driver
     # does it in the background, `pipelines.compaction`); 0 = only at the end of the run.
     compact_every: int = 10_000
+    # Processes finalize reads the records with (`pipelines.collect`); 0 = this machine's CPUs, at most 4, for runs
+    # of 20,000 inputs or more (below that, starting the processes costs more than they save).
+    collect_workers: int = 0
     fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)  # tests only: make one clip fail
 
     def __post_init__(self) -> None:
         sizes = (self.num_cpus, self.object_store_mb, self.model_actors, self.data_cpus, self.data_object_store_mb)
-        if min(*sizes, self.retry_rounds, self.compact_every) < 0:
+        if min(*sizes, self.retry_rounds, self.compact_every, self.collect_workers) < 0:
             raise ConfigError(
-                "runtime.num_cpus, object_store_mb, model_actors, data_cpus, data_object_store_mb, retry_rounds and "
-                "compact_every must be >= 0"
+                "runtime.num_cpus, object_store_mb, model_actors, data_cpus, data_object_store_mb, retry_rounds, "
+                "compact_every and collect_workers must be >= 0"
             )
         if not 0 < self.gpus_per_actor <= 8:
             raise ConfigError(f"runtime.gpus_per_actor must be in (0, 8], got {self.gpus_per_actor}")

@@ -1,9 +1,9 @@
 """Turn the per-input work records into the run's tables: videos, scenes, clips, rejected, and the shard manifest.
 
-Runs on the driver after the DAG, and again on every rerun: it reads the records (small JSON) into column files
-(`pipelines.collected`), curates over the columns each stage needs, and writes the tables batch by batch, so its
-memory follows the curation columns, not the rows. Inputs are visited in sorted URI order, so the tables and the
-manifest are identical however the work was scheduled or interrupted.
+Runs on the driver after the DAG, and again on every rerun: `pipelines.collect` reads the records (small JSON) into
+column files (`pipelines.collected`); finalize curates over the columns each stage needs and writes the tables batch
+by batch, so its memory follows the curation columns, not the rows. Inputs are visited in sorted URI order, so the
+tables and the manifest are identical however the work was scheduled or interrupted.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from curation.camera_filter import CameraFilterConfig, camera_magnitude, find_ou
 from curation.dedup import DedupConfig, find_duplicates_in, hash_arrays, quality_rank
 from curation.filters import FilterConfig, filter_columns
 from curation.packing import Member, pack_shards, packing_summary, remove_unlisted
-from curation.schema import VIDEOS
-from curation.shards import ShardFile, visit_tensor_blocks, visit_tensors, write_manifest
+from curation.shards import visit_tensor_blocks, visit_tensors, write_manifest
 from curation.tables import write_run_table_batches
 from pipelines.collected import SPILL_PREFIX, Collected, stale_spill
-from pipelines.steps import WorkDir, rejected_row
+from pipelines.steps import WorkDir
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
@@ -39,53 +38,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RANK_FIELDS = ("aesthetic_score", "width", "height", "start_s", "end_s", "sharpness", "clip_id")  # quality_rank's
-
-
-def collect(run_dir: Path, inputs: list[dict], attempted: tuple[str, ...] = ()) -> Collected:
-    """Read every input's records in order. Inputs that a step in `attempted` left without a record (their worker
-    died) become `worker_crashed` rejections; rerunning retries them."""
-    work, out = WorkDir(run_dir), Collected(run_dir)
-    first_uri_of: dict[str, str] = {}
-    for row in inputs:
-        key = row["key"]
-        if (video := work.find("ingest", key)) is None:
-            if "ingest" in attempted:
-                out.note_crash(work, "ingest", row)
-            continue
-        out.note_record("ingest", key, video)
-        out.videos.append({k: video.get(k) for k in VIDEOS.names})
-        if video.get("error"):
-            out.rejected.append(
-                rejected_row("ingest", video, video.get("reason") or "unreadable", video.get("detail", ""))
-            )
-            continue
-        if video["video_id"] in first_uri_of:  # the same bytes under another name: keep the first in URI order
-            detail = f"same content as {first_uri_of[video['video_id']]}"
-            out.rejected.append(rejected_row("ingest", video, "duplicate_video", detail))
-            continue
-        first_uri_of[video["video_id"]] = video["source_uri"]
-        _collect_video(work, row, video, out, attempted)
-    out.seal()
-    return out
-
-
-def _collect_video(work: WorkDir, row: dict, video: dict, out: Collected, attempted: tuple[str, ...]) -> None:
-    key, ids = row["key"], {"video_id": video["video_id"], "source_uri": video["source_uri"]}
-    for step in ("scenes", "clips"):
-        if (record := work.find(step, key)) is None:
-            out.ready[step].append(row)
-            if step in attempted:
-                out.note_crash(work, step, {**video, "key": key})
-            return
-        out.note_record(step, key, record)
-        out.rejected.extend(record.get("rejected", []))
-        if step == "scenes":
-            out.scenes.extend({**ids, **s} for s in record.get("scenes", []))
-        else:
-            for name, seconds in record.get("annotator_seconds", {}).items():
-                out.seconds[f"clips/{name}"] += seconds
-            out.clips.extend(record.get("clips", []))
-            out.shards.extend(ShardFile(**s) for s in record.get("shards", []))
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pipelines.collect import collect, collect_workers
 from pipelines.collected import Collected
 from pipelines.compaction import Compactor
 from pipelines.config import RunConfig, RuntimeConfig
 from pipelines.finalize import (
-    collect,
     curate,
     pack_run,
     remove_stale_temp_files,
@@ -232,6 +232,7 @@ def run_stages(
     execution: dict = {"actors": {}, "stalls": []}  # stalls: what the watchdog stopped (`_consume`), per round
     stalls, rc, left = execution["stalls"], cfg.runtime, []
     compactor = Compactor(run_dir, STEPS_OF["all"], input_rank(inputs), rc.compact_every)
+    workers = collect_workers(rc.collect_workers, len(inputs))  # processes that read the records
     if "ingest" in steps:
         pending = [r for r in inputs if not work.done("ingest", r["key"])]
         logger.info("ingest: %d inputs, %d already probed", len(inputs), len(inputs) - len(pending))
@@ -240,7 +241,7 @@ def run_stages(
             plan.update(dag.ingest_plan())
             left = _ingest_rounds(pending, cfg, run_dir, stalls, cluster, compactor)
         wall["ingest"], attempted = time.perf_counter() - t0, ("ingest",)
-    data = collect(run_dir, inputs, attempted)
+    data = collect(run_dir, inputs, attempted, workers)
     if left:
         _mark_stalled(data, "ingest", left, stalls[-1])
     video_steps = tuple(s for s in steps if s != "ingest")
@@ -277,7 +278,7 @@ def run_stages(
             if stall is not None:
                 stalls.append({**stall, "round": attempt})
             keys = {r["key"] for r in pending}
-            data, collected = collect(run_dir, inputs, attempted + video_steps), True
+            data, collected = collect(run_dir, inputs, attempted + video_steps, workers), True
             pending = [r for r in data.ready["scenes"] + data.ready["clips"] if r["key"] in keys]
         if stall is not None and pending:  # the last round stalled: say so in the records of what it left
             _mark_stalled(data, video_steps, pending, stalls[-1])
@@ -285,7 +286,7 @@ def run_stages(
         wall[label] = time.perf_counter() - t0
         attempted += video_steps
         if not collected:  # nothing was pending: account the inputs with these steps attempted
-            data = collect(run_dir, inputs, attempted)
+            data = collect(run_dir, inputs, attempted, workers)
     execution["throughput"] = run_throughput(data.timings, plan, started_at)
     return _finish(run_dir, stage, inputs, ignored, cfg, data, wall, started, compactor, cluster, execution)
 

@@ -16,8 +16,8 @@ from curation.ids import uri_key
 from curation.schema import CLIPS, SHARD_META, SHARD_TENSORS
 from pipelines import clip_writer, steps
 from pipelines.annotate import ClipAnnotators, ClipRejected
+from pipelines.collect import collect
 from pipelines.config import RunConfig, load_config
-from pipelines.finalize import collect
 from tests.conftest import SMOKE
 
 

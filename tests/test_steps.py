@@ -14,8 +14,8 @@ from curation import tables
 from curation.ids import uri_key
 from curation.tables import read_json
 from pipelines import steps
+from pipelines.collect import collect
 from pipelines.config import RunConfig, load_config
-from pipelines.finalize import collect
 
 
 def test_unexpected_step_error_is_recorded_and_reported(tmp_path, monkeypatch: pytest.MonkeyPatch):
