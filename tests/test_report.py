@@ -166,3 +166,16 @@ def test_report_renders_in_a_headless_browser(smoke_run, tmp_path):
     assert image is not None and image.shape[:2] == (4000, 1280)
     assert image.std() > 10  # not a blank page
     shutil.copy(shot, Path("/tmp/report_screenshot.png"))  # for a human to look at
+
+
+def test_gallery_buckets_pick_spread_positions_half_of_them_dropped():
+    from curation.report.scores import _pick_bucket
+
+    kept = np.array([True] * 10 + [False] * 10 + [True] * 10)
+    picked = _pick_bucket(kept, 6)
+    assert picked == sorted(picked) and len(picked) == 6
+    assert sum(not kept[i] for i in picked) == 3  # half dropped when there are enough
+    assert picked[0] == 0 and picked[-1] == 29  # the kept ones spread to the bucket's ends
+    only_kept = _pick_bucket(np.ones(4, bool), 6)
+    assert only_kept == [0, 1, 2, 3]  # fewer rows than cards: every one
+    assert _pick_bucket(np.array([False, True]), 6) == [0, 1]

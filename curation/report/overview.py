@@ -30,7 +30,7 @@ def _header(run: _Run) -> str:
         ("status", f"{rj.get('status', 'unknown')} (stage {rj.get('stage', '?')})"),
         ("config hash", rj.get("config_hash", run.manifest.get("config_hash", "unknown"))),
         ("schema version", rj.get("schema_version", run.manifest.get("schema_version", "unknown"))),
-        ("curated clips", f"{n_clips:,} of {len(run.rows):,} shard rows"),
+        ("curated clips", f"{n_clips:,} of {run.n_rows:,} shard rows"),
         ("flow backend", flow or "unknown"),
     ]
     items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
@@ -60,9 +60,9 @@ def _counts(run: _Run) -> str:
         f"SELECT count(DISTINCT clip_id) FROM rejected WHERE clip_id IS NOT NULL "
         f"AND stage NOT IN ('filters', 'dedup', 'events') AND clip_id NOT IN {shard_ids}"
     ).fetchone()[0]
-    dropped = {s: sum(1 for r in run.rows if r["drop_stage"] == s) for s in GLOBAL_STAGES}
+    dropped = run.dropped
     curation = run.manifest.get("curation", {})
-    n_rows = len(run.rows)
+    n_rows = run.n_rows
     funnel = [
         ("videos in", videos, f"{failed:,} failed" if failed else ""),
         ("scenes", scenes, ""),

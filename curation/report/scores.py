@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curation import visuals
-from curation.report.data import _finite, _Run
+from curation.report.data import _Run, rows_by_id, score_column
 from curation.report.markup import THUMB_SIDE, _e, _img, _no_data, _num, _section, _short, _svg
 from curation.shards import read_rows
 
@@ -30,39 +31,43 @@ def _thresholds(run: _Run, column: str) -> dict[str, float]:
 
 def _histograms(run: _Run) -> str:
     intro = (
-        f"Every score over all {len(run.rows):,} shard rows: <span class='kept-key'>kept</span> clips stacked under "
+        f"Every score over all {run.n_rows:,} shard rows: <span class='kept-key'>kept</span> clips stacked under "
         "<span class='dropped-key'>dropped</span> ones (removed by filters, dedup or the event filter). Dashed lines "
         "are the configured thresholds."
     )
     if not run.scores:
         return _section("histograms", "Score histograms", _no_data("no scores: no shard rows or every score is null"))
     charts = []
-    for column in run.scores:
-        values = [r[column] for r in run.rows]
-        kept = [bool(r["kept"]) for r in run.rows]
+    for column in run.scores:  # one column's arrays in memory at a time
+        col = score_column(run, column)
         svg = visuals.histogram_svg(
-            values, bins=20, thresholds=_thresholds(run, column), title=column, kept_mask=kept, width=380, height=190
+            col["value"],
+            bins=20,
+            thresholds=_thresholds(run, column),
+            title=column,
+            kept_mask=col["kept"],
+            width=380,
+            height=190,
         )
         charts.append(f"<figure class='chart' id='hist-{_e(column)}'>{_svg(svg)}</figure>")
     return _section("histograms", "Score histograms", f"<div class='grid'>{''.join(charts)}</div>", intro)
 
 
-def _spread(items: list[Any], k: int) -> list[Any]:
+def _spread(items: Sequence[Any], k: int) -> list[Any]:
     """k items evenly spaced through the list (ends included)."""
-    if k <= 0 or not items:
+    if k <= 0 or not len(items):
         return []
     if len(items) <= k:
         return list(items)
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else [items[len(items) // 2]]
 
 
-def _pick_bucket(bucket: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """Up to n rows, half dropped when there are enough, spread over the bucket's range; shown by score."""
-    kept = [r for r in bucket if r["kept"]]
-    dropped = [r for r in bucket if not r["kept"]]
-    n_dropped = min(len(dropped), max(n // 2, n - len(kept)))
-    chosen = _spread(dropped, n_dropped) + _spread(kept, n - n_dropped)
-    return sorted(chosen, key=lambda r: (r["_score"], r["clip_id"]))
+def _pick_bucket(kept: np.ndarray, n: int) -> list[int]:
+    """Up to n positions in a bucket (its rows' `kept` flags, in score order), half dropped when there are enough,
+    spread over the bucket's range; in score order."""
+    kept_at, dropped_at = np.flatnonzero(kept), np.flatnonzero(~kept)
+    n_dropped = min(len(dropped_at), max(n // 2, n - len(kept_at)))
+    return sorted(int(i) for i in _spread(dropped_at, n_dropped) + _spread(kept_at, n - n_dropped))
 
 
 def _thumbnails(run: _Run, refs: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
@@ -77,22 +82,23 @@ def _thumbnails(run: _Run, refs: list[tuple[str, int]]) -> dict[tuple[str, int],
     return out
 
 
+def _gallery_rows(run: _Run, column: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(bucket name, rows shown) per score tercile of `column`: terciles of the rows sorted by (score, clip_id),
+    the shown rows picked by `_pick_bucket` and read by row id."""
+    col = score_column(run, column, order=True)
+    picks = []
+    for name, idx in zip(("low", "mid", "high"), np.array_split(np.arange(len(col["value"])), 3), strict=True):
+        at = idx[0] + np.array(_pick_bucket(col["kept"][idx], PER_BUCKET), dtype=np.int64) if len(idx) else idx
+        picks.append((name, [int(i) for i in col["rowid"][at]]))
+    found = rows_by_id(run, [i for _, ids in picks for i in ids], column)
+    return [(name, [{**found[i], "_score": float(found[i]["_score"])} for i in ids]) for name, ids in picks]
+
+
 def _galleries(run: _Run) -> str:
     columns = [c for c in GALLERY_SCORES if c in run.scores]
     if not columns:
         return _section("galleries", "Galleries", _no_data("no gallery scores (motion, sharpness, events) computed"))
-    plan: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
-    for column in columns:
-        scored = sorted(
-            ({**r, "_score": float(r[column])} for r in run.rows if _finite(r[column])),
-            key=lambda r: (r["_score"], r["clip_id"]),
-        )
-        buckets = [list(b) for b in np.array_split(np.arange(len(scored)), 3)]
-        named = []
-        for name, idx in zip(("low", "mid", "high"), buckets, strict=True):
-            members = [scored[i] for i in idx]
-            named.append((name, _pick_bucket(members, PER_BUCKET) if members else []))
-        plan.append((column, named))
+    plan = [(column, _gallery_rows(run, column)) for column in columns]
     refs = sorted({(r["shard"], int(r["shard_row"])) for _, named in plan for _, rows in named for r in rows})
     thumbs = _thumbnails(run, refs)
     blocks = []
