@@ -427,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             result["steps"][name] = run_step(name, run_dir, args.in_process, args.max_rss_mb)
             print(json.dumps({name: result["steps"][name]}), file=sys.stderr, flush=True)
         result["total_s"] = round(sum(s["seconds"] for s in result["steps"].values()), 1)
-        result["peak_rss_mb"] = max((s["peak_rss_mb"] for s in result["steps"].values()), default=0)
+        result["peak_rss_mb"] = max(
+            (max(s["peak_rss_mb"], s.get("peak_tree_rss_mb", 0)) for s in result["steps"].values()), default=0
+        )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
