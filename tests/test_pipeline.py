@@ -169,14 +169,18 @@ def test_unknown_stage_exits_2(capsys):
     assert exc.value.code == 2
 
 
-def test_single_stages_give_the_same_clips_as_all(smoke_run, corpus_dir, tmp_path, ray_local):
+def test_single_stages_give_the_same_clips_as_all(smoke_run, corpus_dir, tmp_path, ray_local, caplog):
     # Dedup is global: keep the corpus's near-duplicate families (copies and their sources) out of the subset.
     truths = {str(p): load_truth(p) for p in videos_in(corpus_dir)}
     families = {t["duplicate_of"] for t in truths.values() if "duplicate_of" in t}
-    subset = [uri for uri, t in truths.items() if "duplicate_of" not in t and t["name"] not in families][:3]
+    subset = [uri for uri, t in truths.items() if "duplicate_of" not in t and t["name"] not in families][:4]
     run_dir = tmp_path / "staged"
     for stage in ("ingest", "scenes", "clips"):
-        assert run_pipeline("--stage", stage, "--input", *subset, "--output", str(run_dir)) == 0
+        # finalize reads the records in 2 processes here (spawned from the Ray driver): the same clips
+        workers = ("--set", "runtime.collect_workers=2")
+        with caplog.at_level(logging.INFO, logger="pipelines.collect"):
+            assert run_pipeline("--stage", stage, "--input", *subset, "--output", str(run_dir), *workers) == 0
+    assert "collect: 4 inputs in 4 segments, 2 processes" in caplog.text
     staged = {c["clip_id"] for c in table(run_dir, "clips")}
     expected = {c["clip_id"] for c in table(smoke_run, "clips") if c["source_uri"] in subset}
     assert staged == expected and staged
