@@ -4,7 +4,7 @@
 When: as the run goes (`Compactor`, every `runtime.compact_every` finished videos, in a background thread of the
 driver, while the workers keep committing records) and once more at the run's end (`Compactor.compact`), so a
 finished run leaves a few batch files per step instead of one file per input and step. Records are written in the
-run's input order, the order `finalize.collect` reads them in: its reads then go front to back through each batch
+run's input order, the order `pipelines.collect` reads them in: its reads then go front to back through each batch
 file instead of opening millions of small files scattered over the disk.
 
 Crash safety (`kill -9` at any point, or power loss):

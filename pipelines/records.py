@@ -7,7 +7,7 @@ RUN_DIR/_work/<step>/_records/records-<NNNNN>.jsonl, one `{"key": ..., "record":
 `records-<NNNNN>.index.json` listing its keys and byte offsets (`pipelines.compaction` does that, and says when).
 Batch files are never rewritten: a later compaction appends new ones holding only the records new since.
 
-Why JSON lines and not Parquet: a worker or `finalize.collect` reads single records in input order. A byte offset
+Why JSON lines and not Parquet: a worker or `pipelines.collect` reads single records in input order. A byte offset
 serves each one with a single read of exactly its bytes; Parquet would decode a whole row-group column chunk per
 record, and the nested, heterogeneous records would be stored as JSON strings in it anyway. JSON also round-trips a
 record to the identical dict the small file gave, and stays greppable.

@@ -212,7 +212,7 @@ def test_a_compaction_without_records_does_nothing(tmp_path: Path):
 
 
 def test_finalize_collects_the_same_run_from_compacted_records(tmp_path: Path):
-    """`finalize.collect` over compacted records: the same tables, and an input whose clips worker died (an attempt
+    """`pipelines.collect` over compacted records: the same tables, and an input whose clips worker died (an attempt
     log, no record) is still reported as `worker_crashed`."""
     from pipelines.collect import collect
 
