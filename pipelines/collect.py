@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -117,7 +117,7 @@ def _collect_parallel(run_dir: Path, inputs: list[dict], attempted: tuple[str, .
     # spawn, not fork: the driver has threads (Ray's, the compactor's) that a forked child would inherit mid-lock
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
 
-        def submit(i: int, earlier: dict[str, str]):  # noqa: ANN202 (a Future of CollectedPart)
+        def submit(i: int, earlier: dict[str, str]) -> Future[CollectedPart]:
             return pool.submit(_segment, str(run_dir), segments[i], attempted, earlier, str(out.folder), f"{i:05d}")
 
         futures = [submit(i, {}) for i in range(count)]
