@@ -45,9 +45,11 @@ class DedupConfig:
     hash_bits: int = 0  # LSH key bits; 0 = log2(clips) - 4 in [16, 32]
     hash_tables: int = 32  # LSH tables per key frame
     embedding_dims: int = 64  # PCA dimensions of the embedding index (0: the full vectors)
-    embedding_nlist: int = 0  # k-means lists; 0 = 4 sqrt(clips)
+    embedding_nlist: int = 0  # k-means lists; 0 = one per 256 clips
     embedding_nprobe: int = 16  # most lists a clip probes ...
     embedding_probe_margin: float = 0.03  # ... of those within this centroid similarity of its nearest list
+    embedding_coarse: int = 0  # coarse cells the lists are searched through; 0 = sqrt(lists) from 1024 lists, 1 = flat
+    embedding_coarse_nprobe: int = 0  # nearest cells a clip searches for its lists; 0 = max(16, cells / 6)
     seed: int = 0  # LSH permutations, PCA and k-means samples
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class DedupConfig:
             raise ValueError("dedup.embedding_dims and dedup.embedding_nlist must be >= 0 (0: full / auto)")
         if self.embedding_nprobe < 1:
             raise ValueError("dedup.embedding_nprobe must be >= 1")
+        if self.embedding_coarse < 0 or self.embedding_coarse_nprobe < 0:
+            raise ValueError("dedup.embedding_coarse and dedup.embedding_coarse_nprobe must be >= 0 (0: auto)")
         if not 0.0 <= self.embedding_probe_margin <= 2.0:
             raise ValueError("dedup.embedding_probe_margin must be in [0, 2] (a cosine difference)")
 
@@ -258,6 +262,8 @@ def find_embedding_pairs(embeddings: np.ndarray, cfg: DedupConfig) -> list[tuple
         cfg.embedding_nprobe,
         cfg.embedding_probe_margin,
         cfg.seed,
+        cfg.embedding_coarse,
+        cfg.embedding_coarse_nprobe,
     )
     return list(zip(a.tolist(), b.tolist(), sim.tolist(), strict=True))
 
