@@ -22,10 +22,14 @@ Embeddings (cosine >= tau, unit rows as the exact path makes them):
    unit row's projection, rho the norm of the residual outside the subspace, so it has unit norm. For unit x, y:
    x.y = r_x.r_y + res_x.res_y <= r_x.r_y + rho_x rho_y = [r_x, rho_x].[r_y, rho_y] (Cauchy-Schwarz), so every pair
    with cosine >= tau has index vectors with dot product >= tau: that filter loses no pair.
-2. Spherical k-means (faiss) on the index vectors into `nlist` lists (an IVF index): each clip is stored in its
-   nearest list and probes the lists whose centroid similarity is within `margin` of its nearest one (at most
-   `nprobe`); it is compared with every clip stored in a list it probes (a faiss range search per list: BLAS, the
-   threshold applied in C++). This is the approximate step: a pair is missed when neither probes the other's list.
+2. Spherical k-means (faiss) on the index vectors into `nlist` lists of about 256 clips (an IVF index): each clip
+   is stored in its nearest list and probes the lists whose centroid similarity is within `margin` of its nearest
+   one (at most `nprobe`); it is compared with every clip stored in a list it probes (a faiss range search per
+   list: BLAS, the threshold applied in C++). Lists of constant size keep this self-join linear in the clips. From
+   1,024 lists the lists are found through coarse cells (k-means of the clips, then each cell's clips into its share
+   of the lists), a clip searching the lists of its nearest cells only (`dedup_cells`): a flat search of every list
+   would cost clips x lists, quadratic. This is the approximate step: a pair is missed when neither probes the
+   other's list.
 3. The pairs that pass are verified on the full vectors (read in row batches; `embeddings` may be a disk-backed
    np.memmap: 10 M x 768 float16 is 15 GB, the index vectors at 64 dimensions 2.6 GB).
 """
@@ -270,12 +274,12 @@ def assign_lists(
     by its nearest list and probes that one and the next ones within `margin` of its similarity, at most `nprobe`:
     a margin rather than a fixed count spends probes on the rows near a boundary, where pairs get split.
 
-    With `coarse` > 1 cells (0: `auto_coarse`), the lists are found in two levels, so a row is compared with about
-    2 sqrt(nlist) centroids rather than nlist (a flat search costs n x nlist, which grows as n^2 with lists of
-    constant size): k-means into the coarse cells, then each cell's rows into that cell's share of the lists. A row
-    searches the lists of the cells within `coarse_margin` of its nearest one (at most `coarse_nprobe`), its own cell
-    always among them. The margin is wider than the lists' because a cell's centroid stands for a wider region."""
-    m, d = vectors.shape
+    With `coarse` > 1 cells (0: `auto_coarse`), the lists are found in two levels (a flat search costs n x nlist,
+    which grows as n^2 with lists of constant size): k-means into the coarse cells, then each cell's rows into that
+    cell's share of the lists. A row is compared with the coarse centroids, then with the lists of its
+    `coarse_nprobe` nearest cells (0: `auto_coarse_nprobe`); its owner and probes are then chosen among those
+    lists as above."""
+    m = len(vectors)
     if nlist <= 1:
         every = pack(np.zeros(m, dtype=np.int64), np.arange(m))
         return every, every

@@ -130,6 +130,49 @@ def test_memmap_embeddings_read_in_batches(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(in_memory, from_disk, strict=True)) and len(from_disk[0]) > 50
 
 
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cell_search_over_every_cell_is_the_flat_search():
+    """Searching all cells, the two-level kernel returns each row's lists exactly as a brute-force search would: the
+    most similar first, those within the margin of the best, at most nprobe."""
+    from curation.dedup_cells import dimension_major, search_cells
+
+    rng = np.random.default_rng(0)
+    x, fine = unit_rows(rng, 600, 12), unit_rows(rng, 57, 12)
+    first = np.array([0, 9, 10, 30, 41, 57])  # five cells of unequal size, one of a single list
+    top = unit_rows(rng, 5, 12)
+    lists, counts = np.zeros((600, 8), np.int64), np.zeros(600, np.int64)
+    layout = dimension_major([fine[a:b] for a, b in itertools.pairwise(first)])
+    search_cells(x, dimension_major([top]), layout, first, 5, 8, np.float32(0.1), lists, counts)
+    sims = x @ fine.T
+    for i in range(600):
+        order = np.argsort(-sims[i], kind="stable")[:8]
+        want = order[sims[i, order] >= sims[i, order[0]] - 0.1]
+        assert counts[i] == len(want) >= 1
+        assert np.allclose(sims[i, lists[i, : counts[i]]], sims[i, want], atol=1e-6)  # ties may swap two lists
+
+
+def test_two_level_search_finds_the_flat_search_pairs():
+    """Coarse cells searched partly: every pair found is a true pair, and nearly all the flat search's are found."""
+    _, _, emb = synthetic(6000, 32, 9)
+    flat = dedup_index.embedding_pairs_indexed(emb, 0.95, 8, 96, 16, 0.03, seed=0, coarse=1)
+    two = dedup_index.embedding_pairs_indexed(emb, 0.95, 8, 96, 16, 0.03, seed=0, coarse=12, coarse_nprobe=6)
+    exact = {(i, j) for i, j, _ in embedding_pairs(emb, 0.95)}
+    found = set(zip(two[0].tolist(), two[1].tolist(), strict=True))
+    assert found <= exact and len(exact) > 1000
+    assert len(found & set(zip(flat[0].tolist(), flat[1].tolist(), strict=True))) >= 0.99 * len(flat[0])
+
+
+def test_auto_index_sizes():
+    """Lists of ~256 clips; the coarse level from 1,024 lists, searched through 2 sqrt(cells) of them."""
+    assert dedup_index.auto_nlist(1_000_000) == 3906 and dedup_index.auto_nlist(1000) == 4
+    assert dedup_index.auto_coarse(1000) == 1 and dedup_index.auto_coarse(39062) == 395
+    assert dedup_index.auto_coarse_nprobe(395) == 40 and dedup_index.auto_coarse_nprobe(30) == 16
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_approximate_decisions_equal_exact(seed: int):
     """A few thousand clips: the approximate path drops the same clips for the same keepers with the same evidence
@@ -170,6 +213,8 @@ def test_auto_takes_exact_path_below_threshold(monkeypatch):
         {"embedding_dims": -1},
         {"embedding_nlist": -2},
         {"embedding_nprobe": 0},
+        {"embedding_coarse": -1},
+        {"embedding_coarse_nprobe": -3},
         {"embedding_probe_margin": -0.1},
     ],
 )
