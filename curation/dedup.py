@@ -48,8 +48,8 @@ class DedupConfig:
     embedding_nlist: int = 0  # k-means lists; 0 = one per 256 clips
     embedding_nprobe: int = 16  # most lists a clip probes ...
     embedding_probe_margin: float = 0.03  # ... of those within this centroid similarity of its nearest list
-    embedding_coarse: int = 0  # coarse cells the lists are searched through; 0 = sqrt(lists) from 1024 lists, 1 = flat
-    embedding_coarse_nprobe: int = 0  # nearest cells a clip searches for its lists; 0 = max(16, cells / 6)
+    embedding_coarse: int = 0  # coarse cells the lists are found through; 0 = 2 sqrt(lists) from 1024 lists, 1 = flat
+    embedding_coarse_nprobe: int = 0  # nearest cells a clip searches for its lists; 0 = max(16, 2 sqrt(cells))
     seed: int = 0  # LSH permutations, PCA and k-means samples
 
     def __post_init__(self) -> None:
