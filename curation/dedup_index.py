@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import mmap
+from typing import Any
 
 import numpy as np
 
@@ -197,12 +198,17 @@ def auto_coarse_nprobe(coarse: int) -> int:
     return max(16, round(2 * math.sqrt(coarse)))
 
 
-def spherical_kmeans(x: np.ndarray, k: int, seed: int, points_per_centroid: int = 32) -> np.ndarray:
-    """(k, d) unit centroids of faiss's spherical k-means over a seeded sample of `points_per_centroid` x k rows."""
+def spherical_kmeans(
+    x: np.ndarray, k: int, seed: int, rows: np.ndarray | None = None, points_per_centroid: int = 32
+) -> np.ndarray:
+    """(k, d) unit centroids of faiss's spherical k-means over a seeded sample of `points_per_centroid` x k rows of
+    x (of its `rows`, ascending, when given: only the sample is gathered, not every row)."""
     import faiss  # here, not at module import: the exact path never needs it
 
     rng = np.random.default_rng(seed)
-    train = x[np.sort(rng.choice(len(x), min(len(x), k * points_per_centroid), replace=False))]
+    n = len(x) if rows is None else len(rows)
+    pick = np.sort(rng.choice(n, min(n, k * points_per_centroid), replace=False))
+    train = x[pick if rows is None else rows[pick]]
     if k == 1:  # the unit mean: what k-means converges to, without faiss's warning about one centroid
         mean = train.astype(np.float64).sum(axis=0)
         return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)[None, :]
@@ -290,7 +296,7 @@ def assign_lists(
     return _assign_two_level(vectors, nlist, nprobe, margin, seed, coarse, coarse_nprobe, block_rows)
 
 
-def _flat_index(centroids: np.ndarray):  # noqa: ANN202 (faiss has no type stubs)
+def _flat_index(centroids: np.ndarray) -> Any:  # a faiss.IndexFlatIP (faiss has no type stubs)
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
@@ -346,7 +352,7 @@ def _assign_two_level(
     first_list = np.concatenate([[0], np.cumsum(share)])
     fine = dimension_major(
         [
-            spherical_kmeans(vectors[members[bounds[c] : bounds[c + 1]]], int(k), seed + 1 + int(c))
+            spherical_kmeans(vectors, int(k), seed + 1 + int(c), rows=members[bounds[c] : bounds[c + 1]])
             for c, k in zip(used, share, strict=True)
         ]
     )
